@@ -1,0 +1,63 @@
+"""Shared benchmark plumbing: timing compiled functions, the machine record, table and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any, Callable, Dict, List, Sequence
+
+import jax
+
+
+def machine() -> Dict[str, Any]:
+  """What the numbers were measured on."""
+  devices = jax.devices()
+  return {
+      'jax': jax.__version__,
+      'backend': jax.default_backend(),
+      'devices': [d.device_kind for d in devices],
+      'cpu_count': os.cpu_count(),
+      'platform': platform.platform(),
+      'python': platform.python_version(),
+  }
+
+
+def time_call(fn: Callable[[], Any], *, warmup: int = 2, min_seconds: float = 2.0,
+              min_iters: int = 5) -> float:
+  """Seconds per call of an already-compiled `fn` (median of timed calls after warm-up)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times: List[float] = []
+  start = time.perf_counter()
+  while len(times) < min_iters or time.perf_counter() - start < min_seconds:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  times.sort()
+  return times[len(times) // 2]
+
+
+def print_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> None:
+  """Prints rows as an aligned text table with the given columns."""
+  cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
+  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+  print('  '.join(c.ljust(w) for c, w in zip(columns, widths)))
+  for r in cells:
+    print('  '.join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(payload, f, indent=2)
+  print(f'wrote {path}')
+
+
+def _fmt(value: Any) -> str:
+  if isinstance(value, float):
+    return f'{value:,.1f}' if abs(value) >= 10 else f'{value:.3g}'
+  if isinstance(value, int):
+    return f'{value:,}'
+  return '' if value is None else str(value)

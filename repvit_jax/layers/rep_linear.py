@@ -1,0 +1,180 @@
+"""TDRL's re-parameterizable linear layer: a skip linear plus a pyramid of linear+BN branches.
+
+Training form of `RepLinear(features)` on tokens x of shape (..., C_in):
+
+    y = Rectify(skip(x) + sum_{n=1..N} branch_n(x))
+
+where `skip` is a plain linear with bias and `branch_n` is a stack of n units, each a
+bias-free linear followed by BatchNorm over all leading axes (for (B, T, C) tokens: per
+channel, statistics over batch x tokens). No nonlinearity anywhere, so after training the whole
+layer collapses into one `nn.Dense(features)` (see `repvit_jax.reparameterize`).
+
+Rectification (TDRL's answer to the variance that summing branches adds):
+  'scale': multiply by 1/sqrt(N + 1), the number of summed branches;
+  'bn':    BatchNorm on the first `rectify_features` outputs (for qkv: Q and K), rest as is;
+  'none':  nothing.
+
+The variable tree records everything the fusion needs, so that `reparameterize` is a pure
+function of the tree: the 'scale' factor is stored as the constant `rectify_scale` in the
+`batch_stats` collection (it is never updated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from repvit_jax.reparam.fuse import BN_EPSILON
+
+RECTIFY_MODES = ('none', 'scale', 'bn')
+TDRL_LAYERS = ('qkv', 'proj', 'fc1', 'fc2')
+
+default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)
+
+
+class LinearBNStack(nn.Module):
+  """n bias-free linears, each followed by BatchNorm: one pyramid branch of `RepLinear`.
+
+  Attributes:
+    widths: output width of each unit; the last one is the layer's output width.
+  """
+  widths: Tuple[int, ...]
+  bn_momentum: float = 0.9
+  kernel_init: Callable = default_kernel_init
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """(..., C_in) -> (..., widths[-1])."""
+    for i, width in enumerate(self.widths):
+      x = nn.Dense(width, use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name=f'linear_{i}')(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
+                       name=f'bn_{i}')(x)
+    return x
+
+
+class RepLinear(nn.Module):
+  """Training form of a TDRL linear layer; deploys as `nn.Dense(features)` (with bias).
+
+  Attributes:
+    features: output width C_out.
+    num_branches: N, the number of pyramid rep-branches; branch n has n linear+BN units.
+    hidden_features: width between units of a branch (None: the input width C_in).
+    use_bias: bias on the skip linear. (The deployed layer always has a bias, because the
+      BatchNorms contribute one.)
+    rectify: 'none' | 'scale' | 'bn' (see the module docstring).
+    rectify_features: with 'bn', the number of leading output features normalised
+      (None: all of them).
+  """
+  features: int
+  num_branches: int = 2
+  hidden_features: Optional[int] = None
+  use_bias: bool = True
+  rectify: str = 'scale'
+  rectify_features: Optional[int] = None
+  bn_momentum: float = 0.9
+  kernel_init: Callable = default_kernel_init
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    """(..., C_in) -> (..., features)."""
+    if self.rectify not in RECTIFY_MODES:
+      raise ValueError(f'RepLinear rectify must be one of {RECTIFY_MODES}, got {self.rectify!r}')
+    if self.num_branches < 1:
+      raise ValueError(f'RepLinear needs num_branches >= 1, got {self.num_branches}')
+    hidden = self.hidden_features or x.shape[-1]
+    common = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    y = nn.Dense(self.features, use_bias=self.use_bias, name='skip', **common)(x)
+    for n in range(1, self.num_branches + 1):
+      widths = (hidden,) * (n - 1) + (self.features,)
+      y = y + LinearBNStack(widths, bn_momentum=self.bn_momentum, name=f'branch_{n}',
+                            **common)(x, train=train)
+
+    if self.rectify == 'scale':
+      scale = self.variable('batch_stats', 'rectify_scale',
+                            lambda: jnp.asarray(1.0 / math.sqrt(self.num_branches + 1),
+                                                self.param_dtype))
+      y = y * scale.value.astype(y.dtype)
+    elif self.rectify == 'bn':
+      k = self.rectify_features or self.features
+      if not 0 < k <= self.features:
+        raise ValueError(f'rectify_features must be in (0, {self.features}], got {k}')
+      head = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
+                          name='rectify_bn')(y[..., :k])
+      y = jnp.concatenate([head, y[..., k:]], axis=-1) if k < self.features else head
+    return y
+
+
+@dataclasses.dataclass(frozen=True)
+class TDRL:
+  """Where and how a model uses TDRL. A model field; `None` there means a plain model.
+
+  Attributes:
+    layers: which linears of each transformer block become `RepLinear`
+      (any subset of 'qkv', 'proj', 'fc1', 'fc2').
+    num_branches: N pyramid branches per layer.
+    hidden_ratio: intermediate width of a branch, as a multiple of the layer's input width.
+    qkv_rectify: rectification of the qkv layer: 'bn' (BN on Q and K), 'scale' or 'none'.
+    rectify: rectification of the other layers: 'scale', 'bn' or 'none'.
+    bn_momentum: Flax momentum (weight of the old running statistic) of every TDRL BatchNorm.
+  """
+  layers: Tuple[str, ...] = TDRL_LAYERS
+  num_branches: int = 2
+  hidden_ratio: float = 1.0
+  qkv_rectify: str = 'bn'
+  rectify: str = 'scale'
+  bn_momentum: float = 0.9
+
+  def __post_init__(self):
+    object.__setattr__(self, 'layers', tuple(self.layers))
+    unknown = sorted(set(self.layers) - set(TDRL_LAYERS))
+    if unknown:
+      raise ValueError(f'unknown TDRL layers {unknown}; choose from {list(TDRL_LAYERS)}')
+    for field in ('qkv_rectify', 'rectify'):
+      if getattr(self, field) not in RECTIFY_MODES:
+        raise ValueError(f'TDRL {field} must be one of {RECTIFY_MODES}, got '
+                         f'{getattr(self, field)!r}')
+    if self.num_branches < 1:
+      raise ValueError(f'TDRL num_branches must be >= 1, got {self.num_branches}')
+    if self.hidden_ratio <= 0:
+      raise ValueError(f'TDRL hidden_ratio must be > 0, got {self.hidden_ratio}')
+
+
+def make_linear(tdrl: Optional[TDRL], role: str, features: int, in_features: int, *,
+                name: str, use_bias: bool = True, qk_features: Optional[int] = None,
+                kernel_init: Callable = default_kernel_init, dtype: Any = jnp.float32,
+                param_dtype: Any = jnp.float32) -> nn.Module:
+  """The linear layer for `role` ('qkv', 'proj', 'fc1', 'fc2') of a transformer block.
+
+  A `RepLinear` when `tdrl` covers that role, else `nn.Dense`; both deploy to the same
+  `{kernel, bias}` variables under `name`.
+
+  Args:
+    qk_features: for 'qkv', the number of leading outputs that are Q and K (BN rectified).
+  """
+  common = dict(use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
+                name=name)
+  if tdrl is None or role not in tdrl.layers:
+    return nn.Dense(features, **common)
+  rectify = tdrl.qkv_rectify if role == 'qkv' else tdrl.rectify
+  rectify_features = qk_features if (role == 'qkv' and rectify == 'bn') else None
+  return RepLinear(features, num_branches=tdrl.num_branches,
+                   hidden_features=max(1, int(round(in_features * tdrl.hidden_ratio))),
+                   rectify=rectify, rectify_features=rectify_features,
+                   bn_momentum=tdrl.bn_momentum, **common)
+
+
+def apply_linear(layer: nn.Module, x, *, train: bool):
+  """Calls a layer from `make_linear`: only `RepLinear` takes the `train` flag."""
+  return layer(x, train=train) if isinstance(layer, RepLinear) else layer(x)
