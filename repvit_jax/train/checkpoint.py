@@ -1,0 +1,291 @@
+"""Checkpoints of the train state with Orbax: keep the latest N and the best by a metric.
+
+Layout: `<directory>/<step>/state/...` (one Orbax `CheckpointManager` item named
+`state`, plus the metrics saved with it). The trainer uses `workdir/checkpoints`.
+Saves are asynchronous; Orbax writes each step into a temporary directory and renames
+it only once complete, so a process killed mid-save never leaves a half-written step
+that `latest_step` would return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+PyTree = Any
+STATE_ITEM = "state"
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def _metric_value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+  if not metrics or name not in metrics:
+    return None
+  try:
+    value = float(metrics[name])
+  except (TypeError, ValueError):
+    return None
+  return value if math.isfinite(value) else None
+
+
+@dataclasses.dataclass
+class _BestByMetric:
+  """Preserves the `n` checkpoints with the best finite `metric`.
+
+  Unlike Orbax's `BestN`, a checkpoint whose metrics lack `metric` (e.g. saved between
+  evaluations, with training metrics only) is simply not a candidate, so every save
+  can record whatever metrics it has.
+  """
+
+  metric: str
+  n: int
+  mode: str = "max"
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+    del context
+    scored = [(v, i) for i, info in enumerate(checkpoints)
+              if (v := _metric_value(info.metrics, self.metric)) is not None]
+    # Ties go to the later checkpoint.
+    scored.sort(key=lambda vi: (vi[0] if self.mode == "max" else -vi[0], vi[1]),
+                reverse=True)
+    best = {i for _, i in scored[:self.n]}
+    return [i in best for i in range(len(checkpoints))]
+
+
+def _leaf_name(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def _read_tree_metadata(state_dir: str) -> PyTree:
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(epath.Path(state_dir))
+  finally:
+    handler.close()
+  return getattr(metadata, "tree", metadata)
+
+
+def _check_matches(target: PyTree, stored: PyTree, where: str):
+  """Raises a ValueError naming the leaves where `target` and the checkpoint differ.
+
+  Checked here rather than left to Orbax, whose errors surface mid-read.
+  """
+  want = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  have = {_leaf_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  problems = [f"{k}: not in the checkpoint" for k in sorted(want.keys() - have.keys())]
+  problems += [f"{k}: in the checkpoint only" for k in sorted(have.keys() - want.keys())]
+  for k in sorted(want.keys() & have.keys()):
+    x, m = want[k], have[k]
+    if not hasattr(x, "shape") or getattr(m, "shape", None) is None:
+      continue
+    if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+      continue  # stored as raw key data, with a trailing key dimension
+    if tuple(x.shape) != tuple(m.shape):
+      problems.append(f"{k}: shape {tuple(m.shape)} in the checkpoint, "
+                      f"{tuple(x.shape)} expected")
+  if problems:
+    shown = "\n  ".join(problems[:8])
+    more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+    raise ValueError(
+        f"checkpoint {where} does not match the train state of this config "
+        f"(different model, optimizer or image size?):\n  {shown}{more}\n"
+        "Resume with the config the run was started with, or use a fresh workdir.")
+
+
+def _abstract_leaf(x):
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return x
+
+
+class Checkpointer:
+  """Saves and restores the train state (a plain pytree) in `directory`.
+
+  Args:
+    directory: the checkpoint directory (created if missing), e.g. `workdir/checkpoints`.
+    max_to_keep: how many of the most recent checkpoints to keep (None: all).
+    best_metric: metric name ranking checkpoints for `keep_best`; checkpoints saved
+      without it (or with a non-finite value) are never "best".
+    best_mode: 'max' or 'min'.
+    keep_best: how many best checkpoints to keep on top of the latest ones (0: none).
+    async_save: write in a background thread after the device-to-host copy.
+  """
+
+  def __init__(self, directory, *, max_to_keep: int | None = 3,
+               best_metric: str | None = "eval/accuracy", best_mode: str = "max",
+               keep_best: int = 1, async_save: bool = True):
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    if max_to_keep is not None and max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be None or >= 1, got {max_to_keep}")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.best_metric = best_metric
+    policies = [ocm.LatestN(n=max_to_keep)]
+    if best_metric and keep_best > 0:
+      policies.append(_BestByMetric(best_metric, keep_best, best_mode))
+    worst = -math.inf if best_mode == "max" else math.inf
+
+    def best_fn(metrics):
+      value = _metric_value(metrics, best_metric) if best_metric else None
+      return worst if value is None else value
+
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        # Setting best_fn is what makes Orbax store the metrics with each step;
+        # the preservation policy above does the actual selection.
+        best_fn=best_fn,
+        best_mode=best_mode,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    self._mngr = ocp.CheckpointManager(self.directory, item_names=(STATE_ITEM,),
+                                       options=options)
+
+  def all_steps(self) -> list[int]:
+    """Steps of the checkpoints kept (including one still being written), ascending."""
+    return sorted(self._mngr.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest checkpoint's step, or None when there is none.
+
+    In a new process this only sees finished checkpoints: a save cut short by the
+    process dying is never listed.
+    """
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state: PyTree, *, metrics: Mapping[str, Any] | None = None,
+           force: bool = False) -> bool:
+    """Starts saving `state` as checkpoint `step` (returns once it is on the host).
+
+    Args:
+      step: the train step; a step already saved (or being saved) is skipped.
+      state: pytree of jax arrays (possibly sharded), numpy arrays and python scalars.
+      metrics: scalars stored with the checkpoint; `best_metric` among them makes it
+        a candidate for "best".
+      force: save even if Orbax's save policy would skip this step.
+
+    Returns:
+      True if a save was started.
+    """
+    step = int(step)
+    if step in self._mngr.all_steps():
+      return False
+    stored = {}
+    for k, v in (metrics or {}).items():
+      try:
+        stored[k] = float(v)
+      except (TypeError, ValueError):
+        continue
+    return bool(self._mngr.save(
+        step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}),
+        metrics=stored, force=force))
+
+  def restore(self, state_like: PyTree, step: int | None = None) -> PyTree:
+    """Restores checkpoint `step` (default: latest) onto `state_like`'s shapes/shardings.
+
+    Args:
+      state_like: pytree with the structure of the saved state whose leaves are
+        arrays or `jax.ShapeDtypeStruct`s (with `.sharding`) giving target shape, dtype
+        and placement; python scalars restore as python scalars.
+      step: which checkpoint; None for the latest.
+
+    Returns:
+      the restored pytree, placed on the target shardings.
+    """
+    self._mngr.wait_until_finished()  # a save in flight is not on disk yet
+    step_dir, step = _step_dir(self.directory, step)
+    target = jax.tree.map(_abstract_leaf, state_like)
+    _check_matches(target, _read_tree_metadata(os.path.join(step_dir, STATE_ITEM)),
+                   step_dir)
+    restored = self._mngr.restore(
+        step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
+    return restored[STATE_ITEM]
+
+  def metrics(self, step: int) -> dict | None:
+    """The metrics saved with checkpoint `step` (None if none were)."""
+    return self._mngr.metrics(step)
+
+  def wait_until_finished(self):
+    """Blocks until the pending asynchronous save (if any) is on disk."""
+    self._mngr.wait_until_finished()
+
+  def close(self):
+    """Waits for pending saves and releases the manager."""
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _step_dir(directory: str, step: int | None) -> tuple[str, int]:
+  paths = {ocp.step.step_from_checkpoint_name(p.name): p
+           for p in ocp.utils.checkpoint_steps_paths(directory)}
+  if not paths:
+    raise FileNotFoundError(f"no finished checkpoint in {directory}")
+  if step is None:
+    step = max(paths)
+  if step not in paths:
+    raise FileNotFoundError(
+        f"no checkpoint for step {step} in {directory}; have {sorted(paths)}")
+  return os.fspath(paths[step]), step
+
+
+def restore_variables(path, step: int | None = None) -> dict:
+  """Reads the saved train state as host numpy arrays, without a target (for init_from).
+
+  Args:
+    path: a workdir (holding `checkpoints/`), a checkpoint directory, or one step's
+      directory (`.../checkpoints/<step>`).
+    step: which checkpoint in a checkpoint directory; None for the latest.
+
+  Returns:
+    the saved state pytree (nested dicts) with numpy leaves; python scalars come back
+    as 0-d numpy arrays and PRNG keys as their uint32 key data.
+
+  Raises:
+    FileNotFoundError: `path` is missing or holds no finished checkpoint.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint path {path} does not exist")
+  if os.path.isdir(os.path.join(path, STATE_ITEM)):
+    state_dir = os.path.join(path, STATE_ITEM)
+  else:
+    directory = path
+    if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
+      directory = os.path.join(path, CHECKPOINT_SUBDIR)
+    try:
+      step_dir, _ = _step_dir(directory, step)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(
+          f"no checkpoint found under {path} ({e}); pass a workdir, its "
+          f"'{CHECKPOINT_SUBDIR}' directory or a step directory") from None
+    state_dir = os.path.join(step_dir, STATE_ITEM)
+  tree = _read_tree_metadata(state_dir)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    return handler.restore(epath.Path(state_dir),
+                           args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  finally:
+    handler.close()

@@ -1,0 +1,192 @@
+"""Tests for repvit_jax.train.checkpoint: round trip, retention, restore_variables."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from repvit_jax.train.checkpoint import Checkpointer, restore_variables
+
+
+def _state(seed=0, step=0):
+  rng = np.random.RandomState(seed)
+  params = {
+      "blocks_0": {"kernel": jnp.asarray(rng.randn(4, 3), jnp.float32),
+                   "bias": jnp.asarray(rng.randn(3), jnp.float32)},
+      "head": {"kernel": jnp.asarray(rng.randn(3, 2), jnp.bfloat16)},
+  }
+  tx = optax.adamw(1e-3)
+  return {
+      "params": params,
+      "batch_stats": {"bn": {"mean": jnp.asarray(rng.randn(3), jnp.float32)}},
+      "opt_state": tx.init(params),
+      "step": step,
+      "count": jnp.int32(step),
+      "rng": jax.random.key(seed),
+  }
+
+
+def _assert_same(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if isinstance(x, int):
+      assert type(y) is int and x == y
+      continue
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_values_and_dtypes(tmp_path):
+  state = _state(seed=1, step=7)
+  ckpt = Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.latest_step() is None
+  assert ckpt.save(7, state)
+  ckpt.close()
+
+  ckpt = Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.latest_step() == 7
+  # Target from concrete arrays.
+  _assert_same(ckpt.restore(_state(seed=2, step=0)), state)
+  # Target from abstract values carrying a sharding.
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+      if isinstance(x, jax.Array) else x, _state(seed=3))
+  restored = ckpt.restore(abstract)
+  _assert_same(restored, state)
+  assert restored["params"]["head"]["kernel"].sharding == sharding
+  ckpt.close()
+
+
+def test_save_same_step_twice_is_skipped(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.save(3, _state())
+    assert not ckpt.save(3, _state(seed=5))
+  with Checkpointer(tmp_path) as ckpt:
+    _assert_same(ckpt.restore(_state()), _state())
+
+
+def test_keeps_latest_and_best(tmp_path):
+  # eval/accuracy per step; step 3 was saved without an eval.
+  accs = {1: 0.1, 2: 0.9, 3: None, 4: 0.5, 5: 0.2}
+  with Checkpointer(tmp_path, max_to_keep=2, keep_best=1) as ckpt:
+    for step, acc in accs.items():
+      m = {"train/loss": 1.0 / step}
+      if acc is not None:
+        m["eval/accuracy"] = acc
+      assert ckpt.save(step, _state(step=step), metrics=m)
+  # latest two (4, 5) + best accuracy (2)
+  assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 4, 5]
+  # The best survives a restart (metrics are read back from disk); a step without
+  # the metric is never "best".
+  with Checkpointer(tmp_path, max_to_keep=2, keep_best=1) as ckpt:
+    assert ckpt.metrics(2)["eval/accuracy"] == pytest.approx(0.9)
+    ckpt.save(6, _state(step=6), metrics={"train/loss": 0.1})
+    ckpt.save(7, _state(step=7))
+  assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 6, 7]
+
+
+def test_best_mode_min(tmp_path):
+  losses = {1: 0.3, 2: 0.1, 3: 0.5, 4: 0.4}
+  with Checkpointer(tmp_path, max_to_keep=1, best_metric="eval/loss", best_mode="min",
+                    keep_best=1) as ckpt:
+    for step, loss in losses.items():
+      ckpt.save(step, _state(step=step), metrics={"eval/loss": loss})
+  assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 4]
+
+
+def test_unfinished_checkpoint_is_ignored(tmp_path):
+  ckdir = tmp_path / "checkpoints"
+  with Checkpointer(ckdir) as ckpt:
+    ckpt.save(1, _state(step=1))
+  # What a process killed mid-save leaves: a temporary step directory.
+  (ckdir / "2.orbax-checkpoint-tmp-1234").mkdir()
+  (ckdir / "2.orbax-checkpoint-tmp-1234" / "state").mkdir()
+  assert int(restore_variables(tmp_path)["step"]) == 1
+  with Checkpointer(ckdir) as ckpt:
+    assert ckpt.latest_step() == 1
+
+
+def test_restore_variables_workdir_and_checkpoint_dir(tmp_path):
+  state = _state(seed=4, step=20)
+  with Checkpointer(tmp_path / "checkpoints") as ckpt:
+    ckpt.save(10, _state(seed=9, step=10))
+    ckpt.save(20, state)
+  for path in (tmp_path, tmp_path / "checkpoints", str(tmp_path / "checkpoints" / "20")):
+    v = restore_variables(path)
+    assert isinstance(v["params"]["blocks_0"]["kernel"], np.ndarray)
+    np.testing.assert_array_equal(v["params"]["blocks_0"]["kernel"],
+                                  np.asarray(state["params"]["blocks_0"]["kernel"]))
+    assert v["params"]["head"]["kernel"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(v["batch_stats"]["bn"]["mean"],
+                                  np.asarray(state["batch_stats"]["bn"]["mean"]))
+    assert int(v["step"]) == 20
+  older = restore_variables(tmp_path, step=10)
+  np.testing.assert_array_equal(
+      older["params"]["head"]["kernel"].astype(np.float32),
+      np.asarray(_state(seed=9)["params"]["head"]["kernel"]).astype(np.float32))
+
+
+def test_restore_variables_missing_or_empty(tmp_path):
+  missing = tmp_path / "nope"
+  with pytest.raises(FileNotFoundError, match=str(missing)):
+    restore_variables(missing)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="empty"):
+    restore_variables(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError):
+    Checkpointer(tmp_path / "fresh").restore(_state())
+
+
+def test_mismatched_target_is_a_clear_error(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state())
+    wrong = _state()
+    wrong["params"]["blocks_0"]["kernel"] = jnp.zeros((5, 3))
+    with pytest.raises(ValueError, match=r"params/blocks_0/kernel: shape \(4, 3\)"):
+      ckpt.restore(wrong)
+    extra = _state()
+    extra["params"]["new"] = jnp.zeros(2)
+    with pytest.raises(ValueError, match="params/new: not in the checkpoint"):
+      ckpt.restore(extra)
+
+
+_SHARDED = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from repvit_jax.train.checkpoint import Checkpointer, restore_variables
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    x = jax.device_put(jnp.arange(128.0).reshape(16, 8), NamedSharding(mesh, P("data")))
+    ckpt = Checkpointer(sys.argv[1])
+    ckpt.save(1, {"x": x, "step": 1})
+    ckpt.close()
+    target = {"x": jax.ShapeDtypeStruct((16, 8), jnp.float32,
+                                        sharding=NamedSharding(mesh, P(None, "data"))),
+              "step": 0}
+    out = Checkpointer(sys.argv[1]).restore(target)
+    assert out["x"].sharding == target["x"].sharding, out["x"].sharding
+    assert len(out["x"].addressable_shards) == 8
+    np.testing.assert_array_equal(np.asarray(out["x"]), np.arange(128.0).reshape(16, 8))
+    np.testing.assert_array_equal(restore_variables(sys.argv[1])["x"],
+                                  np.arange(128.0).reshape(16, 8))
+    print("OK", out["step"])
+""")
+
+
+def test_sharded_save_restore_on_8_cpu_devices(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "OK 1" in res.stdout
