@@ -1,0 +1,174 @@
+"""The data config: every field with its default, and the check that turns a config into one.
+
+Fields (all live in `config.data` of a trainer config):
+
+  name: which data set.
+    'digits'            scikit-learn's 1,797 real 8x8 handwritten digits, embedded and offline
+                        (10 classes; 1,437 train / 360 test by a fixed permutation).
+    'folder:/abs/path'  images laid out as path/<split>/<class>/<image file>; classes are the
+                        sub-folders of the train split, sorted by name.
+    any other string    a prepared TFDS image-classification data set ('imagenet2012',
+                        'cifar10', 'cifar100', 'imagenette', ...) with features 'image' and
+                        'label'. Nothing is ever downloaded.
+  data_dir: TFDS data directory (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  train_split, eval_split: split names, TFDS slices like 'train[:90%]' allowed for TFDS. None picks
+    'train' and the first of 'validation', 'val', 'test' that exists.
+  image_size: side of the square images the model sees, in pixels.
+  crop_scale: (min, max) area fraction of the random-resized crop (timm's `scale`).
+  crop_ratio: (min, max) aspect ratio (width / height) of the random-resized crop.
+  flip: random horizontal flip in training.
+  randaugment: None or ConfigDict(num_layers, magnitude, magnitude_std); num_layers=0 is off.
+    Magnitude is on timm's 0..10 scale, perturbed per op by a gaussian with std magnitude_std and
+    clipped to [0, 10]; the defaults are timm's 'rand-m9-mstd0.5-inc1' (DeiT).
+  color_jitter: strength s of brightness, contrast and saturation jitter, each factor uniform in
+    [max(0, 1 - s), 1 + s]; 0 is off.
+  mean, std: per-channel normalisation in [0, 1] pixel units: (x / 255 - mean) / std.
+  eval_crop_fraction: evaluation resizes the shorter side to image_size / eval_crop_fraction and
+    takes the centre image_size x image_size crop.
+  shuffle_buffer: window of the stateless shuffle of streamed TFDS training, in examples per
+    host; up to three windows of encoded images are held in memory (ImageNet: ~110 KB each).
+    Unused when examples are read by index (digits, folders, cached TFDS): those shuffle
+    exactly.
+  cache: keep the encoded split in host memory and read it by index (exact global shuffling);
+    meant for data sets that fit in RAM (CIFAR, Imagenette). Folders and TFDS only.
+  prefetch: batches prepared ahead of the consumer; -1 lets tf.data choose.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import ml_collections
+
+from repvit_jax.data.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_randaugment() -> ml_collections.ConfigDict:
+  """RandAugment as in DeiT: two ops per image at magnitude 9 with std 0.5."""
+  return ml_collections.ConfigDict(dict(num_layers=2, magnitude=9.0, magnitude_std=0.5))
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the data config with every field at its default (see the module docstring)."""
+  return ml_collections.ConfigDict(dict(
+      name='digits',
+      data_dir=ml_collections.FieldReference(None, field_type=str),
+      train_split=ml_collections.FieldReference(None, field_type=str),
+      eval_split=ml_collections.FieldReference(None, field_type=str),
+      image_size=224,
+      crop_scale=(0.08, 1.0),
+      crop_ratio=(3 / 4, 4 / 3),
+      flip=True,
+      randaugment=default_randaugment(),
+      color_jitter=0.0,
+      mean=IMAGENET_MEAN,
+      std=IMAGENET_STD,
+      eval_crop_fraction=0.875,
+      shuffle_buffer=16_384,
+      cache=False,
+      prefetch=4,
+  ))
+
+
+def _as_dict(config: Any) -> dict:
+  if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    return config.to_dict()
+  if isinstance(config, Mapping):
+    return dict(config)
+  raise DataError(f'data config must be an ml_collections.ConfigDict, got {type(config).__name__}')
+
+
+def _pair(config: dict, key: str, low: float, high: float) -> tuple[float, float]:
+  value = config[key]
+  try:
+    a, b = (float(v) for v in value)
+  except (TypeError, ValueError):
+    raise DataError(f'data.{key} must be a pair of numbers (min, max), got {value!r}') from None
+  if not low <= a <= b <= high:
+    raise DataError(f'data.{key} must satisfy {low} <= min <= max <= {high}, got {value!r}')
+  return a, b
+
+
+def _triple(config: dict, key: str, positive: bool) -> tuple[float, float, float]:
+  value = config[key]
+  try:
+    out = tuple(float(v) for v in value)
+  except (TypeError, ValueError):
+    out = ()
+  if len(out) != 3 or (positive and min(out) <= 0):
+    what = 'three positive numbers' if positive else 'three numbers'
+    raise DataError(f'data.{key} must be {what} (one per RGB channel), got {value!r}')
+  return out
+
+
+def resolve(config: Any) -> ml_collections.FrozenConfigDict:
+  """Checks a data config and fills missing fields from `default_config()`.
+
+  Args:
+    config: a ConfigDict (or mapping) with a subset of the default fields.
+  Returns:
+    A frozen config with every field, numbers normalised (tuples of floats, ints).
+  Raises:
+    DataError: on an unknown field or a value out of range, naming the field.
+  """
+  given = _as_dict(config)
+  out = default_config().to_dict()
+  unknown = sorted(set(given) - set(out))
+  if unknown:
+    raise DataError(f'unknown data config field(s) {unknown}; known fields: {sorted(out)}')
+  out.update(given)
+
+  if not isinstance(out['name'], str) or not out['name']:
+    raise DataError(f"data.name must be a non-empty string, got {out['name']!r}")
+  size = out['image_size']
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise DataError(f'data.image_size must be a positive int, got {size!r}')
+  out['crop_scale'] = _pair(out, 'crop_scale', 1e-6, 1.0)
+  out['crop_ratio'] = _pair(out, 'crop_ratio', 1e-6, math.inf)
+  out['mean'] = _triple(out, 'mean', positive=False)
+  out['std'] = _triple(out, 'std', positive=True)
+  out['flip'] = bool(out['flip'])
+  out['cache'] = bool(out['cache'])
+  fraction = float(out['eval_crop_fraction'])
+  if not 0 < fraction <= 1:
+    raise DataError(f'data.eval_crop_fraction must be in (0, 1], got {fraction!r}')
+  out['eval_crop_fraction'] = fraction
+  jitter = float(out['color_jitter'])
+  if jitter < 0:
+    raise DataError(f'data.color_jitter must be >= 0 (0 is off), got {jitter!r}')
+  out['color_jitter'] = jitter
+  if int(out['shuffle_buffer']) < 0:
+    raise DataError(f"data.shuffle_buffer must be >= 0, got {out['shuffle_buffer']!r}")
+  out['shuffle_buffer'] = int(out['shuffle_buffer'])
+  if int(out['prefetch']) < -1:
+    raise DataError(f"data.prefetch must be >= 0, or -1 for automatic, got {out['prefetch']!r}")
+  out['prefetch'] = int(out['prefetch'])
+  out['randaugment'] = _resolve_randaugment(out['randaugment'])
+  return ml_collections.FrozenConfigDict(out)
+
+
+def _resolve_randaugment(value: Any) -> dict:
+  """None and num_layers=0 both mean off; returned as num_layers=0 so callers test one thing."""
+  if value is None:
+    return dict(num_layers=0, magnitude=0.0, magnitude_std=0.0)
+  if not isinstance(value, Mapping):
+    raise DataError(f'data.randaugment must be None or a ConfigDict(num_layers, magnitude, '
+                    f'magnitude_std), got {value!r}')
+  out = default_randaugment().to_dict()
+  unknown = sorted(set(value) - set(out))
+  if unknown:
+    raise DataError(f'unknown data.randaugment field(s) {unknown}; known fields: {sorted(out)}')
+  out.update(value)
+  layers = out['num_layers']
+  if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+    raise DataError(f'data.randaugment.num_layers must be an int >= 0, got {layers!r}')
+  magnitude, std = float(out['magnitude']), float(out['magnitude_std'])
+  if not 0 <= magnitude <= 10:
+    raise DataError(f'data.randaugment.magnitude must be in [0, 10], got {magnitude!r}')
+  if not 0 <= std < math.inf:
+    raise DataError(f'data.randaugment.magnitude_std must be finite and >= 0, got {std!r}')
+  return dict(num_layers=layers, magnitude=magnitude, magnitude_std=std)

@@ -1,0 +1,84 @@
+"""`Split`: how the pipeline reads one split of a data set, whatever its source.
+
+A source (digits, folder, TFDS) describes each split by how examples are reached:
+  - by index (`read_index`): any example at any time, so training can follow an exact
+    global permutation per epoch;
+  - or as a stream (`stream`): contiguous ranges of the split in file order (TFDS record
+    files), which training shuffles by files and with a buffer.
+and by how a stored image becomes pixels (`decode_crop`), so that JPEGs can be cropped
+while decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+
+from repvit_jax.data._tf import tf
+
+# (raw image, int32 label); what `raw` is depends on the source (encoded bytes, an array).
+Example = tuple
+WindowFn = Callable[[tf.Tensor], tf.Tensor]  # [2] int32 (height, width) -> [4] (y, x, h, w)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of a data set, as the pipeline reads it.
+
+  Attributes:
+    num_examples: examples in the split.
+    decode_crop: (raw, window_fn) -> uint8 [h, w, 3], the crop window_fn picks from the image
+      size.
+    read_index: int64 scalar index -> (raw, int32 label); None for streamed splits.
+    stream: (start, stop, file_seed) -> tf.data.Dataset of records for examples
+      [start, stop) of the split; file_seed (a key [2] or None) shuffles the file order,
+      None keeps the split's order. None for indexed splits.
+    parse: record -> (raw, int32 label), applied to `stream` elements.
+    resident: the examples already live in host memory (nothing for `cache` to do).
+  """
+  num_examples: int
+  decode_crop: Callable[[tf.Tensor, WindowFn], tf.Tensor]
+  read_index: Optional[Callable[[tf.Tensor], Example]] = None
+  stream: Optional[Callable[[int, int, Optional[tf.Tensor]], tf.data.Dataset]] = None
+  parse: Optional[Callable[[tf.Tensor], Example]] = None
+  resident: bool = False
+
+  @property
+  def indexed(self) -> bool:
+    return self.read_index is not None
+
+  def examples(self, start: int, stop: int) -> tf.data.Dataset:
+    """Examples [start, stop) in split order, as (raw, label)."""
+    if self.indexed:
+      return tf.data.Dataset.range(start, stop).map(
+          self.read_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return self.stream(start, stop, None).map(
+        self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def in_memory(raw: np.ndarray, labels: np.ndarray,
+              decode_crop: Callable[[tf.Tensor, WindowFn], tf.Tensor]) -> Split:
+  """An indexed split over arrays held in host memory: raw [n, ...], labels [n] ints."""
+  raw_t = tf.constant(raw)
+  labels_t = tf.constant(np.asarray(labels, np.int32))
+
+  def read_index(index):
+    return tf.gather(raw_t, index), tf.gather(labels_t, index)
+
+  return Split(num_examples=len(labels), decode_crop=decode_crop, read_index=read_index,
+               resident=True)
+
+
+def materialise(split: Split) -> Split:
+  """Reads every example of `split` into host memory and returns it as an indexed split.
+
+  This is `cache=True`: one pass over the (encoded) split, after which training shuffles
+  exactly and never touches the files again. Memory: the size of the split's stored images.
+  """
+  raws, labels = [], []
+  for raw, label in split.examples(0, split.num_examples).batch(4096).as_numpy_iterator():
+    raws.append(raw)
+    labels.append(label)
+  return in_memory(np.concatenate(raws), np.concatenate(labels), split.decode_crop)

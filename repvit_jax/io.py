@@ -1,0 +1,98 @@
+"""Saving and loading a model with its variables: one directory, one call to load it back.
+
+    model, variables = repvit_jax.load_model('runs/demo/deploy')
+    logits = model.apply(variables, images, train=False)
+
+A model directory holds `model.json` (registered name, `deploy` flag, `num_classes`, module
+overrides) and `variables.msgpack` (Flax serialization of the variable tree, host arrays).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Mapping, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import serialization
+
+from repvit_jax.models.registry import create_model
+
+MODEL_FILE = 'model.json'
+VARIABLES_FILE = 'variables.msgpack'
+
+
+def save_model(directory: str, variables: Mapping[str, Any], *, name: str, num_classes: int,
+               deploy: bool, overrides: Mapping[str, Any] | None = None) -> str:
+  """Writes `variables` and the recipe of their module into `directory`.
+
+  Args:
+    directory: created if missing; existing files of the same names are replaced atomically.
+    variables: the variable tree (jax or numpy arrays; fetched to the host).
+    name, num_classes, deploy, overrides: arguments of `create_model` that rebuild the module;
+      overrides must be JSON-serialisable (tuples become lists).
+
+  Returns:
+    The directory.
+  """
+  os.makedirs(directory, exist_ok=True)
+  host = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+  recipe = {'name': name, 'num_classes': int(num_classes), 'deploy': bool(deploy),
+            'overrides': _jsonable(dict(overrides or {}))}
+  _atomic_write(os.path.join(directory, VARIABLES_FILE), serialization.msgpack_serialize(host))
+  _atomic_write(os.path.join(directory, MODEL_FILE),
+                json.dumps(recipe, indent=2, sort_keys=True).encode())
+  return directory
+
+
+def load_model(directory: str) -> Tuple[nn.Module, Dict[str, Any]]:
+  """Loads a directory written by `save_model` (e.g. a training run's `workdir/deploy`).
+
+  Returns:
+    (module, variables): call `module.apply(variables, images, train=False)`.
+
+  Raises:
+    FileNotFoundError: the directory or one of its two files is missing.
+  """
+  recipe_path = os.path.join(directory, MODEL_FILE)
+  variables_path = os.path.join(directory, VARIABLES_FILE)
+  for path in (recipe_path, variables_path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} not found: a model directory holds {MODEL_FILE} and '
+                              f'{VARIABLES_FILE} (written by repvit_jax.io.save_model, e.g. '
+                              'as <workdir>/deploy at the end of training)')
+  with open(recipe_path) as f:
+    recipe = json.load(f)
+  module = create_model(recipe['name'], num_classes=recipe['num_classes'],
+                        deploy=recipe['deploy'], **recipe['overrides'])
+  return module, load_variables(directory)
+
+
+def load_variables(directory: str) -> Dict[str, Any]:
+  """Only the variable tree (numpy arrays) of a model directory."""
+  with open(os.path.join(directory, VARIABLES_FILE), 'rb') as f:
+    return serialization.msgpack_restore(f.read())
+
+
+def is_model_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, MODEL_FILE)) and os.path.isfile(
+      os.path.join(path, VARIABLES_FILE))
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def _atomic_write(path: str, payload: bytes) -> None:
+  tmp = f'{path}.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(payload)
+  os.replace(tmp, path)

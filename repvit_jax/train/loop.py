@@ -1,0 +1,270 @@
+"""The training loop: `run(config, workdir)`.
+
+One compiled train step over a device mesh; resumes from `workdir/checkpoints` when it holds
+a checkpoint; SIGTERM saves and returns; a non-finite loss stops the run (`TrainingError`)
+without saving; evaluates the training form and the reparameterized deploy form; at the end
+exports the deploy model to `workdir/deploy` (load it with `repvit_jax.load_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any, Dict, List
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from repvit_jax import data, io
+from repvit_jax.reparam.tree import reparameterize
+from repvit_jax.train import optimizer as optimizer_lib
+from repvit_jax.train import pretrained, sharding, tasks
+from repvit_jax.train.checkpoint import Checkpointer
+from repvit_jax.train.metrics import MetricWriter, Progress
+from repvit_jax.train.state import create_state, model_variables
+from repvit_jax.train.step import make_eval_step, make_train_step, sum_metrics
+
+log = logging.getLogger('repvit_jax')
+
+DEPLOY_DIR = 'deploy'
+REQUIRED = ('task', 'model', 'data', 'batch_size', 'total_steps', 'seed', 'optimizer')
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (for example a non-finite loss); the message says what to do."""
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag checked between steps (all processes agree on it)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def should_stop(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.asarray(self.requested))
+    return bool(np.any(flags))
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  missing = [k for k in REQUIRED if k not in config]
+  if missing:
+    raise ValueError(f'config is missing {missing}; see configs/vit_tiny.py for a complete one')
+  if 'name' not in config.model:
+    raise ValueError('config.model.name is not set (e.g. tdrl_vit_tiny)')
+  for key in ('batch_size', 'total_steps'):
+    if int(config[key]) <= 0:
+      raise ValueError(f'config.{key} must be positive, got {config[key]}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) according to `config`, writing everything into `workdir`.
+
+  Returns:
+    {'step': last step done, 'preempted': bool, 'metrics': last eval metrics (dict)}.
+
+  Raises:
+    ValueError / FileNotFoundError / data.DataError: a problem with the config or inputs.
+    TrainingError: the loss became NaN or infinite.
+  """
+  check_config(config)
+  if config.get('distributed', False):
+    jax.distributed.initialize()
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  mesh = sharding.make_mesh(config.get('mesh'))
+  sharding.check_batch_size(config.batch_size, mesh)
+  eval_batch_size = int(config.get('eval_batch_size') or config.batch_size)
+  sharding.check_batch_size(eval_batch_size, mesh)
+  info = data.get_dataset_info(config.data)
+  task = tasks.build(config, info)
+  frozen = jax.device_put(task.load_frozen(), sharding.replicated(mesh))
+
+  total_steps = int(config.total_steps)
+  image_size = int(config.data.image_size)
+  tx, schedule = _optimizer(config, task, image_size, total_steps)
+
+  def init_state():
+    sample = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return create_state(lambda rng: task.init_variables(rng, sample), tx, int(config.seed))
+
+  abstract = jax.eval_shape(init_state)
+  state_sharding = sharding.state_shardings(mesh, abstract)
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
+                              max_to_keep=int(config.get('keep_checkpoints', 3)),
+                              best_metric=task.best_metric)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          abstract, state_sharding)
+    state = checkpointer.restore(target, start_step)
+    _info(is_chief, f'resumed from {checkpointer.directory} at step {start_step}')
+  else:
+    state = jax.jit(init_state, out_shardings=state_sharding)()
+    if config.get('init_from'):
+      state = _init_from(config, task, state, state_sharding, is_chief)
+    start_step = 0
+
+  train_step = jax.jit(make_train_step(task, tx), donate_argnums=(0,),
+                       in_shardings=(state_sharding, batch_sharding, None),
+                       out_shardings=(state_sharding, None))
+  evaluator = _Evaluator(config, task, mesh, eval_batch_size, frozen)
+  writer = MetricWriter(workdir, is_chief=is_chief, resume_step=start_step or None)
+  progress = Progress(total_steps, config.batch_size, start_step,
+                      print_fn=print if is_chief else (lambda line: None))
+  log_every = int(config.get('log_every', 50))
+  eval_every = int(config.get('eval_every', 0) or 0)
+  checkpoint_every = int(config.get('checkpoint_every', 1000) or 0)
+
+  train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
+                                        seed=int(config.seed), start_step=start_step)
+  pending: List[Dict[str, jax.Array]] = []
+  last_eval: Dict[str, float] = {}
+  step, preempted = start_step, False
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        batch = sharding.to_global(next(train_iter), batch_sharding)
+        state, metrics = train_step(state, batch, frozen)
+        step += 1
+        pending.append(metrics)
+        stop = preemption.should_stop()
+        is_last = step == total_steps
+        do_log = step % log_every == 0 or is_last or stop
+        do_checkpoint = (checkpoint_every and step % checkpoint_every == 0) or is_last or stop
+        do_eval = (eval_every and step % eval_every == 0) or is_last
+        row = {}
+        if do_log or do_checkpoint:
+          row = _summarize(pending, step, checkpointer)
+          pending = []
+          row['train/lr'] = float(schedule(step - 1))
+          progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']})
+        if do_eval:
+          last_eval = evaluator(state)
+          row.update(last_eval)
+          _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
+        if row:
+          writer.write(step, row)
+        if do_checkpoint:
+          checkpointer.save(step, state, metrics=last_eval if do_eval else None, force=True)
+        if stop:
+          preempted = True
+          _info(is_chief, f'SIGTERM: saved step {step} in {checkpointer.directory}; '
+                          'run again with the same workdir to resume')
+          break
+    if not preempted and is_chief:
+      _export(config, task, state, workdir)
+  finally:
+    checkpointer.close()
+    writer.close()
+  return {'step': step, 'preempted': preempted, 'metrics': last_eval}
+
+
+def _optimizer(config, task, image_size: int, total_steps: int):
+  sample = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  params = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), sample))['params']
+  return optimizer_lib.make_optimizer(config.optimizer, params, total_steps)
+
+
+def _summarize(pending, step: int, checkpointer: Checkpointer) -> Dict[str, float]:
+  """Means of the metrics since the last summary; stops the run on a non-finite loss."""
+  fetched = jax.device_get(pending)
+  watched = np.asarray([[m['train/loss'], m['train/grad_norm'], m['train/param_norm']]
+                        for m in fetched], np.float64)
+  finite = np.all(np.isfinite(watched), axis=1)
+  if not np.all(finite):
+    first = int(np.argmin(finite))
+    what = ['training loss', 'gradient norm', 'parameter norm'][
+        int(np.argmin(np.isfinite(watched[first])))]
+    last = checkpointer.latest_step()
+    kept = (f'the last good checkpoint (step {last}) is kept in {checkpointer.directory}'
+            if last is not None else 'no checkpoint had been saved yet')
+    raise TrainingError(f'the {what} became {watched[first][~np.isfinite(watched[first])][0]} '
+                        f'at step {step - len(fetched) + 1 + first}; {kept}. Lower '
+                        'optimizer.lr, set optimizer.grad_clip, or check the data; then run '
+                        'again (the same workdir resumes from that checkpoint).')
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+class _Evaluator:
+  """One pass over the eval split with the training form and with the deploy form."""
+
+  def __init__(self, config, task, mesh, eval_batch_size: int, frozen):
+    self.config, self.task, self.frozen = config, task, frozen
+    self.batch_size = eval_batch_size
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.replicated = sharding.replicated(mesh)
+    self.train_form = jax.jit(make_eval_step(task, deploy=False))
+    self.deploy_form = jax.jit(make_eval_step(task, deploy=True))
+    self.reparameterize = jax.jit(reparameterize, out_shardings=self.replicated)
+
+  def __call__(self, state) -> Dict[str, float]:
+    variables = model_variables(state)
+    deploy_variables = self.reparameterize(variables)
+    sums, deploy_sums = None, None
+    for batch in data.make_eval_iterator(self.config.data, global_batch_size=self.batch_size):
+      batch = sharding.to_global(batch, self.batch_sharding)
+      sums = sum_metrics(sums, self.train_form(variables, batch, self.frozen))
+      deploy_sums = sum_metrics(deploy_sums, self.deploy_form(deploy_variables, batch,
+                                                              self.frozen))
+    if sums is None:
+      raise ValueError(f'the eval split of {self.config.data.name} is empty')
+    results = self.task.summarize(jax.device_get(sums), 'eval/')
+    results.update(self.task.summarize(jax.device_get(deploy_sums), 'eval/deploy_'))
+    return results
+
+
+def _init_from(config, task, state, state_sharding, is_chief: bool):
+  """Loads `config.init_from` into the fresh state's params and batch_stats."""
+  source = pretrained.read_variables(config.init_from)
+  source = task.adapt_pretrained(source)
+  skip = config.get('init_skip', r'^head/')
+  params, unused_params = pretrained.fit(jax.device_get(state['params']), source['params'],
+                                         skip=skip, what=f'init_from {config.init_from}')
+  batch_stats, _ = pretrained.fit(jax.device_get(state['batch_stats']),
+                                  source.get('batch_stats', {}), skip=skip,
+                                  what=f'init_from {config.init_from} (batch_stats)')
+  if unused_params:
+    _info(is_chief, f'init_from: {len(unused_params)} checkpoint arrays not used by the model '
+                    f'(e.g. {unused_params[0]})')
+  state = dict(state, params=params, batch_stats=batch_stats)
+  return jax.device_put(state, state_sharding)
+
+
+def _export(config, task, state, workdir: str) -> None:
+  variables = jax.device_get(reparameterize(model_variables(state)))
+  path = io.save_model(os.path.join(workdir, DEPLOY_DIR), variables, name=task.model_name,
+                       num_classes=task.num_classes, deploy=True, overrides=task.overrides)
+  print(f'deploy model saved to {path}; load it with repvit_jax.load_model({path!r})',
+        flush=True)
+
+
+def _info(is_chief: bool, message: str) -> None:
+  if is_chief:
+    print(message, flush=True)
+
+
+__all__ = ['run', 'TrainingError', 'check_config']
