@@ -12,6 +12,7 @@ This module never imports TensorFlow; the input pipelines (repvit_jax.data) do.
 """
 
 from repvit_jax import layers, models, reparam
+from repvit_jax.io import load_model, save_model
 from repvit_jax.layers import TDRL, RepLinear
 from repvit_jax.models import create_model, list_models
 from repvit_jax.reparam import (batchnorm_to_affine, fold_batchnorm, fold_partial_batchnorm,
@@ -22,4 +23,5 @@ __version__ = '0.1.0'
 
 __all__ = ['TDRL', 'RepLinear', 'create_model', 'list_models', 'reparameterize',
            'batchnorm_to_affine', 'fold_batchnorm', 'fold_partial_batchnorm',
-           'merge_linear_chain', 'sum_branches', 'count_params', 'layers', 'models', 'reparam']
+           'merge_linear_chain', 'sum_branches', 'count_params', 'load_model', 'save_model',
+           'layers', 'models', 'reparam']

@@ -1,0 +1,88 @@
+"""Trainer parts in-process: model export/load, init_from fitting, mesh, distillation loss."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import repvit_jax as rj
+from repvit_jax.train import losses, pretrained, recipes, sharding
+from repvit_jax.train.classification import ClassificationTask
+from conftest import TINY_VIT, nontrivial_variables
+
+
+def test_save_and_load_model_round_trip(tmp_path):
+  model = rj.create_model('tdrl_vit_tiny', num_classes=3, deploy=True, **TINY_VIT)
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), images, train=False)
+  rj.save_model(str(tmp_path), variables, name='tdrl_vit_tiny', num_classes=3, deploy=True,
+                overrides=TINY_VIT)
+  loaded_model, loaded = rj.load_model(str(tmp_path))
+  assert loaded_model == model
+  np.testing.assert_array_equal(loaded_model.apply(loaded, images, train=False),
+                                model.apply(variables, images, train=False))
+
+
+def test_load_model_missing_files_is_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match='model.json not found'):
+    rj.load_model(str(tmp_path))
+
+
+def test_fit_takes_matching_leaves_and_lists_mismatches():
+  target = {'a': {'kernel': np.zeros((2, 3))}, 'head': {'kernel': np.zeros((3, 5))}}
+  source = {'a': {'kernel': np.ones((2, 3))}, 'head': {'kernel': np.ones((3, 10))},
+            'decoder': {'kernel': np.ones(4)}}
+  fitted, unused = pretrained.fit(target, source, skip=r'^head/')
+  np.testing.assert_array_equal(fitted['a']['kernel'], 1)
+  np.testing.assert_array_equal(fitted['head']['kernel'], 0)   # kept: new head
+  assert unused == ['decoder/kernel']
+  with pytest.raises(ValueError, match=r'2 mismatches.*a/kernel: shape \(2, 4\).*head/kernel'):
+    pretrained.fit(target, {'a': {'kernel': np.ones((2, 4))}})
+
+
+def test_mesh_errors():
+  with pytest.raises(ValueError, match='does not fit'):
+    sharding.make_mesh({'data': len(jax.devices()) + 1, 'fsdp': 1})
+  with pytest.raises(ValueError, match='unknown mesh axes'):
+    sharding.make_mesh({'model': 2})
+  mesh = sharding.make_mesh(None)
+  assert mesh.shape == {'data': len(jax.devices()), 'fsdp': 1}
+
+
+def test_soft_distillation_loss_in_the_task(tmp_path):
+  teacher = rj.create_model('vit_tiny', num_classes=10, **TINY_VIT)
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  teacher_variables = nontrivial_variables(teacher, images)
+  rj.save_model(str(tmp_path), teacher_variables, name='vit_tiny', num_classes=10, deploy=True,
+                overrides=TINY_VIT)
+
+  config = recipes.classification('tdrl_vit_tiny', 'demo')
+  config.model.update(TINY_VIT)
+  config.teacher.model = 'vit_tiny'
+  config.teacher.init_from = str(tmp_path)
+  config.teacher.overrides = ml_collections.ConfigDict(TINY_VIT)
+  config.teacher.temperature = 2.0
+  config.teacher.alpha = 0.25
+  config.label_smoothing = 0.0
+  task = ClassificationTask(config, num_classes=10)
+  frozen = task.load_frozen()
+  variables = task.init_variables(jax.random.key(1), images)
+  labels = jnp.arange(4) % 10
+  loss, (_, metrics) = task.loss(variables['params'], variables['batch_stats'],
+                                 {'image': images, 'label': labels}, jax.random.key(2), frozen)
+
+  logits, _ = task.model.apply(variables, images, train=True, mutable=['batch_stats'])
+  teacher_logits = teacher.apply(teacher_variables, images, train=False)
+  ce = losses.softmax_cross_entropy(logits, losses.onehot(labels, 10)).mean()
+  p = jax.nn.softmax(teacher_logits / 2.0)
+  kl = jnp.sum(p * (jnp.log(p) - jax.nn.log_softmax(logits / 2.0)), axis=-1).mean() * 4.0
+  np.testing.assert_allclose(metrics['train/distill_loss'], kl, rtol=1e-4)
+  np.testing.assert_allclose(loss, 0.75 * ce + 0.25 * kl, rtol=1e-4)
+
+
+def test_teacher_without_weights_is_an_error():
+  config = recipes.classification('vit_tiny', 'demo')
+  config.teacher.model = 'vit_tiny'
+  with pytest.raises(ValueError, match='teacher.init_from is not'):
+    ClassificationTask(config, num_classes=10)
