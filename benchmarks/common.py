@@ -39,6 +39,25 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, min_seconds: float = 2.
   return times[len(times) // 2]
 
 
+def time_interleaved(fns: Dict[str, Callable[[], Any]], *, warmup: int = 2,
+                     rounds: int = 7) -> Dict[str, float]:
+  """Median seconds per call of several compiled functions, timed in alternation.
+
+  Alternating A, B, C, A, B, C, ... spreads any background load evenly over the contenders,
+  so their ratio is fair even on a busy machine.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  times: Dict[str, List[float]] = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t0)
+  return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
 def print_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> None:
   """Prints rows as an aligned text table with the given columns."""
   cells = [[_fmt(row.get(c)) for c in columns] for row in rows]

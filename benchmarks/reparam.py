@@ -22,7 +22,7 @@ import repvit_jax as rj  # pylint: disable=wrong-import-position
 from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
 
 
-def measure(name: str, batch: int, size: int):
+def measure(name: str, batch: int, size: int, rounds: int):
   images = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   train_model = rj.create_model(name)
   deploy_model = rj.create_model(name, deploy=True)
@@ -35,13 +35,15 @@ def measure(name: str, batch: int, size: int):
   vanilla_variables = jax.jit(lambda x: deploy_model.init(jax.random.key(2), x, train=False))(
       images)
 
-  def seconds(model, v):
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    return common.time_call(lambda: forward(v, images))
+  def forward(model, v):
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    return lambda: compiled(v, images)
 
-  train_s = seconds(train_model, variables)
-  deploy_s = seconds(deploy_model, deploy_variables)
-  vanilla_s = seconds(deploy_model, vanilla_variables)
+  seconds = common.time_interleaved({
+      'train': forward(train_model, variables),
+      'deploy': forward(deploy_model, deploy_variables),
+      'vanilla': forward(deploy_model, vanilla_variables)}, rounds=rounds)
+  train_s, deploy_s, vanilla_s = seconds['train'], seconds['deploy'], seconds['vanilla']
   return {
       'model': name,
       'train_params': rj.count_params(variables['params']),
@@ -60,10 +62,12 @@ def main():
   parser.add_argument('--models', default='tdrl_vit_tiny,tdrl_vit_small')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--image-size', type=int, default=224)
+  parser.add_argument('--rounds', type=int, default=7, help='timed calls per form, interleaved')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
                                                     'reparam.json'))
   args = parser.parse_args()
-  rows = [measure(name, args.batch, args.image_size) for name in args.models.split(',')]
+  rows = [measure(name, args.batch, args.image_size, args.rounds)
+          for name in args.models.split(',')]
   common.print_table(rows, ['model', 'train_params', 'deploy_params', 'train_img_s',
                             'deploy_img_s', 'vanilla_img_s', 'deploy_vs_train',
                             'deploy_vs_vanilla', 'equivalence_error'])

@@ -42,7 +42,8 @@ def recipe(model_name: str):
   return module.get_config('')
 
 
-def step_throughput(model_name: str, batch: int, size: int) -> dict:
+def make_step(model_name: str, batch: int, size: int):
+  """A no-argument callable running one compiled train step of `model_name`."""
   config = recipe(model_name)
   config.batch_size = batch
   mesh = sharding.make_mesh(config.mesh)
@@ -69,9 +70,7 @@ def step_throughput(model_name: str, batch: int, size: int) -> dict:
     holder['state'], metrics = step(holder['state'], inputs, {})
     return metrics['train/loss']
 
-  seconds = common.time_call(run, warmup=2, min_seconds=5.0, min_iters=3)
-  return {'what': f'train step {model_name}', 'img_s': batch / seconds,
-          'ms_per_batch': 1000 * seconds, 'batch': batch}
+  return run
 
 
 def write_jpegs(directory: str, count: int) -> None:
@@ -99,6 +98,7 @@ def pipeline_throughput(batch: int, size: int, steps: int) -> dict:
     for _ in range(steps):
       next(iterator)
     seconds = time.perf_counter() - start
+    del iterator  # stop tf.data's prefetching before the files go away
   return {'what': 'input pipeline (JPEG decode + ImageNet train preprocessing)',
           'img_s': steps * batch / seconds, 'ms_per_batch': 1000 * seconds / steps,
           'batch': batch}
@@ -110,10 +110,15 @@ def main():
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--image-size', type=int, default=224)
   parser.add_argument('--pipeline-steps', type=int, default=20)
+  parser.add_argument('--rounds', type=int, default=5, help='timed steps per model, interleaved')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
                                                     'train_step.json'))
   args = parser.parse_args()
-  rows = [step_throughput(m, args.batch, args.image_size) for m in args.models.split(',')]
+  names = args.models.split(',')
+  seconds = common.time_interleaved({m: make_step(m, args.batch, args.image_size) for m in names},
+                                    rounds=args.rounds)
+  rows = [{'what': f'train step {m}', 'batch': args.batch, 'img_s': args.batch / seconds[m],
+           'ms_per_batch': 1000 * seconds[m]} for m in names]
   rows.append(pipeline_throughput(args.batch, args.image_size, args.pipeline_steps))
   common.print_table(rows, ['what', 'batch', 'img_s', 'ms_per_batch'])
   common.write_json(args.out, {'benchmark': 'train_step', 'image_size': args.image_size,
