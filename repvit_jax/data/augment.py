@@ -82,17 +82,25 @@ def centre_crop_window(shape: tf.Tensor, fraction: float) -> tf.Tensor:
 ANTIALIAS_FACTOR = 2.0
 
 
-def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+def resize(image: tf.Tensor, size) -> tf.Tensor:
   """Bilinear resize of [h, w, 3] to float32 [size, size, 3] in [0, 255].
 
-  Antialiased when shrinking by ANTIALIAS_FACTOR or more (large photos), plain otherwise.
+  `size` may also be a (height, width) pair (ints or scalar tensors; the multi-scale
+  sampler's). Antialiased when shrinking by ANTIALIAS_FACTOR or more (large photos), plain
+  otherwise.
   """
   image = tf.cast(image, tf.float32)
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  shrink = tf.reduce_max(shape) >= ANTIALIAS_FACTOR * size
+  if isinstance(size, (tuple, list)):
+    target = tf.cast(tf.stack(size), tf.float32)
+    shrink = tf.reduce_max(shape / target) >= ANTIALIAS_FACTOR
+    size = [size[0], size[1]]
+  else:
+    shrink = tf.reduce_max(shape) >= ANTIALIAS_FACTOR * size
+    size = [size, size]
 
   def resize_with(antialias):
-    return lambda: tf.image.resize(image, [size, size], method='bilinear', antialias=antialias)
+    return lambda: tf.image.resize(image, size, method='bilinear', antialias=antialias)
 
   out = tf.cond(shrink, resize_with(True), resize_with(False))
   return tf.clip_by_value(out, 0.0, 255.0)

@@ -32,6 +32,11 @@ Fields (all live in `config.data` of a trainer config):
   cache: keep the encoded split in host memory and read it by index (exact global shuffling);
     meant for data sets that fit in RAM (CIFAR, Imagenette). Folders and TFDS only.
   prefetch: batches prepared ahead of the consumer; -1 lets tf.data choose.
+  multiscale: None, or MobileViT's multi-scale sampler: a list of training resolutions (ints
+    for squares or (height, width) pairs). Each step trains at one of them, chosen from
+    (seed, step), with the per-host batch scaled by image_size^2 / (h w) and rounded to a
+    multiple of the local device count (see repvit_jax/data/multiscale.py). Evaluation
+    stays at image_size.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
       shuffle_buffer=16_384,
       cache=False,
       prefetch=4,
+      multiscale=ml_collections.config_dict.placeholder(tuple),
   ))
 
 
@@ -147,8 +153,41 @@ def resolve(config: Any) -> ml_collections.FrozenConfigDict:
   if int(out['prefetch']) < -1:
     raise DataError(f"data.prefetch must be >= 0, or -1 for automatic, got {out['prefetch']!r}")
   out['prefetch'] = int(out['prefetch'])
+  out['multiscale'] = _resolve_multiscale(out['multiscale'])
   out['randaugment'] = _resolve_randaugment(out['randaugment'])
   return ml_collections.FrozenConfigDict(out)
+
+
+def _resolve_multiscale(value: Any):
+  """None / empty -> None; ints and (h, w) pairs -> a tuple of (h, w) int pairs."""
+  if value is None:
+    return None
+  if isinstance(value, int) and not isinstance(value, bool):
+    value = (value,)
+  try:
+    items = list(value)
+  except TypeError:
+    raise DataError('data.multiscale must be None or a list of sizes (ints or (h, w) pairs), '
+                    f'got {value!r}') from None
+  if all(item is None for item in items):   # `--config.data.multiscale=None` parses as (None,)
+    return None
+  sizes = []
+  for item in items:
+    if isinstance(item, int) and not isinstance(item, bool):
+      pair = (item, item)
+    else:
+      try:
+        pair = tuple(item)
+      except TypeError:
+        pair = ()
+      if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                   for v in pair):
+        raise DataError(f'data.multiscale entries must be ints or (h, w) pairs of ints, got '
+                        f'{item!r}')
+    if min(pair) < 1:
+      raise DataError(f'data.multiscale sizes must be positive, got {item!r}')
+    sizes.append((int(pair[0]), int(pair[1])))
+  return tuple(sizes) or None
 
 
 def _resolve_randaugment(value: Any) -> dict:

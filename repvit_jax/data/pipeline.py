@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from repvit_jax.data import config as config_lib
-from repvit_jax.data import order, preprocess, sources
+from repvit_jax.data import multiscale, order, preprocess, sources
 from repvit_jax.data import split as split_lib
 from repvit_jax.data._tf import tf
 from repvit_jax.data.errors import DataError
@@ -86,7 +86,9 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, star
     process_index, process_count: this host and the number of hosts (default: JAX's).
   Yields:
     {'image': float32 [b, S, S, 3] normalised, 'label': int32 [b]} with
-    b = global_batch_size // process_count and S = image_size.
+    b = global_batch_size // process_count and S = image_size; with `data.multiscale`,
+    [b_k, h_k, w_k, 3] batches whose resolution and size vary per step (see
+    repvit_jax/data/multiscale.py).
   Raises:
     DataError: bad config, unreadable data set, or a batch size that does not split.
   """
@@ -103,6 +105,14 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, star
   split = source.split(train_split, config)
   if config.cache and not split.resident:
     split = split_lib.materialise(split)
+
+  if config.multiscale:
+    # MobileViT's multi-scale sampler: batches of varying resolution and size.
+    start, stop = (0, None) if split.indexed else _host_range(split.num_examples, index, count)
+    return _iterate(multiscale.train_dataset(
+        split, config, seed=seed, start_step=start_step, host_batch=host_batch,
+        process_index=index, process_count=count, global_batch=int(global_batch_size),
+        start=start, stop=stop))
 
   if split.indexed:
     slots = order.indexed_order(split.num_examples, seed, int(global_batch_size), host_batch,

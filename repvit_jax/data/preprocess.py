@@ -17,17 +17,20 @@ from repvit_jax.data.split import WindowFn
 DecodeCrop = Callable[[tf.Tensor, WindowFn], tf.Tensor]
 
 
-def train_image(raw: tf.Tensor, key: tf.Tensor, decode_crop: DecodeCrop, config) -> tf.Tensor:
+def train_image(raw: tf.Tensor, key: tf.Tensor, decode_crop: DecodeCrop, config,
+                size=None) -> tf.Tensor:
   """One augmented training image.
 
   Args:
     raw: the stored image, as the split's `decode_crop` takes it.
     key: [2] int64, this example's random key; the only source of randomness.
     config: the resolved data config.
+    size: None for config.image_size, or a (height, width) pair of int32 scalar tensors
+      (the multi-scale sampler's resolution of this step).
   Returns:
-    float32 [image_size, image_size, 3], normalised.
+    float32 [image_size, image_size, 3] (or [height, width, 3]), normalised.
   """
-  size = config.image_size
+  size = config.image_size if size is None else size
 
   def window(shape):
     return augment.random_resized_crop_window(shape, rng.fold_in(key, 0), config.crop_scale,
@@ -45,7 +48,7 @@ def train_image(raw: tf.Tensor, key: tf.Tensor, decode_crop: DecodeCrop, config)
   if config.color_jitter > 0:
     image = augment.color_jitter(image, rng.fold_in(key, 3), config.color_jitter)
   image = augment.normalise(image, config.mean, config.std)
-  image.set_shape([size, size, 3])
+  image.set_shape([size, size, 3] if isinstance(size, int) else [None, None, 3])
   return image
 
 

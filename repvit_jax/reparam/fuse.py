@@ -147,6 +147,65 @@ def sum_branches(branches: Sequence[Tuple[Array, Optional[Array]]],
   return kernel * scale, bias * scale
 
 
+def fold_preceding_batchnorm(kernel: Array, bias: Optional[Array], scale: Array,
+                             offset: Array, mean: Array, var: Array,
+                             eps: float = BN_EPSILON) -> KernelBias:
+  """Folds an eval-mode BatchNorm that comes BEFORE a dense layer into that layer.
+
+  `BN(x) @ W + c == x @ W' + c'` with BN(x) = a * x + b (see `batchnorm_to_affine`):
+  W'[i, :] = a_i * W[i, :] and c' = b @ W + c. (LeViT's classification heads.) Only for
+  dense layers: before a padded convolution the zero padding would not be normalised.
+
+  Args:
+    kernel: (C, out), the dense kernel whose INPUT features the BN normalises.
+    bias: (out,) or None.
+    scale, offset, mean, var: BN parameters and running statistics, each (C,).
+    eps: BN epsilon.
+
+  Returns:
+    (kernel', bias') with shapes (C, out) and (out,).
+  """
+  if kernel.ndim != 2:
+    raise ValueError(f'a BatchNorm can only be folded into a following dense kernel (in, out), '
+                     f'got shape {tuple(kernel.shape)}')
+  channels = kernel.shape[0]
+  for array in (scale, offset, mean, var):
+    if array.shape != (channels,):
+      raise ValueError(f'BatchNorm parameters of shape {array.shape} do not match a layer with '
+                       f'{channels} input features')
+  a, b = batchnorm_to_affine(scale, offset, mean, var, eps)
+  matmul = lambda u, w: jnp.matmul(u, w, precision=jax.lax.Precision.HIGHEST)
+  return kernel * a[:, None], matmul(b, kernel) + _bias_or_zeros(kernel, bias)
+
+
+def fold_affine_into_norm(norm_scale: Array, norm_bias: Array, affine_scale: Array,
+                          affine_shift: Array, *, minus_input: bool = True) -> KernelBias:
+  """Folds a per-channel affine map that follows a normalisation into the norm's affine.
+
+  A norm ends in `n = gamma * x_hat + beta`; the map is `s * n + t`, minus `n` itself when
+  `minus_input` (RIFormer's training-time token mixer `affine(n) - n`). Then
+  `gamma' = gamma * (s - 1)`, `beta' = beta * (s - 1) + t` (or `gamma * s`, `beta * s + t`),
+  and `norm'(x) = gamma' * x_hat + beta'` equals the map applied to the norm's output.
+  Valid for any norm whose output is `gamma * x_hat + beta` per channel (GroupNorm,
+  LayerNorm, eval-mode BatchNorm).
+
+  Args:
+    norm_scale, norm_bias: gamma and beta of the norm, each (C,).
+    affine_scale, affine_shift: s and t of the map, each (C,).
+    minus_input: whether the map subtracts its input (`s * n + t - n`).
+
+  Returns:
+    (gamma', beta'), each (C,).
+  """
+  shape = norm_scale.shape
+  for array in (norm_bias, affine_scale, affine_shift):
+    if array.shape != shape:
+      raise ValueError(f'norm and affine parameters must have one shape (C,), got {shape} and '
+                       f'{array.shape}')
+  factor = affine_scale - 1 if minus_input else affine_scale
+  return norm_scale * factor, norm_bias * factor + affine_shift
+
+
 def _check_channels(kernel: Array, *per_channel: Array) -> None:
   channels = kernel.shape[-1]
   for array in per_channel:

@@ -1,0 +1,62 @@
+"""RIFormer-S12 trained with module imitation from a PoolFormer-S12 (RIFormer's recipe).
+
+    # ImageNet: a trained PoolFormer-S12 is the feature teacher (and, unless teacher.model is
+    # set, also the logits teacher; the paper's logits teacher is GFNet-H-B)
+    python train.py --config configs/riformer_s12.py --workdir runs/riformer_s12 \
+        --config.feature_teacher.init_from=runs/poolformer_s12
+
+On the embedded digits, in minutes on a CPU (two commands: the teacher, then the student):
+
+    python train.py --config configs/riformer_s12.py:teacher_demo --workdir runs/poolformer_demo
+    python train.py --config configs/riformer_s12.py:demo --workdir runs/riformer_demo \
+        --config.feature_teacher.init_from=runs/poolformer_demo
+
+The run logs train/soft_loss, train/in_loss, train/out_loss and train/rel_loss (unweighted)
+in metrics.jsonl; at the end workdir/deploy holds the token-mixer-free deploy model.
+`:plain_demo` trains the same RIFormer on labels only, without a teacher (the baseline).
+
+Options (config.feature_teacher): `blocks` (global block indices to imitate; None = the last
+block of every stage, 4 layers as the paper's best setting), `weights.{in,out,rel}`
+(the slides' best: feature 80, relation 20), `init_student` (start from the teacher's
+weights except the token mixers). Soft labels: `teacher.alpha` = 1.0 (no label term),
+`teacher.temperature`; another logits teacher: `teacher.model`, `teacher.init_from`.
+"""
+
+import ml_collections
+
+from repvit_jax.train import recipes
+
+
+def module_imitation(config, *, teacher: str, teacher_overrides=None):
+  config.task = 'module_imitation'
+  config.feature_teacher = ml_collections.ConfigDict(dict(
+      model=teacher,
+      init_from=ml_collections.config_dict.placeholder(str),
+      overrides=dict(teacher_overrides or {}),
+      blocks=ml_collections.config_dict.placeholder(tuple),
+      weights=dict({'in': 80.0, 'out': 80.0, 'rel': 20.0}),
+      init_student=True))
+  config.teacher.kind = 'soft'
+  config.teacher.alpha = 1.0
+  config.teacher.temperature = 1.0
+  return config
+
+
+def get_config(arg: str = ''):
+  variant = (arg or '').strip()
+  if variant == 'teacher_demo':
+    return recipes.metaformer_demo(recipes.base('poolformer_s12'))
+  config = recipes.base('riformer_s12')
+  if variant == 'demo':
+    config = recipes.metaformer_demo(config)
+    overrides = {k: v for k, v in recipes.METAFORMER_DEMO.items() if k != 'drop_path_rate'}
+    config = module_imitation(config, teacher='poolformer_s12', teacher_overrides=overrides)
+    config.feature_teacher.init_from = 'runs/poolformer_demo'
+    return config
+  if variant == 'plain_demo':
+    return recipes.metaformer_demo(config)
+  if variant:
+    raise ValueError(f'unknown config variant {variant!r}; known: "" (ImageNet), "demo", '
+                     '"teacher_demo", "plain_demo"')
+  config = recipes.metaformer_imagenet(config)
+  return module_imitation(config, teacher='poolformer_s12')

@@ -1,0 +1,215 @@
+"""RIFormer's module-imitation distillation: a RIFormer student learns from a PoolFormer.
+
+    L = (1 - alpha) CE + alpha L_soft + w_in L'_in + w_out L_out + w_rel L_rel
+
+  L_soft  soft distillation (KL at `teacher.temperature`) to a logits teacher: `teacher.model`
+          when set, else the feature teacher's own logits. `teacher.alpha = 1.0` (the
+          default here) trains on the soft labels only, as the paper recommends.
+  L'_in   MSE between the student's and the feature teacher's block outputs.
+  L_out   MSE between the student's affine mixer and the teacher's token mixer applied to the
+          same input: the teacher's normalised mixer input (the student's affine is run on
+          it with the student's parameters), so the affine imitates the pooling module.
+  L_rel   MSE between token-relation matrices of those two mixer outputs, R(T) = T^ T^T with
+          T^ the L2-normalised tokens (B, N, C) (our choice; the paper's code is not public).
+          Computed without forming the N x N matrices when N > C (see `relation_loss`).
+  The three feature terms are averaged over `feature_teacher.blocks` (global block indices;
+  default: the last block of every stage) and logged unweighted as train/in_loss,
+  train/out_loss and train/rel_loss; the soft term as train/soft_loss.
+
+Config (besides the classification task's):
+  feature_teacher.model, .init_from, .overrides: the feature teacher (a MetaFormer, e.g. a
+    trained PoolFormer of the student's size), run in eval mode.
+  feature_teacher.blocks: block indices to imitate (None: last block of every stage).
+  feature_teacher.weights.{in, out, rel}: w_in, w_out, w_rel.
+  feature_teacher.init_student: initialise the student from the feature teacher's weights,
+    all but the token mixers (and a head of another shape). Implemented by pointing
+    `config.init_from` at the teacher and adding the mixers to `config.init_skip`, so a
+    resumed run restores its checkpoint as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from repvit_jax.models.metaformer import AffineMixer, MetaFormer
+from repvit_jax.models.registry import create_model
+from repvit_jax.train import losses, pretrained
+from repvit_jax.train.classification import ClassificationTask, model_overrides
+from repvit_jax.train.state import model_variables
+
+MIXER_SKIP = r'(^|/)mixer/'
+
+
+def mse(a, b):
+  """Mean squared error over every element, in float32."""
+  return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+def _tokens(x):
+  """(B, H, W, C) or (B, N, C) -> L2-normalised tokens (B, N, C), float32."""
+  x = x.astype(jnp.float32).reshape(x.shape[0], -1, x.shape[-1])
+  # rsqrt of a clamped square: finite gradients for all-zero tokens (an affine mixer at
+  # its initial value outputs exactly zero), where the gradient of a norm would be NaN.
+  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared, 1e-12))
+
+
+def relation_loss(student, teacher):
+  """MSE between token-relation matrices R = T^ T^T (B, N, N) of L2-normalised tokens.
+
+  Args:
+    student, teacher: (B, H, W, C) or (B, N, C) features of one shape.
+
+  Returns:
+    mean over B * N * N of (R_s - R_t)^2. When N > C it uses
+    ||A A^T - B B^T||_F^2 = ||A^T A||^2 - 2 ||A^T B||^2 + ||B^T B||^2 (C x C matrices), which
+    keeps memory at O(N C) for high-resolution stages.
+  """
+  a, b = _tokens(student), _tokens(teacher)
+  n, c = a.shape[1], a.shape[2]
+  hp = jax.lax.Precision.HIGHEST
+  if n <= c:
+    ra = jnp.einsum('bnc,bmc->bnm', a, a, precision=hp)
+    rb = jnp.einsum('bnc,bmc->bnm', b, b, precision=hp)
+    return jnp.mean(jnp.square(ra - rb))
+  gram = lambda u, v: jnp.sum(jnp.square(jnp.einsum('bnc,bnd->bcd', u, v, precision=hp)),
+                              axis=(1, 2))
+  total = gram(a, a) - 2 * gram(a, b) + gram(b, b)
+  return jnp.mean(jnp.maximum(total, 0.0)) / (n * n)
+
+
+def default_blocks(depths: Sequence[int]):
+  """The last block of every stage, as global block indices."""
+  ends, total = [], 0
+  for depth in depths:
+    total += depth
+    ends.append(total - 1)
+  return tuple(ends)
+
+
+class ModuleImitationTask(ClassificationTask):
+  """Classification with RIFormer's module imitation (see the module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+    super().__init__(config, num_classes)
+    cfg = config.get('feature_teacher') or ml_collections.ConfigDict()
+    if not cfg.get('model') or not cfg.get('init_from'):
+      raise ValueError('the module_imitation task needs feature_teacher.model and '
+                       'feature_teacher.init_from (e.g. a trained poolformer_s12 workdir)')
+    if not isinstance(self.model, MetaFormer) or self.model.mixer != 'affine':
+      raise ValueError(f'module imitation trains a RIFormer (a MetaFormer with the affine '
+                       f'mixer), got {self.model_name}; use e.g. riformer_s12')
+    self.feature_cfg = cfg
+    self.feature_teacher = create_model(cfg.model, num_classes=num_classes,
+                                        **model_overrides(cfg.get('overrides') or {}))
+    if not isinstance(self.feature_teacher, MetaFormer):
+      raise ValueError(f'feature_teacher.model must be a MetaFormer (poolformer_* or '
+                       f'riformer_*), got {cfg.model}')
+    depth = sum(self.model.depths)
+    blocks = cfg.get('blocks')
+    self.blocks = tuple(int(b) for b in (blocks if blocks is not None else
+                                          default_blocks(self.model.depths)))
+    if not self.blocks or any(not 0 <= b < depth for b in self.blocks):
+      raise ValueError(f'feature_teacher.blocks must be block indices in [0, {depth}), got '
+                       f'{self.blocks}')
+    weights = cfg.get('weights') or {}
+    self.weights = {k: float(weights.get(k, 0.0)) for k in ('in', 'out', 'rel')}
+    if self.teacher is None:
+      self.teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
+    if cfg.get('init_student'):
+      self._init_student_from_teacher(config, cfg.init_from)
+
+  @staticmethod
+  def _init_student_from_teacher(config, path: str) -> None:
+    """Points `init_from` at the feature teacher; token mixers keep their initial values."""
+    current = config.get('init_from')
+    if current and current != path:
+      raise ValueError(f'feature_teacher.init_student loads {path}, but init_from is '
+                       f'{current}: set only one of them')
+    config.init_from = path
+    skip = config.get('init_skip') or ''
+    if MIXER_SKIP not in skip:
+      config.init_skip = f'(?:{skip})|{MIXER_SKIP}' if skip else MIXER_SKIP
+
+  def load_frozen(self) -> Dict[str, Any]:
+    """The logits teacher (if any) and the feature teacher's variables, as host arrays."""
+    frozen = super().load_frozen()
+    path = self.feature_cfg.init_from
+    source = pretrained.read_variables(path)
+    image_size = self.config.data.image_size
+    sample = jnp.zeros((1, image_size, image_size, 3))
+    target = jax.eval_shape(lambda: self.feature_teacher.init(jax.random.PRNGKey(0), sample,
+                                                              train=False))
+    fitted, _ = pretrained.fit(target, source, what=f'feature teacher {path}')
+    self._check_shapes(fitted, sample)
+    frozen['feature_teacher'] = fitted
+    return frozen
+
+  def _check_shapes(self, teacher_variables, sample) -> None:
+    """The imitated blocks must have one feature shape in student and teacher."""
+    def shapes(model, variables):
+      _, state = jax.eval_shape(lambda v: model.apply(v, sample, train=False,
+                                                      mutable=['intermediates']), variables)
+      return state['intermediates']
+    student_vars = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0), sample,
+                                                          train=False))
+    mine, theirs = shapes(self.model, student_vars), shapes(self.feature_teacher,
+                                                             teacher_variables)
+    for b in self.blocks:
+      name = f'blocks_{b}'
+      if name not in theirs:
+        raise ValueError(f'feature teacher {self.feature_cfg.model} has no block {b}')
+      got, want = mine[name]['features'][0].shape, theirs[name]['features'][0].shape
+      if got != want:
+        raise ValueError(f'block {b}: student features {got} and teacher features {want} '
+                         'differ; choose a feature teacher of the student\'s size')
+
+  def loss(self, params, batch_stats, batch, rng, frozen):
+    """Mean loss over the batch -> (loss, (new batch_stats, metrics))."""
+    cfg = self.config
+    mix_rng, dropout_rng = jax.random.split(rng)
+    targets = losses.onehot(batch['label'], self.num_classes, cfg.get('label_smoothing', 0.0))
+    images = batch['image']
+    mix = cfg.get('mixup') or {}
+    if mix.get('mixup_alpha', 0.0) or mix.get('cutmix_alpha', 0.0):
+      images, targets = losses.mixup_cutmix(mix_rng, images, targets,
+                                            mixup_alpha=mix.get('mixup_alpha', 0.0),
+                                            cutmix_alpha=mix.get('cutmix_alpha', 0.0),
+                                            switch_prob=mix.get('switch_prob', 0.5))
+    logits, state = self.model.apply(model_variables(params, batch_stats), images, train=True,
+                                     rngs={'dropout': dropout_rng},
+                                     mutable=['batch_stats', 'intermediates'])
+    student = state['intermediates']
+    teacher_logits, teacher_state = self.feature_teacher.apply(
+        frozen['feature_teacher'], images, train=False, mutable=['intermediates'])
+    teacher_logits, teacher = jax.lax.stop_gradient(
+        (teacher_logits, teacher_state['intermediates']))
+    if self.teacher is not None:
+      teacher_logits = jax.lax.stop_gradient(
+          self.teacher.apply(frozen['teacher'], images, train=False))
+
+    ce = losses.softmax_cross_entropy(logits, targets).mean()
+    soft = self.distill_loss(logits, teacher_logits)
+    alpha = float(self.teacher_cfg.get('alpha', 1.0))
+    terms = {'in': 0.0, 'out': 0.0, 'rel': 0.0}
+    for b in self.blocks:
+      name = f'blocks_{b}'
+      mine, theirs = student[name], teacher[name]
+      terms['in'] += mse(mine['features'][0], theirs['features'][0])
+      # The student's affine mixer on the teacher's normalised input.
+      imitated = AffineMixer().apply({'params': params[name]['mixer']}, theirs['mixer_in'][0])
+      terms['out'] += mse(imitated, theirs['mixer_out'][0])
+      terms['rel'] += relation_loss(imitated, theirs['mixer_out'][0])
+    terms = {k: v / len(self.blocks) for k, v in terms.items()}
+    loss = (1.0 - alpha) * ce + alpha * soft + sum(self.weights[k] * terms[k] for k in terms)
+    metrics = {'train/ce': ce, 'train/soft_loss': soft,
+               'train/accuracy': losses.accuracy(logits, batch['label']).mean()}
+    metrics.update({f'train/{k}_loss': v for k, v in terms.items()})
+    return loss, (state.get('batch_stats', {}), metrics)
+
+
+__all__ = ['ModuleImitationTask', 'relation_loss', 'default_blocks', 'mse']

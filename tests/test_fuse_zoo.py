@@ -1,0 +1,225 @@
+"""The zoo's fusion: new fuse algebra, the conv/linear+BN, averaged-head and affine-mixer fusers,
+and the equivalence promise for every LeViT, MobileViT, PoolFormer and RIFormer name.
+
+Equivalence runs reduced models (small widths and depths, small images); every name of a
+family reduces to one module, so each family's forward compiles once. Variables are drawn on
+the host from the model's abstract tree (no init compile). Full-size equivalence is measured by
+benchmarks/models.py (`--check`)."""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import repvit_jax as rj
+from repvit_jax import reparam
+from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
+from repvit_jax.reparam import check
+
+RNG = np.random.default_rng(0)
+
+# Reduced architectures: every block type, a few hundred parameters per layer.
+# Fields that only matter in training (drop path) or at init (layer scale) are pinned, so that
+# every name of a family reduces to one module and the jitted forward compiles once per family.
+REDUCED = {
+    'levit': (dict(embed_dims=(16, 16, 16), key_dim=8, num_heads=(2, 2, 2), depths=(1, 1, 1),
+                   drop_path_rate=0.0), 64),
+    'mobilevit': (dict(stem_features=8, channels=(8, 8, 8, 8, 8), stage_depths=(1, 2),
+                       transformer_dims=(16, 16, 16), transformer_depths=(1, 1, 1),
+                       expansion=2.0, final_features=16), 48),  # stage 4 at 3x3 -> 4x4
+    'poolformer': (dict(depths=(1, 1, 2, 1), dims=(8, 8, 8, 8), layer_scale_init=1e-5), 32),
+    'riformer': (dict(depths=(1, 1, 2, 1), dims=(8, 8, 8, 8), layer_scale_init=1e-5), 32),
+}
+ZOO = [name for name in rj.list_models() if name.split('_')[0] in REDUCED]
+
+
+def random_variables(model, images, seed=0):
+  """Non-trivial variables for `model` drawn with NumPy from its abstract tree.
+
+  Kernels ~ N(0, 1 / fan_in); norm/BN scales ~ 1 + N(0, 0.2); other vectors (biases, layer
+  scales, affine shifts) ~ N(0, 0.5); BN running means ~ N(0, 0.5), variances ~ U(0.5, 2).
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = getattr(path[-1], 'key', '')
+    shape = leaf.shape
+    if name == 'var':
+      value = rng.uniform(0.5, 2.0, shape)
+    elif len(shape) >= 2:
+      value = rng.normal(0.0, 1.0 / math.sqrt(np.prod(shape[:-1])), shape)
+    elif name == 'scale':
+      value = 1.0 + rng.normal(0.0, 0.2, shape)
+    else:
+      value = rng.normal(0.0, 0.5, shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def reduced(name, deploy=False):
+  overrides, size = REDUCED[name.split('_')[0]]
+  return rj.create_model(name, num_classes=5, deploy=deploy, **overrides), size
+
+
+# ---------------------------------------------------------------- fuse algebra
+
+
+def bn_params(channels):
+  return (RNG.uniform(0.5, 1.5, channels), RNG.normal(size=channels),
+          RNG.normal(size=channels), RNG.uniform(0.5, 2.0, channels))
+
+
+def batchnorm(y, scale, offset, mean, var, eps=reparam.BN_EPSILON):
+  return (y - mean) / np.sqrt(var + eps) * scale + offset
+
+
+@pytest.mark.parametrize('with_bias', [True, False])
+def test_fold_preceding_batchnorm_matches_bn_then_dense(with_bias):
+  f32 = lambda a: a.astype(np.float32)
+  x, kernel = f32(RNG.normal(size=(4, 6))), f32(RNG.normal(size=(6, 3)))
+  bias = f32(RNG.normal(size=3)) if with_bias else None
+  params = [f32(p) for p in bn_params(6)]
+  expected = batchnorm(x, *params) @ kernel + (0 if bias is None else bias)
+  k, b = reparam.fold_preceding_batchnorm(kernel, bias, *params)
+  np.testing.assert_allclose(x @ np.asarray(k) + np.asarray(b), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_preceding_batchnorm_rejects_bad_shapes():
+  with pytest.raises(ValueError, match='following dense kernel'):
+    reparam.fold_preceding_batchnorm(np.ones((1, 1, 6, 3)), None, *bn_params(6))
+  with pytest.raises(ValueError, match='6 input features'):
+    reparam.fold_preceding_batchnorm(np.ones((6, 3)), None, *bn_params(3))
+
+
+@pytest.mark.parametrize('minus_input', [True, False])
+def test_fold_affine_into_norm_matches_norm_then_affine(minus_input):
+  x = RNG.normal(size=(2, 5, 5, 4)).astype(np.float32)
+  gamma, beta, s, t = (RNG.normal(size=4).astype(np.float32) for _ in range(4))
+  x_hat = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / np.sqrt(
+      x.var(axis=(1, 2, 3), keepdims=True) + 1e-5)
+  n = gamma * x_hat + beta
+  expected = s * n + t - (n if minus_input else 0)
+  g2, b2 = reparam.fold_affine_into_norm(gamma, beta, s, t, minus_input=minus_input)
+  np.testing.assert_allclose(np.asarray(g2) * x_hat + np.asarray(b2), expected, rtol=1e-5,
+                             atol=1e-5)
+  # The same through Flax's GroupNorm with one group (what MetaFormer uses).
+  norm = nn.GroupNorm(num_groups=1, epsilon=1e-5)
+  out = norm.apply({'params': {'scale': g2, 'bias': b2}}, x)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_affine_into_norm_rejects_mismatched_shapes():
+  with pytest.raises(ValueError, match='one shape'):
+    reparam.fold_affine_into_norm(np.ones(3), np.ones(3), np.ones(4), np.ones(3))
+
+
+# ---------------------------------------------------------------- layer fusers
+
+
+@pytest.mark.parametrize('layer,shape', [
+    (ConvBN(6, (3, 3), strides=2, padding=1), (2, 7, 7, 4)),
+    (ConvBN(8, (3, 3), padding=1, groups=8), (2, 5, 5, 8)),       # depthwise
+    (ConvBN(6, (1, 1), use_bias=True), (2, 4, 4, 3)),
+    (LinearBN(5), (2, 7, 3)),
+    (BNLinear(5), (3, 6)),
+])
+def test_layer_fusers_reach_the_deploy_layer(layer, shape):
+  x = jnp.asarray(RNG.normal(size=shape), jnp.float32)
+  variables = random_variables(layer, x)
+  deploy_layer = layer.clone(deploy=True)
+  deployed = rj.reparameterize(variables)
+  abstract = jax.eval_shape(lambda: deploy_layer.init(jax.random.key(0), x, train=False))
+  assert jax.tree.structure(deployed) == jax.tree.structure(abstract)
+  assert set(deployed) == {'params'} and set(deployed['params']) == {'kernel', 'bias'}
+  expected = layer.apply(variables, x, train=False)
+  np.testing.assert_allclose(deploy_layer.apply(deployed, x, train=False), expected,
+                             rtol=1e-5, atol=1e-5)
+  # The deploy layers are plain Flax layers' variables.
+  plain = (nn.Dense(layer.features) if not isinstance(layer, ConvBN) else
+           nn.Conv(layer.features, layer.kernel_size, strides=layer.strides,
+                   padding=[(layer.padding, layer.padding)] * 2,
+                   feature_group_count=layer.groups))
+  np.testing.assert_allclose(plain.apply(deployed, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_averaged_heads_become_one_dense():
+  from repvit_jax.models.levit import DistilledHead
+  x = jnp.asarray(RNG.normal(size=(4, 6)), jnp.float32)
+  head = DistilledHead(3)
+  variables = random_variables(head, x)
+  cls, dist = head.apply(variables, x, train=True, mutable=['batch_stats'])[0]
+  assert cls.shape == dist.shape == (4, 3)
+  deployed = rj.reparameterize(variables)
+  assert set(deployed) == {'params'} and set(deployed['params']) == {'kernel', 'bias'}
+  np.testing.assert_allclose(nn.Dense(3).apply(deployed, x),
+                             head.apply(variables, x, train=False), rtol=1e-5, atol=1e-5)
+
+
+def test_missing_batch_stats_and_bad_shapes_name_the_path():
+  model, size = reduced('levit_128s')
+  variables = random_variables(model, jnp.zeros((1, size, size, 3)))
+  with pytest.raises(ValueError, match=r'^/(stem|head)/\S+: a .* needs the BatchNorm stat'):
+    rj.reparameterize({'params': variables['params']})
+  broken = jax.tree.map(lambda a: a, variables)
+  broken['batch_stats']['stages_1']['blocks_0']['mlp']['fc1']['bn']['var'] = jnp.ones(3)
+  with pytest.raises(ValueError, match=r'/stages_1/blocks_0/mlp/fc1/bn \(batch_stats\)/var'):
+    rj.reparameterize(broken)
+  broken = jax.tree.map(lambda a: a, variables)
+  broken['params']['head']['dist']['pre_bn']['scale'] = jnp.ones(7)
+  with pytest.raises(ValueError, match=r'/head/dist/pre_bn/scale'):
+    rj.reparameterize(broken)
+  model, size = reduced('riformer_s12')
+  variables = random_variables(model, jnp.zeros((1, size, size, 3)))
+  variables['params']['blocks_2']['mixer']['shift'] = jnp.ones(3)
+  with pytest.raises(ValueError, match=r'/blocks_2/mixer/shift'):
+    rj.reparameterize(variables)
+
+
+@pytest.mark.parametrize('name', ['levit_128s', 'mobilevit_xxs', 'riformer_s12'])
+def test_reparameterize_is_idempotent(name):
+  model, size = reduced(name)
+  once = rj.reparameterize(random_variables(model, jnp.zeros((1, size, size, 3))))
+  twice = rj.reparameterize(once)
+  assert jax.tree.structure(once) == jax.tree.structure(twice)
+  jax.tree.map(np.testing.assert_array_equal, once, twice)
+
+
+# ---------------------------------------------------------------- every name
+
+
+@pytest.mark.parametrize('name', ZOO)
+def test_deploy_tree_is_the_deploy_models_tree(name):
+  model, size = reduced(name)
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  train_tree = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  deploy_model, _ = reduced(name, deploy=True)
+  deploy_tree = jax.eval_shape(lambda x: deploy_model.init(jax.random.key(0), x, train=False),
+                               images)
+  fused = jax.eval_shape(rj.reparameterize, train_tree)
+  assert jax.tree.structure(fused) == jax.tree.structure(deploy_tree)
+  assert jax.tree.map(lambda a: a.shape, fused) == jax.tree.map(lambda a: a.shape, deploy_tree)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model, variables, images):
+  """Eval-mode logits; compiled once per distinct (hashable) module."""
+  return model.apply(variables, images, train=False)
+
+
+@pytest.mark.parametrize('name', ZOO)
+def test_train_form_in_eval_mode_equals_deploy_form(name):
+  model, size = reduced(name)
+  images = jnp.asarray(RNG.normal(size=(2, size, size, 3)), jnp.float32)
+  variables = random_variables(model, images, seed=1)
+  deploy_model, _ = reduced(name, deploy=True)
+  deployed = rj.reparameterize(variables)
+  assert 'batch_stats' not in deployed
+  error = check.relative_error(forward(deploy_model, deployed, images),
+                               forward(model, variables, images))
+  assert error <= 1e-5, (name, error)
