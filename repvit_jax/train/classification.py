@@ -62,8 +62,22 @@ class ClassificationTask:
   best_metric = 'eval/accuracy'
 
   def adapt_pretrained(self, source: Dict[str, Any]) -> Dict[str, Any]:
-    """Variables read from `init_from`, renamed into this model's layout (here: as they are)."""
-    return source
+    """Variables read from `init_from`, renamed into this model's layout.
+
+    A classifier tree is used as it is. An MAE pre-training tree (decoder_*, mask_token)
+    becomes its encoder: decoder and distillation params are dropped, a learned `pos_embed`
+    starts from the sin-cos table the encoder was trained with, TDRL branches are kept (or
+    folded, for a classifier without TDRL); `head`/`fc_norm` stay fresh (`init_skip`).
+    """
+    from repvit_jax.models import mae  # pylint: disable=import-outside-toplevel
+    if not mae.is_mae_tree(source.get('params', {})):
+      return source
+    if getattr(self.model, 'tdrl', True) is None:
+      source = reparameterize(source)
+    num_patches = None
+    if getattr(self.model, 'pos_embed', None) == 'learn':
+      num_patches = (int(self.config.data.image_size) // self.model.patch_size) ** 2
+    return mae.to_classifier(source, num_patches=num_patches)
 
   def init_variables(self, rng: jax.Array, images: jax.Array) -> Dict[str, Any]:
     """The student's initial variables for (B, H, W, 3) images."""
@@ -97,22 +111,37 @@ class ClassificationTask:
                                             switch_prob=mix.get('switch_prob', 0.5))
     logits, updates = self.model.apply(model_variables(params, batch_stats), images, train=True,
                                        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    # A model with a distillation head (LeViT) returns (class logits, distillation logits) in
+    # training: the class head learns from the labels, the distillation head from the teacher
+    # (DeiT), or from the labels as well when no teacher is configured.
+    dist_logits = None
+    if isinstance(logits, tuple):
+      logits, dist_logits = logits
     ce = losses.softmax_cross_entropy(logits, targets).mean()
+    mean_logits = logits if dist_logits is None else (logits + dist_logits) / 2
     metrics = {'train/ce': ce,
-               'train/accuracy': losses.accuracy(logits, batch['label']).mean()}
+               'train/accuracy': losses.accuracy(mean_logits, batch['label']).mean()}
     loss = ce
     if self.teacher is not None:
       teacher_logits = jax.lax.stop_gradient(
           self.teacher.apply(frozen['teacher'], images, train=False))
-      if self.teacher_cfg.get('kind', 'soft') == 'hard':
-        distill = losses.hard_distillation_loss(logits, teacher_logits).mean()
-      else:
-        distill = losses.kd_soft_loss(logits, teacher_logits,
-                                      self.teacher_cfg.get('temperature', 1.0)).mean()
+      distill = self.distill_loss(logits if dist_logits is None else dist_logits,
+                                  teacher_logits)
       alpha = self.teacher_cfg.get('alpha', 0.5)
       loss = (1.0 - alpha) * ce + alpha * distill
       metrics['train/distill_loss'] = distill
+    elif dist_logits is not None:
+      dist_ce = losses.softmax_cross_entropy(dist_logits, targets).mean()
+      loss = (ce + dist_ce) / 2
+      metrics['train/dist_ce'] = dist_ce
     return loss, (updates.get('batch_stats', {}), metrics)
+
+  def distill_loss(self, logits, teacher_logits):
+    """Mean distillation loss of (B, K) student logits against the teacher's (teacher.kind)."""
+    if self.teacher_cfg.get('kind', 'soft') == 'hard':
+      return losses.hard_distillation_loss(logits, teacher_logits).mean()
+    return losses.kd_soft_loss(logits, teacher_logits,
+                               self.teacher_cfg.get('temperature', 1.0)).mean()
 
   def evaluate(self, variables, batch, frozen, *, deploy: bool) -> Dict[str, jax.Array]:
     """Sums over the real (mask = 1) examples of a batch: correct, loss, count."""

@@ -115,7 +115,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               max_to_keep=int(config.get('keep_checkpoints', 3)),
-                              best_metric=task.best_metric)
+                              best_metric=task.best_metric,
+                              best_mode=getattr(task, 'best_mode', 'max'))
   start_step = checkpointer.latest_step()
   if start_step is not None:
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -164,6 +165,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']})
         if do_eval:
           last_eval = evaluator(state)
+          if hasattr(task, 'after_eval'):   # e.g. MAE's reconstructions.png
+            task.after_eval(model_variables(state), workdir, step)
           row.update(last_eval)
           _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
         if row:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from repvit_jax.train.classification import ClassificationTask
+from repvit_jax.train.mae import MAETask
+from repvit_jax.train.module_imitation import ModuleImitationTask
 
-TASKS = {'classification': ClassificationTask}
+TASKS = {'classification': ClassificationTask, 'mae': MAETask,
+         'module_imitation': ModuleImitationTask}
 
 
 def build(config, info):
