@@ -134,11 +134,15 @@ def check(timm_name: str, ours: str, size: int, workdir: str, seed: int = 0) -> 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', nargs='*', default=[m[0] for m in MODELS])
+  parser.add_argument('--keep', default=None, metavar='DIR',
+                      help='keep the checkpoints and converted model directories in DIR')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
                                                     'timm_parity.json'))
   args = parser.parse_args()
   rows = []
-  with tempfile.TemporaryDirectory() as workdir:
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = args.keep or tmp
+    os.makedirs(workdir, exist_ok=True)
     for timm_name, ours, size in MODELS:
       if timm_name in args.models:
         rows.append(check(timm_name, ours, size, workdir))

@@ -1,0 +1,163 @@
+"""PyTorch checkpoints -> this project's variable trees (and back), for every model family.
+
+    from repvit_jax import convert
+    result = convert.convert_checkpoint('vit_tiny.safetensors', 'models/vit_tiny',
+                                        model='vit_tiny')
+    model, variables = repvit_jax.load_model('models/vit_tiny')   # also init_from=...
+
+or `python -m repvit_jax.convert SRC DST --model NAME`. Sources: timm ViT/DeiT, LeViT,
+MobileViT, PoolFormer; the official MAE and MAE-Lite (`{"model": ...}`, `model.` prefix);
+mmpretrain RIFormer (training and deploy forms). Files: `.safetensors` and `.npz` without
+torch, `.pth`/`.pt`/`.bin` with torch installed. A checkpoint that does not fit the model
+raises one `ConversionError` (a ValueError) listing every missing, unexpected and mismatched
+key. Models with training-time structure (LeViT's BatchNorms) are filled in their training
+form; `repvit_jax.reparameterize` gives the deploy form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from repvit_jax import io
+from repvit_jax.convert import core, family
+# Each family module registers its mapping.
+from repvit_jax.convert import levit as _levit  # noqa: F401  levit_*
+from repvit_jax.convert import metaformer as _metaformer  # noqa: F401  poolformer_*, riformer_*
+from repvit_jax.convert import mobilevit as _mobilevit  # noqa: F401  mobilevit_*
+from repvit_jax.convert import vit as _vit  # noqa: F401  vit_*, deit_*, tdrl_vit_*, mae_*
+from repvit_jax.convert.core import ConversionError, flatten, unflatten
+from repvit_jax.convert.family import Plan, family_for
+from repvit_jax.convert.readers import (normalize_state_dict, read_state_dict,
+                                        write_safetensors)
+from repvit_jax.models.registry import create_model, get_spec
+from repvit_jax.reparam import reparameterize
+
+COLLECTIONS = ('params', 'batch_stats')
+
+
+@dataclasses.dataclass
+class Converted:
+  """A converted checkpoint: the variables and the `create_model` recipe that runs them."""
+  variables: Dict[str, Any]
+  plan: Plan
+
+  @property
+  def model(self):
+    p = self.plan
+    return create_model(p.name, num_classes=p.num_classes, deploy=p.deploy, **p.overrides)
+
+  def save(self, directory: str) -> str:
+    """Writes a model directory (`repvit_jax.load_model`, `init_from`, `teacher.init_from`)."""
+    p = self.plan
+    return io.save_model(directory, self.variables, name=p.name, num_classes=p.num_classes,
+                         deploy=p.deploy, overrides=p.overrides)
+
+
+def target_tree(plan: Plan) -> Dict[str, jax.ShapeDtypeStruct]:
+  """Flat {'params/...': ShapeDtypeStruct} of the model `plan` describes (nothing compiled)."""
+  model = create_model(plan.name, num_classes=plan.num_classes, deploy=plan.deploy,
+                       **plan.overrides)
+  fam = family_for(plan.name)
+  images = jnp.zeros((1, plan.image_size, plan.image_size, 3), jnp.float32)
+  rngs = {name: jax.random.key(0) for name in fam.init_rngs}
+  abstract = jax.eval_shape(lambda: model.init(rngs, images, train=False))
+  return flatten({k: v for k, v in abstract.items() if k in COLLECTIONS})
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
+                       num_classes: Optional[int] = None, deploy: Optional[bool] = None,
+                       overrides: Optional[Mapping[str, Any]] = None,
+                       image_size: Optional[int] = None,
+                       ignore: Sequence[str] = ()) -> Converted:
+  """Converts a PyTorch state dict into the variables of the registered model `model`.
+
+  Args:
+    state_dict: {key: array} (numpy or torch tensors); training-checkpoint wrappers
+      (`{"model": ...}`, `{"state_dict": ...}`) and `module.`/`model.` prefixes are removed.
+    model: a registered name (`repvit_jax.list_models()`), e.g. 'vit_tiny', 'levit_128s'.
+    num_classes: None infers it from the checkpoint's classifier (0 without one).
+    deploy: the form of the result. None: the checkpoint's own form (RIFormer's deploy
+      checkpoints, a plain ViT into `tdrl_vit_*`: deploy; LeViT, MobileViT: training).
+      True with a training-form checkpoint: converted, then `reparameterize`d.
+    overrides: `create_model` overrides (e.g. {'num_heads': 12} for MAE-Lite's ViT-Tiny).
+    image_size: input side that shapes resolution-dependent tables; None infers or uses the
+      family default (224; 256 for MobileViT).
+    ignore: extra regexes of checkpoint keys to skip.
+
+  Returns:
+    `Converted` with `variables` ({'params': ..., 'batch_stats': ...}, numpy float32) and
+    the `plan` (name, num_classes, deploy, overrides, image_size, notes).
+
+  Raises:
+    ConversionError: the checkpoint does not fit; the message lists every problem.
+    ValueError: an unknown model, or a model family without a PyTorch mapping.
+  """
+  state_dict = normalize_state_dict(state_dict)
+  fam = family_for(model)
+  plan = fam.plan(model, state_dict, num_classes=num_classes,
+                  overrides=dict(overrides or {}), image_size=image_size)
+  plan.ignore.extend(ignore)
+  has_deploy_form = bool(get_spec(model).deploy)
+  if deploy and has_deploy_form and not plan.deploy:
+    plan.fold = True
+    plan.notes.append('converted in training form, then reparameterized (deploy form)')
+  elif deploy is False and has_deploy_form and plan.deploy:
+    raise ConversionError(f'the checkpoint holds the deploy form of {model}, which cannot be '
+                          'turned back into the training form; convert with --deploy')
+  elif deploy is not None and not has_deploy_form:
+    plan.deploy = bool(deploy)  # one form only: the flag is just recorded
+  target = target_tree(plan)
+  module = create_model(plan.name, num_classes=plan.num_classes, deploy=plan.deploy,
+                        **plan.overrides)
+  rules = fam.rules(plan, target, module)
+  form = 'deploy' if plan.deploy else 'training'
+  flat = core.apply_rules(rules, state_dict, target, ignore=plan.ignore,
+                          constants=fam.constants(plan, module),
+                          model=f'{plan.name} ({form} form, {plan.num_classes} classes)')
+  variables = unflatten(flat)
+  if plan.fold:
+    # One compiled program: much faster than folding op by op on the host.
+    variables = jax.tree.map(np.asarray, jax.jit(reparameterize)(variables))
+    plan.deploy = True
+  return Converted(variables, plan)
+
+
+def convert_checkpoint(src: str, dst: Optional[str] = None, *, model: str,
+                       **kwargs) -> Converted:
+  """Reads `src` (.safetensors / .npz / .pth), converts it, and writes a model dir to `dst`.
+
+  Keyword arguments are those of `convert_state_dict`.
+  """
+  result = convert_state_dict(read_state_dict(src), model, **kwargs)
+  if dst is not None:
+    result.save(dst)
+  return result
+
+
+def to_state_dict(variables: Mapping[str, Any], model: str, *, num_classes: int,
+                  deploy: bool = False, overrides: Optional[Mapping[str, Any]] = None,
+                  image_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+  """The PyTorch state dict (numpy arrays) of our variables: the inverse of the conversion.
+
+  Keys and layouts are those `convert_state_dict` reads (fixed buffers included, BatchNorm
+  step counters not). Useful to write test checkpoints and to hand weights to PyTorch code.
+  """
+  fam = family_for(model)
+  plan = Plan(model, int(num_classes), bool(deploy), dict(overrides or {}),
+              int(image_size or fam.default_image_size))
+  module = create_model(model, num_classes=plan.num_classes, deploy=plan.deploy,
+                        **plan.overrides)
+  flat = flatten({k: v for k, v in variables.items() if k in COLLECTIONS})
+  flat = {k: np.asarray(v) for k, v in flat.items()}
+  rules = fam.rules(plan, flat, module)
+  return core.invert_rules(rules, flat, fam.constants(plan, module))
+
+
+__all__ = ['Converted', 'ConversionError', 'convert_state_dict', 'convert_checkpoint',
+           'to_state_dict', 'target_tree', 'read_state_dict', 'write_safetensors',
+           'normalize_state_dict', 'Plan', 'core', 'family']

@@ -1,0 +1,93 @@
+"""python -m repvit_jax.convert SRC DST --model NAME: a PyTorch checkpoint -> a model directory.
+
+    python -m repvit_jax.convert deit_tiny.safetensors models/deit_tiny --model deit_tiny
+    python -m repvit_jax.convert mae_tiny_400e.pth.tar models/mae_tiny --model mae_vit_tiny
+    python -m repvit_jax.convert riformer-s12.pth models/riformer_s12 --model riformer_s12
+    python train.py --config configs/vit_tiny.py --config.init_from=models/deit_tiny ...
+
+DST is a model directory (model.json + variables.msgpack): `repvit_jax.load_model(DST)`,
+`--config.init_from=DST` and `--config.teacher.init_from=DST` accept it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from typing import Any, Dict, List, Optional
+
+
+def parse_overrides(items: List[str]) -> Dict[str, Any]:
+  """['num_heads=12', 'tdrl.num_branches=3'] -> {'num_heads': 12, 'tdrl': {'num_branches': 3}}."""
+  out: Dict[str, Any] = {}
+  for item in items:
+    if '=' not in item:
+      raise SystemExit(f'--set expects key=value, got {item!r}')
+    key, raw = item.split('=', 1)
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = out
+    *parents, leaf = key.strip().split('.')
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='python -m repvit_jax.convert',
+      description='Convert a PyTorch checkpoint (timm ViT/DeiT/LeViT/MobileViT/PoolFormer, '
+                  'official MAE, MAE-Lite, mmpretrain RIFormer) into a repvit_jax model '
+                  'directory.')
+  parser.add_argument('src', help='.safetensors, .npz, or .pth/.pt/.bin (needs torch)')
+  parser.add_argument('dst', help='output model directory (model.json + variables.msgpack)')
+  parser.add_argument('--model', required=True,
+                      help='registered model name, e.g. vit_tiny, deit_tiny, mae_vit_tiny, '
+                           'levit_128s, mobilevit_xs, poolformer_s12, riformer_s12')
+  parser.add_argument('--num-classes', type=int, default=None,
+                      help='classes of the head (default: from the checkpoint)')
+  form = parser.add_mutually_exclusive_group()
+  form.add_argument('--deploy', dest='deploy', action='store_true', default=None,
+                    help='convert into the deploy form')
+  form.add_argument('--training', dest='deploy', action='store_false',
+                    help='convert into the training form')
+  parser.add_argument('--set', dest='overrides', action='append', default=[],
+                      metavar='KEY=VALUE',
+                      help='model override, repeatable (e.g. num_heads=12 for MAE-Lite '
+                           'ViT-Tiny)')
+  parser.add_argument('--image-size', type=int, default=None,
+                      help='input side that shapes position/bias tables (default: inferred)')
+  parser.add_argument('--ignore', action='append', default=[], metavar='REGEX',
+                      help='skip checkpoint keys matching REGEX (repeatable)')
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  # Imported after parsing so that --help is instant.
+  from repvit_jax import convert  # pylint: disable=import-outside-toplevel
+  from repvit_jax.reparam.check import count_params  # pylint: disable=import-outside-toplevel
+  try:
+    result = convert.convert_checkpoint(
+        args.src, args.dst, model=args.model, num_classes=args.num_classes,
+        deploy=args.deploy, overrides=parse_overrides(args.overrides),
+        image_size=args.image_size, ignore=args.ignore)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  plan = result.plan
+  for note in plan.notes:
+    print(f'  {note}')
+  form = 'deploy' if plan.deploy else 'training'
+  print(f'{args.src} -> {args.dst}: {plan.name} ({form} form, {plan.num_classes} classes, '
+        f'{count_params(result.variables["params"]):,} parameters'
+        + (f', overrides {plan.overrides}' if plan.overrides else '') + ')')
+  print(f'load it with repvit_jax.load_model({args.dst!r}) or --config.init_from={args.dst}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

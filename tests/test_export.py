@@ -1,0 +1,120 @@
+"""repvit_jax.export: deploy models to TFLite (float32, int8 weights) and TF SavedModel."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import repvit_jax
+from repvit_jax import export, io
+from repvit_jax.reparam import check
+from repvit_jax.reparam.check import relative_error
+
+from conftest import TINY_VIT
+
+pytest.importorskip('tensorflow')
+
+
+@pytest.fixture(scope='module')
+def tiny_model_dir(tmp_path_factory):
+  """A TDRL ViT in its *training* form, saved as a model directory (export must fold it)."""
+  model = repvit_jax.create_model('tdrl_vit_tiny', num_classes=5, **TINY_VIT)
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images)
+  variables = check.randomize_batch_stats(check.perturb_params(variables, 0), 1)
+  directory = str(tmp_path_factory.mktemp('export') / 'tiny_tdrl')
+  io.save_model(directory, variables, name='tdrl_vit_tiny', num_classes=5, deploy=False,
+                overrides=TINY_VIT)
+  return directory, model, variables
+
+
+@pytest.fixture(scope='module')
+def exported(tiny_model_dir):
+  return export.load_for_export(tiny_model_dir[0])
+
+
+def _images(n=3):
+  return np.random.default_rng(1).normal(size=(n, 32, 32, 3)).astype(np.float32)
+
+
+def test_load_folds_the_training_form(tiny_model_dir, exported):
+  _, model, variables = tiny_model_dir
+  assert exported.image_size == 32 and exported.num_classes == 5
+  assert 'batch_stats' not in exported.variables                 # deploy form: plain ViT
+  images = _images()
+  expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+  assert relative_error(exported.apply(images), expected) < 1e-5
+
+
+def test_tflite_float32_matches_jax(tmp_path, exported):
+  path = export.export_tflite(exported, str(tmp_path / 'model.tflite'))
+  images = _images()
+  outputs = export.run_tflite(path, images)                       # batch 1, three invocations
+  assert outputs.shape == (3, 5)
+  assert relative_error(outputs, exported.apply(images)) < 1e-4
+
+
+def test_tflite_int8_runs_and_is_smaller(tmp_path, exported):
+  float_path = export.export_tflite(exported, str(tmp_path / 'f.tflite'))
+  int8 = export.tflite_bytes(exported, quantize='int8')
+  assert len(int8) < os.path.getsize(float_path)
+  images = _images()
+  outputs = export.run_tflite(int8, images)
+  assert np.all(np.isfinite(outputs))
+  assert relative_error(outputs, exported.apply(images)) < 0.2   # int8 weights: approximate
+  with pytest.raises(ValueError, match='quantize must be one of'):
+    export.tflite_bytes(exported, quantize='int4')
+
+
+def test_savedmodel_matches_jax(tmp_path, exported):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  directory = export.export_savedmodel(exported, str(tmp_path / 'saved'), batch_size=2)
+  loaded = tf.saved_model.load(directory)
+  images = _images(2)
+  logits = loaded.signatures['serving_default'](images=tf.constant(images))['logits']
+  assert relative_error(logits.numpy(), exported.apply(images)) < 1e-4
+
+
+def test_command_line_from_a_workdir(tmp_path, tiny_model_dir, capsys):
+  workdir = tmp_path / 'run'
+  deploy = export.load_for_export(tiny_model_dir[0])
+  io.save_model(str(workdir / 'deploy'), deploy.variables, name='tdrl_vit_tiny', num_classes=5,
+                deploy=True, overrides=TINY_VIT)
+  out = tmp_path / 'out'
+  assert export.main([str(workdir), str(out), '--format', 'tflite,savedmodel']) == 0
+  printed = capsys.readouterr().out
+  assert 'tdrl_vit_tiny (deploy form, 5 classes, input 1x32x32x3)' in printed
+  assert 'max rel. error vs JAX' in printed
+  assert os.path.isfile(out / 'model.tflite') and os.path.isdir(out / 'savedmodel')
+
+
+def test_command_line_errors(tmp_path, capsys):
+  assert export.main([str(tmp_path / 'nowhere'), str(tmp_path / 'o')]) == 1
+  assert 'does not exist' in capsys.readouterr().err
+  empty = tmp_path / 'ckpt'
+  empty.mkdir()
+  assert export.main([str(empty), str(tmp_path / 'o')]) == 1
+  assert 'pass --model NAME' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    export.main([str(empty), str(tmp_path / 'o'), '--format', 'onnx'])
+
+
+def test_infer_image_size():
+  assert export.infer_image_size('vit_tiny', {'params': {'pos_embed': np.zeros((1, 197, 8))}}) \
+      == 224
+  assert export.infer_image_size('vit_tiny', {'params': {'pos_embed': np.zeros((1, 17, 8))}},
+                                 {'patch_size': 8}) == 32
+  levit = {'params': {'stages_0': {'blocks_0': {'attn': {
+      'attention_biases': np.zeros((4, 196))}}}}}
+  assert export.infer_image_size('levit_128s', levit) == 224
+  assert export.infer_image_size('mobilevit_xs', {'params': {}}) == 256
+  assert export.infer_image_size('poolformer_s12', {'params': {}}) == 224
+
+
+def test_import_repvit_jax_does_not_import_tensorflow():
+  code = ('import sys, repvit_jax, repvit_jax.export, repvit_jax.convert, repvit_jax.analyze; '
+          'assert "tensorflow" not in sys.modules, "TF imported"')
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
