@@ -165,7 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']})
         if do_eval:
           last_eval = evaluator(state)
-          if hasattr(task, 'after_eval'):   # e.g. MAE's reconstructions.png
+          if is_chief and hasattr(task, 'after_eval'):   # e.g. MAE's reconstructions.png
             task.after_eval(model_variables(state), workdir, step)
           row.update(last_eval)
           _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
