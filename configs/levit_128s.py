@@ -27,22 +27,13 @@ def imagenet(config):
   """LeViT's recipe: 1000 epochs, batch 2048, AdamW lr 5e-4 * batch / 512, weight decay 0.025,
   5 warm-up epochs, cosine to 1e-5, label smoothing 0.1, RandAugment m9 mstd0.5, mixup 0.8,
   cutmix 1.0, hard distillation from a teacher (RegNetY-16GF in the paper)."""
-  config.data.name = 'imagenet2012'
   config.data.image_size = 224
   config.data.eval_crop_fraction = 0.9
-  config.batch_size = 2048
-  steps_per_epoch = recipes.steps_for(1, recipes.IMAGENET_TRAIN_EXAMPLES, config.batch_size)
-  config.total_steps = 1000 * steps_per_epoch
-  config.optimizer.lr = 5e-4 * config.batch_size / 512
-  config.optimizer.min_lr = 1e-5
-  config.optimizer.warmup_steps = 5 * steps_per_epoch
-  config.optimizer.weight_decay = 0.025
+  recipes.imagenet_schedule(config, epochs=1000, batch_size=2048, lr=5e-4 * 2048 / 512,
+                            min_lr=1e-5, warmup_epochs=5, weight_decay=0.025)
   config.label_smoothing = 0.1
   config.mixup.mixup_alpha = 0.8
   config.mixup.cutmix_alpha = 1.0
-  config.log_every = 100
-  config.eval_every = 10 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
   return config
 
 

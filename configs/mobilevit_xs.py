@@ -18,25 +18,16 @@ def imagenet(config):
   """MobileViT's recipe: 300 epochs, batch 1024 at 256x256 (multi-scale 160..320), AdamW
   weight decay 0.01, lr warm-up over 3k steps to 2e-3 then cosine to 2e-4, label smoothing
   0.1, basic augmentation (random-resized crop, flip), no mixup."""
-  config.data.name = 'imagenet2012'
   config.data.image_size = 256
   config.data.multiscale = ((160, 160), (192, 192), (256, 256), (288, 288), (320, 320))
   config.data.randaugment = None
   config.data.mean = (0.0, 0.0, 0.0)
   config.data.std = (1.0, 1.0, 1.0)
   config.data.eval_crop_fraction = 256 / 288
-  config.batch_size = 1024
-  steps_per_epoch = recipes.steps_for(1, recipes.IMAGENET_TRAIN_EXAMPLES, config.batch_size)
-  config.total_steps = 300 * steps_per_epoch
-  config.optimizer.lr = 2e-3
-  config.optimizer.min_lr = 2e-4
-  config.optimizer.warmup_steps = 3000
-  config.optimizer.weight_decay = 0.01
+  recipes.imagenet_schedule(config, epochs=300, batch_size=1024, lr=2e-3, min_lr=2e-4,
+                            warmup_steps=3000, weight_decay=0.01)
   config.label_smoothing = 0.1
   config.model.drop_rate = 0.1
-  config.log_every = 100
-  config.eval_every = 10 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
   return config
 
 

@@ -3,6 +3,7 @@ config in which every logged term falls."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -122,9 +123,10 @@ def test_task_checks_its_configuration(teacher_dir):
 
 def test_init_student_loads_the_teacher_without_its_mixers(teacher_dir):
   config = _config(teacher_dir, init_student=True)
-  ModuleImitationTask(config, num_classes=10)
-  assert config.init_from == teacher_dir
-  assert 'mixer/' in config.init_skip and 'head' in config.init_skip
+  path, skip = ModuleImitationTask(config, num_classes=10).init_source()
+  assert path == teacher_dir and config.init_from is None   # the config is left as it was
+  assert re.search(skip, 'stages_0/blocks_0/mixer/scale')
+  assert re.search(skip, 'head/kernel') and not re.search(skip, 'stages_0/blocks_0/mlp/fc1/kernel')
   config = _config(teacher_dir, init_student=True)
   config.init_from = '/somewhere/else'
   with pytest.raises(ValueError, match='set only one of them'):

@@ -25,7 +25,7 @@ logits), as DeiT does; in eval mode (and in the deploy form) it returns their me
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import flax.linen as nn
 import jax
@@ -59,11 +59,15 @@ class _Common(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  @property
+  def common(self) -> Dict[str, Any]:
+    """The shared fields, to pass on to sub-modules."""
+    return dict(bn_momentum=self.bn_momentum, deploy=self.deploy, dtype=self.dtype,
+                param_dtype=self.param_dtype)
+
   def linear_bn(self, features: int, name: str, zero_init: bool = False) -> LinearBN:
     init = nn.initializers.zeros if zero_init else nn.initializers.ones
-    return LinearBN(features, bn_scale_init=init, bn_momentum=self.bn_momentum,
-                    deploy=self.deploy, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name=name)
+    return LinearBN(features, bn_scale_init=init, name=name, **self.common)
 
 
 class LeViTAttention(_Common):
@@ -139,8 +143,7 @@ class LeViTBlock(_Common):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    common = dict(bn_momentum=self.bn_momentum, deploy=self.deploy, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+    common = self.common
     drop_path = DropPath(self.drop_path_rate)
     y = LeViTAttention(key_dim=self.key_dim, num_heads=self.num_heads,
                        attn_ratio=self.attn_ratio, resolution=self.resolution, name='attn',
@@ -164,8 +167,7 @@ class LeViTDownsample(_Common):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    common = dict(bn_momentum=self.bn_momentum, deploy=self.deploy, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+    common = self.common
     width = x.shape[-1]
     if width % self.key_dim:
       raise ValueError(f'LeViT shrinking attention: width {width} is not a multiple of the key '
@@ -213,9 +215,8 @@ class Stem(_Common):
     for i, width in enumerate(widths):
       if i:
         x = hardswish(x)
-      x = ConvBN(width, (3, 3), strides=2, padding=1, bn_momentum=self.bn_momentum,
-                 deploy=self.deploy, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name=f'conv{i + 1}')(x, train=train)
+      x = ConvBN(width, (3, 3), strides=2, padding=1, name=f'conv{i + 1}',
+                 **self.common)(x, train=train)
     return x
 
 
@@ -236,8 +237,7 @@ class LeViTStage(_Common):
   @nn.compact
   def __call__(self, x, *, train: bool):
     """(B, R_h * R_w, C_in) -> (B, N', features)."""
-    common = dict(bn_momentum=self.bn_momentum, deploy=self.deploy, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+    common = self.common
     resolution = tuple(self.resolution)
     if self.downsample:
       x = LeViTDownsample(out_features=self.features, key_dim=self.key_dim,

@@ -7,7 +7,7 @@ cutmix_alpha, switch_prob}`, `teacher.{model, init_from, kind, temperature, alph
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,10 @@ class ClassificationTask:
 
   best_metric = 'eval/accuracy'
 
+  def init_source(self) -> Optional[Tuple[str, str]]:
+    """(path, skip regex) of the weights a fresh run starts from, or None."""
+    return pretrained.init_source(self.config)
+
   def adapt_pretrained(self, source: Dict[str, Any]) -> Dict[str, Any]:
     """Variables read from `init_from`, renamed into this model's layout.
 
@@ -97,8 +101,9 @@ class ClassificationTask:
     fitted, _ = pretrained.fit(target, deploy, what=f'teacher {self.teacher_cfg.init_from}')
     return {'teacher': fitted}
 
-  def loss(self, params, batch_stats, batch, rng, frozen):
-    """Mean loss over the batch -> (loss, (new batch_stats, metrics))."""
+  def training_inputs(self, batch, rng):
+    """(images, soft targets, dropout rng) of a train batch: label smoothing and on-device
+    mixup/cutmix, deterministic from the step `rng`. Shapes (B, H, W, 3), (B, K)."""
     cfg = self.config
     mix_rng, dropout_rng = jax.random.split(rng)
     targets = losses.onehot(batch['label'], self.num_classes, cfg.get('label_smoothing', 0.0))
@@ -109,6 +114,11 @@ class ClassificationTask:
                                             mixup_alpha=mix.get('mixup_alpha', 0.0),
                                             cutmix_alpha=mix.get('cutmix_alpha', 0.0),
                                             switch_prob=mix.get('switch_prob', 0.5))
+    return images, targets, dropout_rng
+
+  def loss(self, params, batch_stats, batch, rng, frozen):
+    """Mean loss over the batch -> (loss, (new batch_stats, metrics))."""
+    images, targets, dropout_rng = self.training_inputs(batch, rng)
     logits, updates = self.model.apply(model_variables(params, batch_stats), images, train=True,
                                        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
     # A model with a distillation head (LeViT) returns (class logits, distillation logits) in

@@ -125,8 +125,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     _info(is_chief, f'resumed from {checkpointer.directory} at step {start_step}')
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)()
-    if config.get('init_from'):
-      state = _init_from(config, task, state, state_sharding, is_chief)
+    source = task.init_source()
+    if source:
+      state = _init_from(source, task, state, state_sharding, is_chief)
     start_step = 0
 
   train_step = jax.jit(make_train_step(task, tx), donate_argnums=(0,),
@@ -240,16 +241,15 @@ class _Evaluator:
     return results
 
 
-def _init_from(config, task, state, state_sharding, is_chief: bool):
-  """Loads `config.init_from` into the fresh state's params and batch_stats."""
-  source = pretrained.read_variables(config.init_from)
-  source = task.adapt_pretrained(source)
-  skip = config.get('init_skip', r'^head/')
+def _init_from(init_source, task, state, state_sharding, is_chief: bool):
+  """Loads the task's `init_source()` (path, skip regex) into the fresh params/batch_stats."""
+  path, skip = init_source
+  source = task.adapt_pretrained(pretrained.read_variables(path))
   params, unused_params = pretrained.fit(jax.device_get(state['params']), source['params'],
-                                         skip=skip, what=f'init_from {config.init_from}')
+                                         skip=skip, what=f'init_from {path}')
   batch_stats, _ = pretrained.fit(jax.device_get(state['batch_stats']),
                                   source.get('batch_stats', {}), skip=skip,
-                                  what=f'init_from {config.init_from} (batch_stats)')
+                                  what=f'init_from {path} (batch_stats)')
   if unused_params:
     _info(is_chief, f'init_from: {len(unused_params)} checkpoint arrays not used by the model '
                     f'(e.g. {unused_params[0]})')

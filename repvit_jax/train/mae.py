@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -253,6 +253,10 @@ class MAETask:
 
   # -- the trainer's interface ---------------------------------------------------------------
 
+  def init_source(self) -> Optional[Tuple[str, str]]:
+    """(path, skip regex) of the weights a fresh run starts from, or None."""
+    return pretrained.init_source(self.config)
+
   def adapt_pretrained(self, source: Dict[str, Any]) -> Dict[str, Any]:
     """An MAE tree initialises an MAE run as it is (distillation maps: `init_skip`)."""
     return source
@@ -438,8 +442,6 @@ def recipe(model_name: str, variant: str = '') -> ml_collections.ConfigDict:
                      f'{", ".join(repr(v) for v in VARIANTS)}')
   config = recipes.base(model_name)
   config.task = 'mae'
-  del config.label_smoothing
-  del config.mixup
   config.model.mask_ratio = 0.75
   config.norm_pix_loss = True
   config.teacher = ml_collections.ConfigDict(dict(
@@ -455,31 +457,25 @@ def recipe(model_name: str, variant: str = '') -> ml_collections.ConfigDict:
       config.teacher.model = 'mae_vit_base'
   else:
     _digits(config, variant)
+  del config.label_smoothing   # classification-only fields
+  del config.mixup
   return config
 
 
 def _imagenet(config: ml_collections.ConfigDict) -> None:
   """MAE-Lite (REFERENCE.md): 400 epochs, batch 4096, lr 1.5e-4 * 4096 / 256, AdamW (0.9,
   0.95), wd 0.05, 40 warm-up epochs then cosine to 0; random-resized crop (0.08, 1), flip."""
-  config.data.name = 'imagenet2012'
   config.data.image_size = 224
   config.data.crop_scale = (0.08, 1.0)
   config.data.flip = True
   config.data.randaugment = None
   config.data.color_jitter = 0.0
-  config.batch_size = 4096
   config.eval_batch_size = 1024
-  steps_per_epoch = recipes.steps_for(1, recipes.IMAGENET_TRAIN_EXAMPLES, config.batch_size)
-  config.total_steps = 400 * steps_per_epoch
-  config.optimizer.lr = 1.5e-4 * config.batch_size / 256
-  config.optimizer.min_lr = 0.0
-  config.optimizer.warmup_steps = 40 * steps_per_epoch
+  recipes.imagenet_schedule(config, epochs=400, batch_size=4096, lr=1.5e-4 * 4096 / 256,
+                            min_lr=0.0, warmup_epochs=40, weight_decay=0.05,
+                            eval_every_epochs=20)
   config.optimizer.b1, config.optimizer.b2 = 0.9, 0.95
-  config.optimizer.weight_decay = 0.05
   config.optimizer.layer_decay = None
-  config.log_every = 100
-  config.eval_every = 20 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
 
 
 def _digits(config: ml_collections.ConfigDict, variant: str) -> None:
@@ -494,23 +490,12 @@ def _digits(config: ml_collections.ConfigDict, variant: str) -> None:
     config.model[key] = value
   if variant == 'teacher_demo':
     config.model.name = 'mae_vit_base'
-  config.data.name = 'digits'
-  config.data.image_size = 32
+  recipes.digits_data(config)
   config.data.crop_scale = (0.4, 1.0)
-  config.data.flip = False
-  config.data.randaugment = None
-  config.data.color_jitter = 0.0
-  config.data.eval_crop_fraction = 1.0
-  config.batch_size = 64
   config.eval_batch_size = 120
-  config.total_steps = 600
   config.optimizer.lr = 2e-3
-  config.optimizer.min_lr = 1e-5
   config.optimizer.warmup_steps = 60
   config.optimizer.b1, config.optimizer.b2 = 0.9, 0.95
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.layer_decay = None
-  config.optimizer.grad_clip = 1.0
   config.log_every = 10
   config.eval_every = 300
   config.checkpoint_every = 300

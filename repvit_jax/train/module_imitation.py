@@ -29,7 +29,7 @@ Config (besides the classification task's):
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -120,20 +120,20 @@ class ModuleImitationTask(ClassificationTask):
     self.weights = {k: float(weights.get(k, 0.0)) for k in ('in', 'out', 'rel')}
     if self.teacher is None:
       self.teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
-    if cfg.get('init_student'):
-      self._init_student_from_teacher(config, cfg.init_from)
+    self.init_source()   # a clash of init_student with init_from is an error before training
 
-  @staticmethod
-  def _init_student_from_teacher(config, path: str) -> None:
-    """Points `init_from` at the feature teacher; token mixers keep their initial values."""
-    current = config.get('init_from')
+  def init_source(self) -> Optional[Tuple[str, str]]:
+    """With `feature_teacher.init_student`: the feature teacher's weights, token mixers and
+    head excepted (the mixers keep their initial values); otherwise `init_from`."""
+    if not self.feature_cfg.get('init_student'):
+      return super().init_source()
+    path = str(self.feature_cfg.init_from)
+    current = self.config.get('init_from')
     if current and current != path:
       raise ValueError(f'feature_teacher.init_student loads {path}, but init_from is '
                        f'{current}: set only one of them')
-    config.init_from = path
-    skip = config.get('init_skip') or ''
-    if MIXER_SKIP not in skip:
-      config.init_skip = f'(?:{skip})|{MIXER_SKIP}' if skip else MIXER_SKIP
+    skip = self.config.get('init_skip') or ''
+    return path, (f'(?:{skip})|{MIXER_SKIP}' if skip else MIXER_SKIP)
 
   def load_frozen(self) -> Dict[str, Any]:
     """The logits teacher (if any) and the feature teacher's variables, as host arrays."""
@@ -170,16 +170,7 @@ class ModuleImitationTask(ClassificationTask):
 
   def loss(self, params, batch_stats, batch, rng, frozen):
     """Mean loss over the batch -> (loss, (new batch_stats, metrics))."""
-    cfg = self.config
-    mix_rng, dropout_rng = jax.random.split(rng)
-    targets = losses.onehot(batch['label'], self.num_classes, cfg.get('label_smoothing', 0.0))
-    images = batch['image']
-    mix = cfg.get('mixup') or {}
-    if mix.get('mixup_alpha', 0.0) or mix.get('cutmix_alpha', 0.0):
-      images, targets = losses.mixup_cutmix(mix_rng, images, targets,
-                                            mixup_alpha=mix.get('mixup_alpha', 0.0),
-                                            cutmix_alpha=mix.get('cutmix_alpha', 0.0),
-                                            switch_prob=mix.get('switch_prob', 0.5))
+    images, targets, dropout_rng = self.training_inputs(batch, rng)
     logits, state = self.model.apply(model_variables(params, batch_stats), images, train=True,
                                      rngs={'dropout': dropout_rng},
                                      mutable=['batch_stats', 'intermediates'])

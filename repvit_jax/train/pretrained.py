@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from repvit_jax import io
 from repvit_jax.train import checkpoint
+
+
+def init_source(config) -> Optional[Tuple[str, str]]:
+  """(path, skip regex) of the weights a fresh run starts from: `config.init_from` and
+  `config.init_skip` (default: the classifier head), or None without `init_from`."""
+  path = config.get('init_from')
+  return (str(path), config.get('init_skip', r'^head/') or '') if path else None
 
 
 def read_variables(path: str) -> Dict[str, Any]:

@@ -47,6 +47,27 @@ def base(model_name: str) -> ml_collections.ConfigDict:
   return config
 
 
+def imagenet_schedule(config: ml_collections.ConfigDict, *, epochs: int, batch_size: int,
+                      lr: float, min_lr: float, weight_decay: float,
+                      warmup_epochs: float = 0, warmup_steps: int = 0,
+                      eval_every_epochs: int = 10) -> ml_collections.ConfigDict:
+  """The ImageNet-1k half every recipe shares: data set, batch, epochs -> steps, warm-up then
+  cosine from `lr` to `min_lr`, weight decay; logs every 100 steps, checkpoints every epoch and
+  evaluates every `eval_every_epochs`. Warm-up is `warmup_epochs` epochs or `warmup_steps`."""
+  steps_per_epoch = steps_for(1, IMAGENET_TRAIN_EXAMPLES, batch_size)
+  config.data.name = 'imagenet2012'
+  config.batch_size = batch_size
+  config.total_steps = steps_for(epochs, IMAGENET_TRAIN_EXAMPLES, batch_size)
+  config.optimizer.lr = lr
+  config.optimizer.min_lr = min_lr
+  config.optimizer.warmup_steps = int(warmup_epochs * steps_per_epoch) + warmup_steps
+  config.optimizer.weight_decay = weight_decay
+  config.log_every = 100
+  config.eval_every = eval_every_epochs * steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+  return config
+
+
 def imagenet_finetune(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """MAE-Lite's "improved" ViT-Tiny fine-tuning recipe on ImageNet-1k (REFERENCE.md).
 
@@ -57,28 +78,18 @@ def imagenet_finetune(config: ml_collections.ConfigDict) -> ml_collections.Confi
   """
   config.model.global_pool = 'avg'
   config.model.drop_path_rate = 0.0
-  config.data.name = 'imagenet2012'
   config.data.image_size = 224
   config.data.crop_scale = (0.08, 1.0)
   config.data.randaugment = ml_collections.ConfigDict(dict(num_layers=2, magnitude=10.0,
                                                            magnitude_std=0.5))
   config.data.color_jitter = 0.3
-  config.batch_size = 1024
-  epochs = 300
-  config.total_steps = steps_for(epochs, IMAGENET_TRAIN_EXAMPLES, config.batch_size)
-  steps_per_epoch = steps_for(1, IMAGENET_TRAIN_EXAMPLES, config.batch_size)
-  config.optimizer.lr = 1e-3 * config.batch_size / 256
-  config.optimizer.min_lr = 1e-6
-  config.optimizer.warmup_steps = 5 * steps_per_epoch
+  imagenet_schedule(config, epochs=300, batch_size=1024, lr=1e-3 * 1024 / 256, min_lr=1e-6,
+                    warmup_epochs=5, weight_decay=0.05)
   config.optimizer.b1, config.optimizer.b2 = 0.9, 0.999
-  config.optimizer.weight_decay = 0.05
   config.optimizer.layer_decay = 0.85
   config.label_smoothing = 0.0
   config.mixup.mixup_alpha = 0.2
   config.mixup.cutmix_alpha = 0.0
-  config.log_every = 100
-  config.eval_every = 10 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
   return config
 
 
@@ -95,29 +106,7 @@ def digits_demo(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.num_heads = 3
   config.model.global_pool = 'avg'
   config.model.drop_path_rate = 0.0
-  config.data = data.default_config()
-  config.data.name = 'digits'
-  config.data.image_size = 32
-  config.data.crop_scale = (0.6, 1.0)
-  config.data.flip = False
-  config.data.randaugment = None
-  config.data.color_jitter = 0.0
-  config.data.eval_crop_fraction = 1.0
-  config.batch_size = 64
-  config.eval_batch_size = 128
-  config.total_steps = 600
-  config.optimizer.lr = 1e-3
-  config.optimizer.min_lr = 1e-5
-  config.optimizer.warmup_steps = 50
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.layer_decay = None
-  config.optimizer.grad_clip = 1.0
-  config.label_smoothing = 0.1
-  config.mixup.mixup_alpha = 0.0
-  config.log_every = 25
-  config.eval_every = 200
-  config.checkpoint_every = 200
-  return config
+  return digits_data(config)
 
 
 def digits_data(config: ml_collections.ConfigDict, image_size: int = 32,
@@ -162,23 +151,14 @@ def metaformer_imagenet(config: ml_collections.ConfigDict) -> ml_collections.Con
   """
   size = config.model.name.split('_')[-1]
   config.model.drop_path_rate = METAFORMER_DROP_PATH.get(size, 0.1)
-  config.data.name = 'imagenet2012'
   config.data.image_size = 224
   config.data.crop_scale = (0.08, 1.0)
   config.data.eval_crop_fraction = 0.9
-  config.batch_size = 1024
-  steps_per_epoch = steps_for(1, IMAGENET_TRAIN_EXAMPLES, config.batch_size)
-  config.total_steps = 300 * steps_per_epoch
-  config.optimizer.lr = 1e-3 * config.batch_size / 1024
-  config.optimizer.min_lr = 1e-5
-  config.optimizer.warmup_steps = 5 * steps_per_epoch
-  config.optimizer.weight_decay = 0.05
+  imagenet_schedule(config, epochs=300, batch_size=1024, lr=1e-3, min_lr=1e-5,
+                    warmup_epochs=5, weight_decay=0.05)
   config.label_smoothing = 0.1
   config.mixup.mixup_alpha = 0.8
   config.mixup.cutmix_alpha = 1.0
-  config.log_every = 100
-  config.eval_every = 10 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
   return config
 
 
