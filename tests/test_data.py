@@ -125,6 +125,7 @@ def test_other_tfds_not_prepared(tmp_path):
     (dict(image_size=0), 'image_size'),
     (dict(std=(1.0, 0.0, 1.0)), 'std'),
     (dict(eval_crop_fraction=1.5), 'eval_crop_fraction'),
+    (dict(random_erasing=1.5), 'random_erasing'),
 ])
 def test_bad_config_values(overrides, pattern):
   with pytest.raises(data.DataError, match=pattern):
@@ -454,6 +455,36 @@ def test_random_resized_crop_window_respects_bounds_and_scale():
                                                                                 tf.int64),
                                               (0.5, 1.0), (0.9, 1.1))
   assert window.numpy().tolist() == [0, 49, 1, 1]
+
+
+def test_random_erasing_is_one_noise_rectangle_within_timm_bounds():
+  image = tf.fill([40, 60, 3], 7.0)
+  erased_count, areas = 0, []
+  for i in range(200):
+    key = tf.constant([i, 5], tf.int64)
+    out = augment.random_erasing(image, key, 0.5).numpy()
+    np.testing.assert_array_equal(out, augment.random_erasing(image, key, 0.5).numpy())
+    changed = np.any(out != 7.0, axis=-1)
+    if not changed.any():
+      continue
+    erased_count += 1
+    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert changed.sum() == h * w                       # one filled rectangle
+    assert h < 40 and w < 60
+    assert 0.3 / 1.2 <= h / w <= 1.2 / 0.3 or min(h, w) <= 3   # aspect in [0.3, 3.3], rounded
+    areas.append(h * w / 2400)
+    assert abs(out[changed].mean()) < 0.5 and 0.5 < out[changed].std() < 1.5   # N(0, 1) noise
+  assert 70 <= erased_count <= 130                        # probability 0.5 of 200
+  assert 0.015 <= min(areas) and max(areas) <= 0.36
+  assert np.array_equal(augment.random_erasing(image, tf.constant([0, 5], tf.int64), 0.0), image)
+
+
+def test_random_erasing_in_the_training_pipeline():
+  plain = next(data.make_train_iterator(config(), 64, seed=3))['image']
+  erased = next(data.make_train_iterator(config(random_erasing=1.0), 64, seed=3))['image']
+  differs = np.any(np.abs(erased - plain) > 1e-6, axis=(1, 2, 3))
+  assert differs.mean() > 0.9          # nearly every image has a rectangle of noise
 
 
 def test_centre_crop_window():

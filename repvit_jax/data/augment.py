@@ -147,3 +147,44 @@ def normalise(image: tf.Tensor, mean, std) -> tf.Tensor:
   """(image / 255 - mean) / std per channel; float32 [h, w, 3]."""
   image = tf.cast(image, tf.float32) / 255.0
   return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+# timm's RandomErasing defaults (DeiT, LeViT, PoolFormer recipes): one rectangle of 2% to 1/3
+# of the image, aspect ratio log-uniform in [0.3, 1 / 0.3], filled with per-pixel N(0, 1) noise.
+_ERASE_AREA = (0.02, 1.0 / 3.0)
+_ERASE_LOG_ASPECT = (math.log(0.3), math.log(1.0 / 0.3))
+
+
+def random_erasing(image: tf.Tensor, key: tf.Tensor, probability: float) -> tf.Tensor:
+  """timm's RandomErasing in 'pixel' mode, count 1, drawn statelessly.
+
+  With `probability`, up to ten (area, aspect) draws; the first rectangle strictly smaller
+  than the image is replaced by standard-normal noise (the image is already normalised, so
+  the noise matches the data's scale); if none fits the image is unchanged.
+
+  Args:
+    image: float32 [h, w, c], normalised.
+    key: [2] int64 random key.
+    probability: chance that an image is erased at all.
+  Returns:
+    float32 [h, w, c].
+  """
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  area = h * w * rng.uniform(rng.fold_in(key, 1), [_CROP_ATTEMPTS], *_ERASE_AREA)
+  aspect = tf.exp(rng.uniform(rng.fold_in(key, 2), [_CROP_ATTEMPTS], *_ERASE_LOG_ASPECT))
+  erase_h = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+  erase_w = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  fits = (erase_h < height) & (erase_w < width)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  erase_h, erase_w = erase_h[first], erase_w[first]
+  offset = rng.uniform(rng.fold_in(key, 3), [2])
+  top = tf.cast(tf.floor(offset[0] * tf.cast(height - erase_h + 1, tf.float32)), tf.int32)
+  left = tf.cast(tf.floor(offset[1] * tf.cast(width - erase_w + 1, tf.float32)), tf.int32)
+  rows = tf.range(height)[:, None]
+  cols = tf.range(width)[None, :]
+  inside = (rows >= top) & (rows < top + erase_h) & (cols >= left) & (cols < left + erase_w)
+  erase = (rng.uniform(rng.fold_in(key, 0)) < probability) & tf.reduce_any(fits)
+  noise = rng.normal(rng.fold_in(key, 4), shape)
+  return tf.where((inside & erase)[:, :, None], noise, image)

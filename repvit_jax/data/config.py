@@ -22,6 +22,8 @@ Fields (all live in `config.data` of a trainer config):
     clipped to [0, 10]; the defaults are timm's 'rand-m9-mstd0.5-inc1' (DeiT).
   color_jitter: strength s of brightness, contrast and saturation jitter, each factor uniform in
     [max(0, 1 - s), 1 + s]; 0 is off.
+  random_erasing: probability of timm's RandomErasing (pixel mode, one rectangle of 2%..1/3 of
+    the image, aspect 0.3..3.3, normal noise) after normalisation; 0 is off.
   mean, std: per-channel normalisation in [0, 1] pixel units: (x / 255 - mean) / std.
   eval_crop_fraction: evaluation resizes the shorter side to image_size / eval_crop_fraction and
     takes the centre image_size x image_size crop.
@@ -70,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
       flip=True,
       randaugment=default_randaugment(),
       color_jitter=0.0,
+      random_erasing=0.0,
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
       eval_crop_fraction=0.875,
@@ -147,6 +150,10 @@ def resolve(config: Any) -> ml_collections.FrozenConfigDict:
   if jitter < 0:
     raise DataError(f'data.color_jitter must be >= 0 (0 is off), got {jitter!r}')
   out['color_jitter'] = jitter
+  erasing = float(out['random_erasing'])
+  if not 0 <= erasing <= 1:
+    raise DataError(f'data.random_erasing is a probability in [0, 1] (0 is off), got {erasing!r}')
+  out['random_erasing'] = erasing
   if int(out['shuffle_buffer']) < 0:
     raise DataError(f"data.shuffle_buffer must be >= 0, got {out['shuffle_buffer']!r}")
   out['shuffle_buffer'] = int(out['shuffle_buffer'])

@@ -1,8 +1,8 @@
 """The per-example recipes: training augmentation and evaluation crop, both to normalised pixels.
 
 Train (timm order): random-resized crop (decoded straight into the crop), resize, horizontal
-flip, RandAugment, colour jitter, normalise. Eval: centre crop of `eval_crop_fraction` of
-the shorter side, resize, normalise.
+flip, RandAugment, colour jitter, normalise, random erasing. Eval: centre crop of
+`eval_crop_fraction` of the shorter side, resize, normalise.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def train_image(raw: tf.Tensor, key: tf.Tensor, decode_crop: DecodeCrop, config,
   if config.color_jitter > 0:
     image = augment.color_jitter(image, rng.fold_in(key, 3), config.color_jitter)
   image = augment.normalise(image, config.mean, config.std)
+  if config.random_erasing > 0:
+    image = augment.random_erasing(image, rng.fold_in(key, 4), config.random_erasing)
   image.set_shape([size, size, 3] if isinstance(size, int) else [None, None, 3])
   return image
 
