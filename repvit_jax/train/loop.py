@@ -146,11 +146,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   pending: List[Dict[str, jax.Array]] = []
   last_eval: Dict[str, float] = {}
   step, preempted = start_step, False
+  images_since_log = 0   # the multi-scale sampler varies the batch size from step to step
   try:
     with _Preemption() as preemption:
       while step < total_steps:
         batch = sharding.to_global(next(train_iter), batch_sharding)
         state, metrics = train_step(state, batch, frozen)
+        images_since_log += int(batch['image'].shape[0])
         step += 1
         pending.append(metrics)
         stop = preemption.should_stop()
@@ -163,7 +165,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           row = _summarize(pending, step, checkpointer)
           pending = []
           row['train/lr'] = float(schedule(step - 1))
-          progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']})
+          progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']},
+                       images=images_since_log)
+          images_since_log = 0
         if do_eval:
           last_eval = evaluator(state)
           if is_chief and hasattr(task, 'after_eval'):   # e.g. MAE's reconstructions.png

@@ -229,8 +229,13 @@ class Progress:
     self._last_step = int(start_step)
     self._last_time = time_fn()
 
-  def log(self, step: int, metrics: Mapping[str, Any] | None = None) -> str:
-    """Prints and returns one progress line for `step`."""
+  def log(self, step: int, metrics: Mapping[str, Any] | None = None,
+          images: int | None = None) -> str:
+    """Prints and returns one progress line for `step`.
+
+    `images`: images trained on since the previous call, when batches vary in size (the
+    multi-scale sampler); None counts `global_batch_size` per step.
+    """
     now = self._time_fn()
     step = int(step)
     steps = step - self._last_step
@@ -238,7 +243,7 @@ class Progress:
     parts = [f"step {step}/{self.total_steps}"]
     parts += [f"{k} {_format_value(v)}" for k, v in (metrics or {}).items()]
     if steps > 0 and elapsed > 0:
-      rate = steps * self.global_batch_size / elapsed
+      rate = (steps * self.global_batch_size if images is None else images) / elapsed
       parts.append(f"{rate:.0f} img/s" if rate >= 10 else f"{rate:.1f} img/s")
       parts.append(f"ETA {format_duration((self.total_steps - step) * elapsed / steps)}")
     self._last_step, self._last_time = step, now
