@@ -14,7 +14,7 @@ On the embedded digits, in minutes on a CPU:
     # fine-tune the pre-trained encoder (same architecture as the demo encoder)
     python train.py --config configs/vit_tiny.py:demo --workdir runs/mae_demo_ft \
         --config.init_from=runs/mae_demo --config.model.patch_size=4 \
-        --config.model.num_heads=6 --config.optimizer.layer_decay=0.75
+        --config.model.num_heads=6 --config.total_steps=300
 
 Distillation options: `teacher.kind` ('attention': D-MAE pre-softmax attention logits at
 `teacher.pairs` (student layer, teacher layer), 1-based; 'g2sd': the teacher's decoder features

@@ -9,7 +9,7 @@ On the embedded digits, in minutes on a CPU:
     python train.py --config configs/mae_tdrl_vit_tiny.py:demo --workdir runs/mae_tdrl_demo
     python train.py --config configs/tdrl_vit_tiny.py:demo --workdir runs/mae_tdrl_demo_ft \
         --config.init_from=runs/mae_tdrl_demo --config.model.patch_size=4 \
-        --config.model.num_heads=6 --config.optimizer.layer_decay=0.75
+        --config.model.num_heads=6 --config.total_steps=300
     # D-MAE with a vanilla MAE teacher (train it with configs/mae_lite_tiny.py:teacher_demo)
     python train.py --config configs/mae_tdrl_vit_tiny.py:dmae_demo --workdir runs/dmae_tdrl \
         --config.teacher.init_from=runs/mae_teacher
