@@ -126,6 +126,7 @@ def test_other_tfds_not_prepared(tmp_path):
     (dict(std=(1.0, 0.0, 1.0)), 'std'),
     (dict(eval_crop_fraction=1.5), 'eval_crop_fraction'),
     (dict(random_erasing=1.5), 'random_erasing'),
+    (dict(repeated_augmentation=0), 'repeated_augmentation'),
 ])
 def test_bad_config_values(overrides, pattern):
   with pytest.raises(data.DataError, match=pattern):
@@ -392,6 +393,27 @@ def test_tfds_train_determinism_resume_and_epochs(tiny_tfds):
   for e in range(2):
     labels = np.concatenate([b['label'] for b in fresh[5 * e:5 * e + 5]])
     assert np.bincount(labels, minlength=3).tolist() == [7, 7, 6]
+
+
+@pytest.mark.parametrize('cache', [False, True], ids=['streamed', 'indexed'])
+def test_repeated_augmentation(tiny_tfds, cache):
+  c = tiny_config(tiny_tfds, repeated_augmentation=3, cache=cache)
+  kwargs = dict(global_batch_size=4, seed=0, process_index=0, process_count=1)
+  fresh = take(data.make_train_iterator(c, **kwargs), 15)
+  ids = sum((ids_of(b) for b in fresh), [])
+  # Each example fills 3 consecutive slots; 60 slots hold each of the 20 examples once.
+  groups = np.asarray(ids).reshape(20, 3)
+  assert (groups == groups[:, :1]).all()
+  assert sorted(groups[:, 0].tolist()) == list(range(TINY_TRAIN))
+  # Resuming inside a group (step 7 = slot 28 = second copy of group 9) is exact.
+  for k, batch in enumerate(take(data.make_train_iterator(c, start_step=7, **kwargs), 3), 7):
+    np.testing.assert_array_equal(batch['image'], fresh[k]['image'])
+  # Each copy has its own augmentation.
+  erased = take(data.make_train_iterator(tiny_config(tiny_tfds, repeated_augmentation=3,
+                                                     cache=cache, random_erasing=1.0),
+                                         **kwargs), 3)
+  copies = np.concatenate([b['image'] for b in erased])[:12].reshape(4, 3, -1)
+  assert all(not np.array_equal(g[0], g[1]) and not np.array_equal(g[1], g[2]) for g in copies)
 
 
 def test_tfds_two_processes_read_disjoint_slices(tiny_tfds):

@@ -115,6 +115,17 @@ def test_multiscale_batches_vary_and_resume_exactly():
     np.testing.assert_array_equal(a['label'], b['label'])
 
 
+def test_multiscale_with_repeated_augmentation_pairs_slots_and_resumes():
+  config = _config(repeated_augmentation=2)
+  batches = _batches(config, 0, 6, process_index=0, process_count=1)
+  labels = np.concatenate([b['label'] for b in batches])
+  pairs = labels[:len(labels) // 2 * 2].reshape(-1, 2)
+  assert len(pairs) >= 20 and (pairs[:, 0] == pairs[:, 1]).all()
+  resumed = _batches(config, 3, 3, process_index=0, process_count=1)
+  for a, b in zip(batches[3:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
 def test_multiscale_hosts_feed_equal_shares_of_one_global_batch():
   config = _config()
   hosts = [_batches(config, 0, 4, process_index=h, process_count=2, global_batch_size=8)

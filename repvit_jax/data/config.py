@@ -24,6 +24,9 @@ Fields (all live in `config.data` of a trainer config):
     [max(0, 1 - s), 1 + s]; 0 is off.
   random_erasing: probability of timm's RandomErasing (pixel mode, one rectangle of 2%..1/3 of
     the image, aspect 0.3..3.3, normal noise) after normalisation; 0 is off.
+  repeated_augmentation: R >= 1; R > 1 puts each example in R consecutive slots of the
+    training order, each with its own augmentation (DeiT's repeated augmentation, R = 3); 1 is
+    off.
   mean, std: per-channel normalisation in [0, 1] pixel units: (x / 255 - mean) / std.
   eval_crop_fraction: evaluation resizes the shorter side to image_size / eval_crop_fraction and
     takes the centre image_size x image_size crop.
@@ -73,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
       randaugment=default_randaugment(),
       color_jitter=0.0,
       random_erasing=0.0,
+      repeated_augmentation=1,
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
       eval_crop_fraction=0.875,
@@ -154,6 +158,9 @@ def resolve(config: Any) -> ml_collections.FrozenConfigDict:
   if not 0 <= erasing <= 1:
     raise DataError(f'data.random_erasing is a probability in [0, 1] (0 is off), got {erasing!r}')
   out['random_erasing'] = erasing
+  repeats = out['repeated_augmentation']
+  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    raise DataError(f'data.repeated_augmentation is a count >= 1 (1 is off), got {repeats!r}')
   if int(out['shuffle_buffer']) < 0:
     raise DataError(f"data.shuffle_buffer must be >= 0, got {out['shuffle_buffer']!r}")
   out['shuffle_buffer'] = int(out['shuffle_buffer'])

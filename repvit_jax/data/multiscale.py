@@ -99,11 +99,12 @@ def train_dataset(split, config, *, seed: int, start_step: int, host_batch: int,
     # One slot per example, interleaved over hosts: host h's j-th example of step k is global
     # slot (first_k + j) * process_count + h, where first_k is the per-host count before k.
     slots = order.indexed_order(split.num_examples, seed, process_count, 1, process_index,
-                                first)
+                                first, config.repeated_augmentation)
     read = split.read_index
   else:
     slots = order.streamed_order(split, start, split.num_examples if stop is None else stop,
-                                 seed, 1, process_index, first, config.shuffle_buffer)
+                                 seed, 1, process_index, first, config.shuffle_buffer,
+                                 config.repeated_augmentation)
     read = split.parse
 
   n = len(sizes)

@@ -17,6 +17,10 @@ streamed_order (TFDS record files): host h owns the contiguous range
   are within about `shuffle_buffer` of each other in that stream, as with a shuffle buffer;
   data sets that fit in memory shuffle exactly with `cache=True`.
 
+Repeated augmentation (`repeats` R > 1, DeiT's RASampler): R consecutive slots hold the same
+example, each with its own augmentation key: slot p reads position p // R of the order above,
+so each example comes R times in every R x N slots.
+
 Resuming at step k is cheap in both: the indexed order computes slot positions directly; the
 streamed order starts at epoch q // N_h and skips q mod N_h undecoded records.
 """
@@ -29,11 +33,11 @@ from repvit_jax.data.split import Split
 
 
 def indexed_order(num_examples: int, seed: int, global_batch: int, host_batch: int,
-                  process_index: int, start_step: int) -> tf.data.Dataset:
+                  process_index: int, start_step: int, repeats: int = 1) -> tf.data.Dataset:
   """Infinite dataset of (example index int64, augmentation key [2] int64) for this host.
 
   Element i is slot j = i mod host_batch of this host's share of step start_step + i //
-  host_batch.
+  host_batch. `repeats`: consecutive slots per example (repeated augmentation).
   """
   order_key = rng.root_key(seed, rng.ORDER)
   augment_key = rng.root_key(seed, rng.AUGMENT)
@@ -42,7 +46,7 @@ def indexed_order(num_examples: int, seed: int, global_batch: int, host_batch: i
   def locate(q):
     step, j = q // host_batch, q % host_batch
     p = step * global_batch + process_index * host_batch + j
-    epoch, i = p // n, p % n
+    epoch, i = (p // repeats) // n, (p // repeats) % n
     index = tf.random.experimental.index_shuffle(i, rng.fold_in(order_key, epoch), n - 1)
     return index, rng.fold_in(augment_key, p)
 
@@ -77,15 +81,17 @@ def _window_shuffle(records: tf.data.Dataset, window: int, key: tf.Tensor) -> tf
 
 def streamed_order(split: Split, start: int, stop: int, seed: int, host_batch: int,
                    process_index: int, start_step: int,
-                   shuffle_buffer: int) -> tf.data.Dataset:
+                   shuffle_buffer: int, repeats: int = 1) -> tf.data.Dataset:
   """Infinite dataset of (serialized record, augmentation key [2] int64) for this host.
 
   Args:
     split: a streamed split. start, stop: this host's example range [start, stop).
+    repeats: consecutive slots per record (repeated augmentation).
   """
   n = stop - start
   first = start_step * host_batch
-  first_epoch, offset = divmod(first, n)
+  first_record, first_repeat = divmod(first, repeats)
+  first_epoch, offset = divmod(first_record, n)
   file_key = rng.fold_in(rng.root_key(seed, rng.FILE_ORDER), process_index)
   window_key = rng.fold_in(rng.root_key(seed, rng.SHUFFLE_BUFFER), process_index)
   augment_key = rng.fold_in(rng.root_key(seed, rng.AUGMENT), process_index)
@@ -97,6 +103,9 @@ def streamed_order(split: Split, start: int, stop: int, seed: int, host_batch: i
     return records
 
   records = tf.data.Dataset.counter(first_epoch, dtype=tf.int64).flat_map(epoch).skip(offset)
+  if repeats > 1:
+    records = records.flat_map(
+        lambda record: tf.data.Dataset.from_tensors(record).repeat(repeats)).skip(first_repeat)
 
   def with_key(q, record):
     return record, rng.fold_in(augment_key, q)

@@ -116,7 +116,7 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, star
 
   if split.indexed:
     slots = order.indexed_order(split.num_examples, seed, int(global_batch_size), host_batch,
-                                index, start_step)
+                                index, start_step, config.repeated_augmentation)
     read = split.read_index
   else:
     start, stop = _host_range(split.num_examples, index, count)
@@ -124,7 +124,7 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, star
       raise DataError(f'train split {train_split!r} has {split.num_examples} examples, fewer '
                       f'than the {count} processes that each need a share')
     slots = order.streamed_order(split, start, stop, seed, host_batch, index, start_step,
-                                 config.shuffle_buffer)
+                                 config.shuffle_buffer, config.repeated_augmentation)
     read = split.parse
 
   def example(item, key):
