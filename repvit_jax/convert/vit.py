@@ -61,15 +61,21 @@ class ViTFamily(Family):
         'norm.weight' not in state_dict):
       plan.overrides['global_pool'] = 'avg'
       plan.notes.append("global_pool = 'avg' (the checkpoint has fc_norm and no norm)")
-    _plan_tdrl(plan, state_dict)
-    if image_size is None:
-      size = _image_size(state_dict, model_name, plan.overrides)
-      if size:
-        plan.image_size = size
-    return plan
+    return _finish_plan(plan, state_dict, model_name, image_size)
 
   def rules(self, plan: Plan, target, model: nn.Module) -> List[Rule]:
     return rules_from_target(target, lambda path: timm_key(path, RENAMES))
+
+
+def _finish_plan(plan: Plan, state_dict, model_name: str, image_size) -> Plan:
+  """The steps every ViT-like plan ends with: TDRL branches, and the image size the
+  checkpoint's position embedding implies when the caller gave none."""
+  _plan_tdrl(plan, state_dict)
+  if image_size is None:
+    size = _image_size(state_dict, model_name, plan.overrides)
+    if size:
+      plan.image_size = size
+  return plan
 
 
 class MAEFamily(Family):
@@ -82,12 +88,7 @@ class MAEFamily(Family):
     # A pre-training model has no head; `num_classes` is kept only for the model recipe.
     plan = Plan(model_name, int(num_classes or 0), False, dict(overrides),
                 int(image_size or 224), list(COMMON_IGNORE))
-    _plan_tdrl(plan, state_dict)
-    if image_size is None:
-      size = _image_size(state_dict, model_name, plan.overrides)
-      if size:
-        plan.image_size = size
-    return plan
+    return _finish_plan(plan, state_dict, model_name, image_size)
 
   def rules(self, plan: Plan, target, model: nn.Module) -> List[Rule]:
     return rules_from_target(target, lambda path: timm_key(path, RENAMES))
