@@ -22,9 +22,9 @@ Config (besides the classification task's):
   feature_teacher.blocks: block indices to imitate (None: last block of every stage).
   feature_teacher.weights.{in, out, rel}: w_in, w_out, w_rel.
   feature_teacher.init_student: initialise the student from the feature teacher's weights,
-    all but the token mixers (and a head of another shape). Implemented by pointing
-    `config.init_from` at the teacher and adding the mixers to `config.init_skip`, so a
-    resumed run restores its checkpoint as usual.
+    all but the token mixers (and a head of another shape): the task's `init_source()` names the
+    teacher and adds the mixers to `init_skip`; the config is left as it is, and a resumed run
+    restores its checkpoint as usual.
 """
 
 from __future__ import annotations
