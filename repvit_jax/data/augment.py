@@ -15,6 +15,17 @@ from repvit_jax.data._tf import tf
 _CROP_ATTEMPTS = 10
 
 
+def _box_draws(key: tf.Tensor, image_area: tf.Tensor, scale: tuple[float, float],
+               ratio: tuple[float, float]) -> tuple[tf.Tensor, tf.Tensor]:
+  """timm's ten candidate boxes: area fraction uniform in `scale`, aspect ratio (width /
+  height) log-uniform in `ratio`. Returns ([10] int32 heights, [10] int32 widths)."""
+  area = image_area * rng.uniform(rng.fold_in(key, 0), [_CROP_ATTEMPTS], scale[0], scale[1])
+  aspect = tf.exp(rng.uniform(rng.fold_in(key, 1), [_CROP_ATTEMPTS],
+                              math.log(ratio[0]), math.log(ratio[1])))
+  return (tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32),
+          tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32))
+
+
 def random_resized_crop_window(shape: tf.Tensor, key: tf.Tensor, scale: tuple[float, float],
                                ratio: tuple[float, float]) -> tf.Tensor:
   """The crop window of timm's RandomResizedCrop, drawn statelessly.
@@ -31,12 +42,7 @@ def random_resized_crop_window(shape: tf.Tensor, key: tf.Tensor, scale: tuple[fl
   """
   height, width = shape[0], shape[1]
   h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  area = h * w * rng.uniform(rng.fold_in(key, 0), [_CROP_ATTEMPTS], scale[0], scale[1])
-  log_ratio = rng.uniform(rng.fold_in(key, 1), [_CROP_ATTEMPTS],
-                          math.log(ratio[0]), math.log(ratio[1]))
-  aspect = tf.exp(log_ratio)
-  crop_w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
-  crop_h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  crop_h, crop_w = _box_draws(key, h * w, scale, ratio)
   fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
   first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)  # first True, 0 if none
 
@@ -152,7 +158,7 @@ def normalise(image: tf.Tensor, mean, std) -> tf.Tensor:
 # timm's RandomErasing defaults (DeiT, LeViT, PoolFormer recipes): one rectangle of 2% to 1/3
 # of the image, aspect ratio log-uniform in [0.3, 1 / 0.3], filled with per-pixel N(0, 1) noise.
 _ERASE_AREA = (0.02, 1.0 / 3.0)
-_ERASE_LOG_ASPECT = (math.log(0.3), math.log(1.0 / 0.3))
+_ERASE_ASPECT = (0.3, 1.0 / 0.3)
 
 
 def random_erasing(image: tf.Tensor, key: tf.Tensor, probability: float) -> tf.Tensor:
@@ -172,10 +178,7 @@ def random_erasing(image: tf.Tensor, key: tf.Tensor, probability: float) -> tf.T
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
   h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  area = h * w * rng.uniform(rng.fold_in(key, 1), [_CROP_ATTEMPTS], *_ERASE_AREA)
-  aspect = tf.exp(rng.uniform(rng.fold_in(key, 2), [_CROP_ATTEMPTS], *_ERASE_LOG_ASPECT))
-  erase_h = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
-  erase_w = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  erase_h, erase_w = _box_draws(rng.fold_in(key, 1), h * w, _ERASE_AREA, _ERASE_ASPECT)
   fits = (erase_h < height) & (erase_w < width)
   first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
   erase_h, erase_w = erase_h[first], erase_w[first]
