@@ -1,12 +1,16 @@
-"""Train-step throughput of vit_tiny vs tdrl_vit_tiny at 224, and the input pipeline's.
+"""Train-step speed and memory: vit_tiny vs tdrl_vit_tiny (collapsed and branch paths), the MAE
+step (vanilla vs TDRL encoder, without and with the MAE-Base teacher), and the input pipeline.
 
-    python benchmarks/train_step.py [--models vit_tiny,tdrl_vit_tiny] [--batch 32]
+    python benchmarks/train_step.py [--batches 32,128] [--dtypes float32,bfloat16] \
+        [--suites classification,mae,pipeline] [--rounds 5]
 
-The step is the trainer's own compiled step (ImageNet fine-tuning recipe of
-configs/tdrl_vit_tiny.py: AdamW, layer decay, mixup) on random images over every device JAX
-sees. The pipeline is the same recipe's preprocessing (random-resized crop, flip, RandAugment
-m10, colour jitter 0.3, normalisation) on a folder of generated 500x375 JPEGs (decoding
-included), read on this host. Prints one table and writes JSON (benchmarks/results/).
+Each step is the trainer's own compiled step (the recipe of configs/<model>.py: AdamW, layer
+decay, mixup for classification; the MAE-Lite recipe for MAE) on random images over every
+device JAX sees. Contenders of one group (same batch and dtype) are timed in alternation in
+this process, so their ratios hold on a busy machine; temporary memory is XLA's own figure
+(`compiled.memory_analysis().temp_size_in_bytes`). The pipeline row is the ImageNet
+fine-tuning preprocessing on generated JPEGs (decoding included). Prints one table and writes
+JSON (benchmarks/results/train_step.json) with the machine and JAX version.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,46 +36,130 @@ from repvit_jax.train import optimizer, sharding, tasks  # pylint: disable=wrong
 from repvit_jax.train.state import create_state  # pylint: disable=wrong-import-position
 from repvit_jax.train.step import make_train_step  # pylint: disable=wrong-import-position
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
-def recipe(model_name: str):
+# name -> (config file, overrides of config.model): the classification contenders.
+CLASSIFICATION = {
+    'vit_tiny': ('vit_tiny', {}),
+    'tdrl_vit_tiny collapsed': ('tdrl_vit_tiny', {'tdrl.train_path': 'collapsed'}),
+    'tdrl_vit_tiny branches': ('tdrl_vit_tiny', {'tdrl.train_path': 'branches'}),
+}
+# name -> (student, teacher or None): the MAE contenders.
+MAE = {
+    'mae_vit_tiny': ('mae_vit_tiny', None),
+    'mae_tdrl_vit_tiny': ('mae_tdrl_vit_tiny', None),
+    'mae_vit_tiny + teacher': ('mae_vit_tiny', 'mae_vit_base'),
+    'mae_tdrl_vit_tiny + teacher': ('mae_tdrl_vit_tiny', 'mae_vit_base'),
+}
+
+
+def load_config(name: str, arg: str = ''):
   import importlib.util  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      f'{model_name}.py')
-  spec = importlib.util.spec_from_file_location(model_name, path)
+  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config('')
+  return module.get_config(arg)
 
 
-def make_step(model_name: str, batch: int, size: int):
-  """A no-argument callable running one compiled train step of `model_name`."""
-  config = recipe(model_name)
+def set_field(config, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split('.')
+  for parent in parents:
+    config = config[parent]
+  config[leaf] = value
+
+
+def classification_config(config_name: str, model_overrides: Dict[str, Any], batch: int,
+                          dtype: str, image_size: int):
+  config = load_config(config_name)
+  for key, value in model_overrides.items():
+    set_field(config.model, key, value)
+  config.model.dtype = dtype
   config.batch_size = batch
+  config.data.image_size = image_size
+  return config
+
+
+def mae_config(student: str, teacher: Optional[str], batch: int, dtype: str, image_size: int):
+  import repvit_jax as rj  # pylint: disable=import-outside-toplevel
+  config = load_config('mae_tdrl_vit_tiny' if 'tdrl' in student else 'mae_lite_tiny')
+  config.model.name = student
+  config.model.dtype = dtype
+  config.batch_size = batch
+  config.data.image_size = image_size
+  if teacher:
+    config.teacher.model = teacher
+    config.teacher.init_from = 'random weights (benchmark)'
+    config.teacher.pairs = ((rj.create_model(student).depth, rj.create_model(teacher).depth),)
+  return config
+
+
+def compile_step(config, image_size: int) -> Dict[str, Any]:
+  """The trainer's compiled step for `config` on random data: {'run', 'temp_bytes', 'flops'}."""
+  batch = config.batch_size
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(batch, mesh)
   task = tasks.build(config, DatasetInfo(name='synthetic', num_classes=1000, num_train=batch,
                                          num_eval=batch, train_split='train',
                                          eval_split='test'))
-  sample = jnp.zeros((1, size, size, 3))
-  params = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), sample))['params']
+  sample = jnp.zeros((1, image_size, image_size, 3))
+  params = jax.eval_shape(lambda: task.init_variables(jax.random.key(0), sample))['params']
   tx, _ = optimizer.make_optimizer(config.optimizer, params, config.total_steps)
   init = lambda: create_state(lambda rng: task.init_variables(rng, sample), tx, 0)
   state_sharding = sharding.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=state_sharding)()
+  # A teacher gets random weights: speed does not depend on their values.
+  frozen = {} if task.teacher is None else _random_teacher(task, sample)
   batch_sharding = sharding.batch_sharding(mesh)
-  images = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(batch, image_size, image_size, 3)).astype(np.float32)
   labels = np.arange(batch, dtype=np.int32) % 1000
   inputs = sharding.to_global({'image': images, 'label': labels}, batch_sharding)
   step = jax.jit(make_train_step(task, tx), donate_argnums=(0,),
                  in_shardings=(state_sharding, batch_sharding, None),
                  out_shardings=(state_sharding, None))
+  compiled = step.lower(state, inputs, frozen).compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   holder = {'state': state}
 
   def run():
-    holder['state'], metrics = step(holder['state'], inputs, {})
+    holder['state'], metrics = compiled(holder['state'], inputs, frozen)
     return metrics['train/loss']
 
-  return run
+  return {'run': run, 'temp_bytes': int(memory.temp_size_in_bytes),
+          'flops': float((cost or {}).get('flops', 0.0))}
+
+
+def _random_teacher(task, sample):
+  """The MAE teacher's deploy variables, randomly initialised."""
+  teacher = task.teacher
+  variables = jax.jit(lambda: teacher.init({'params': jax.random.key(1),
+                                            'mask': jax.random.key(2)}, sample, train=False,
+                                           decode=False))()
+  return {'teacher': variables}
+
+
+def time_group(group: str, builders: Dict[str, Callable[[], Dict[str, Any]]], batch: int,
+               dtype: str, rounds: int, reference: str):
+  """Compiles every contender, times them in alternation, returns table rows."""
+  compiled = {}
+  for name, build in builders.items():
+    start = time.perf_counter()
+    compiled[name] = build()
+    print(f'  compiled {group} {name} (batch {batch}, {dtype}) in '
+          f'{time.perf_counter() - start:.0f} s', flush=True)
+  seconds = common.time_interleaved({n: c['run'] for n, c in compiled.items()}, rounds=rounds)
+  rows = []
+  for name, c in compiled.items():
+    ref = compiled[reference]
+    rows.append({'group': group, 'what': name, 'batch': batch, 'dtype': dtype,
+                 'img_s': batch / seconds[name], 'step_ms': 1e3 * seconds[name],
+                 'time_vs_ref': seconds[name] / seconds[reference],
+                 'temp_GiB': c['temp_bytes'] / 2**30,
+                 'temp_vs_ref': c['temp_bytes'] / max(ref['temp_bytes'], 1),
+                 'gflop_per_step': c['flops'] / 1e9, 'reference': reference})
+  return rows
 
 
 def write_jpegs(directory: str, count: int) -> None:
@@ -87,7 +176,7 @@ def write_jpegs(directory: str, count: int) -> None:
 
 
 def pipeline_throughput(batch: int, size: int, steps: int) -> dict:
-  config = recipe('tdrl_vit_tiny').data
+  config = load_config('tdrl_vit_tiny').data
   with tempfile.TemporaryDirectory() as directory:
     write_jpegs(directory, 512)
     config.name = f'folder:{directory}'
@@ -99,29 +188,55 @@ def pipeline_throughput(batch: int, size: int, steps: int) -> dict:
       next(iterator)
     seconds = time.perf_counter() - start
     del iterator  # stop tf.data's prefetching before the files go away
-  return {'what': 'input pipeline (JPEG decode + ImageNet train preprocessing)',
-          'img_s': steps * batch / seconds, 'ms_per_batch': 1000 * seconds / steps,
-          'batch': batch}
+  return {'group': 'pipeline', 'what': 'JPEG decode + ImageNet train preprocessing',
+          'img_s': steps * batch / seconds, 'step_ms': 1000 * seconds / steps, 'batch': batch,
+          'dtype': 'uint8'}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default='vit_tiny,tdrl_vit_tiny')
-  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--batches', default='32,128')
+  parser.add_argument('--dtypes', default='float32,bfloat16')
+  parser.add_argument('--suites', default='classification,mae,pipeline')
+  parser.add_argument('--contenders', default=','.join(CLASSIFICATION),
+                      help='classification contenders to run (comma-separated)')
+  parser.add_argument('--mae-batch', type=int, default=32)
+  parser.add_argument('--mae-dtypes', default='float32')
   parser.add_argument('--image-size', type=int, default=224)
   parser.add_argument('--pipeline-steps', type=int, default=20)
-  parser.add_argument('--rounds', type=int, default=5, help='timed steps per model, interleaved')
+  parser.add_argument('--rounds', type=int, default=5, help='timed steps per contender')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
                                                     'train_step.json'))
   args = parser.parse_args()
-  names = args.models.split(',')
-  seconds = common.time_interleaved({m: make_step(m, args.batch, args.image_size) for m in names},
-                                    rounds=args.rounds)
-  rows = [{'what': f'train step {m}', 'batch': args.batch, 'img_s': args.batch / seconds[m],
-           'ms_per_batch': 1000 * seconds[m]} for m in names]
-  rows.append(pipeline_throughput(args.batch, args.image_size, args.pipeline_steps))
-  common.print_table(rows, ['what', 'batch', 'img_s', 'ms_per_batch'])
-  common.write_json(args.out, {'benchmark': 'train_step', 'image_size': args.image_size,
+  suites = args.suites.split(',')
+  size = args.image_size
+  rows = []
+  if 'classification' in suites:
+    chosen = {k: v for k, v in CLASSIFICATION.items() if k in args.contenders.split(',')}
+    for dtype in args.dtypes.split(','):
+      for batch in map(int, args.batches.split(',')):
+        builders = {name: (lambda c=c, o=o, b=batch, d=dtype: compile_step(
+            classification_config(c, o, b, d, size), size)) for name, (c, o) in chosen.items()}
+        rows += time_group('classification', builders, batch, dtype, args.rounds,
+                           reference=next(iter(chosen)))
+  if 'mae' in suites:
+    for dtype in args.mae_dtypes.split(','):
+      builders = {name: (lambda s=s, t=t, d=dtype: compile_step(
+          mae_config(s, t, args.mae_batch, d, size), size)) for name, (s, t) in MAE.items()}
+      group = time_group('mae', builders, args.mae_batch, dtype, args.rounds,
+                         reference='mae_vit_tiny')
+      # TDRL over vanilla with the same teacher (or none).
+      by_name = {r['what']: r for r in group}
+      for r in group:
+        r['reference'] = r['what'].replace('mae_tdrl_vit_tiny', 'mae_vit_tiny')
+        r['time_vs_ref'] = r['step_ms'] / by_name[r['reference']]['step_ms']
+        r['temp_vs_ref'] = r['temp_GiB'] / by_name[r['reference']]['temp_GiB']
+      rows += group
+  if 'pipeline' in suites:
+    rows.append(pipeline_throughput(int(args.batches.split(',')[0]), size, args.pipeline_steps))
+  common.print_table(rows, ['group', 'what', 'batch', 'dtype', 'img_s', 'step_ms', 'time_vs_ref',
+                            'temp_GiB', 'temp_vs_ref', 'gflop_per_step', 'reference'])
+  common.write_json(args.out, {'benchmark': 'train_step', 'image_size': size,
                                'machine': common.machine(), 'results': rows})
 
 

@@ -29,5 +29,5 @@ def get_config(arg: str = ''):
   if config.model.name == 'mae_tdrl_vit_tiny':   # ':teacher_demo' trains a vanilla teacher
     config.model.tdrl = ml_collections.ConfigDict(dict(
         layers=('qkv', 'proj', 'fc1', 'fc2'), num_branches=2, hidden_ratio=1.0,
-        qkv_rectify='bn', rectify='scale', bn_momentum=0.9))
+        qkv_rectify='bn', rectify='scale', bn_momentum=0.9, train_path='collapsed'))
   return config

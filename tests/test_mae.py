@@ -110,11 +110,12 @@ def test_encoder_layout_and_parameter_count():
 
 def test_reparameterized_tdrl_mae_is_the_vanilla_mae():
   x = images(2)
-  model = rj.create_model('mae_tdrl_vit_tiny', **TINY_MAE)
+  model = rj.create_model('mae_tdrl_vit_tiny', tdrl={'train_path': 'branches'}, **TINY_MAE)
   variables = nontrivial_variables(model, x)
   deploy = rj.reparameterize(variables)
   vanilla = rj.create_model('mae_vit_tiny', **TINY_MAE)
-  assert rj.create_model('mae_tdrl_vit_tiny', deploy=True, **TINY_MAE) == vanilla
+  assert rj.create_model('mae_tdrl_vit_tiny', deploy=True, tdrl={'train_path': 'branches'},
+                         **TINY_MAE) == vanilla
   abstract = jax.eval_shape(lambda: vanilla.init(RNGS, x, train=False))
   assert jax.tree.map(lambda a: a.shape, deploy) == jax.tree.map(lambda a: a.shape, abstract)
   rngs = {'mask': jax.random.key(9)}

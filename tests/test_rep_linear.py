@@ -38,10 +38,12 @@ def direct_rep_linear(v, x, num_branches, rectify, rectify_features=None):
   return y
 
 
+@pytest.mark.parametrize('train_path', ['branches', 'collapsed'])
 @pytest.mark.parametrize('rectify', ['none', 'scale', 'bn'])
-def test_rep_linear_eval_matches_formula_and_fuses(rectify):
+def test_rep_linear_eval_matches_formula_and_fuses(rectify, train_path):
   x = jax.random.normal(jax.random.key(0), (3, 5, 8))
-  layer = RepLinear(6, num_branches=3, rectify=rectify, rectify_features=4)
+  layer = RepLinear(6, num_branches=3, rectify=rectify, rectify_features=4,
+                    train_path=train_path)
   variables = nontrivial_variables(layer, x)
   out = layer.apply(variables, x, train=False)
   expected = direct_rep_linear(variables, x, 3, rectify, 4)
@@ -55,9 +57,10 @@ def test_rep_linear_eval_matches_formula_and_fuses(rectify):
   assert check.relative_error(y, out) < 1e-6
 
 
-def test_rep_linear_batchnorm_statistics_are_over_batch_and_tokens():
+@pytest.mark.parametrize('train_path', ['branches', 'collapsed'])
+def test_rep_linear_batchnorm_statistics_are_over_batch_and_tokens(train_path):
   x = jax.random.normal(jax.random.key(1), (4, 7, 8)) * 3 + 1
-  layer = RepLinear(6, num_branches=1, rectify='none')
+  layer = RepLinear(6, num_branches=1, rectify='none', train_path=train_path)
   variables = layer.init(jax.random.key(0), x, train=False)
   _, updates = layer.apply(variables, x, train=True, mutable=['batch_stats'])
   h = x @ variables['params']['branch_1']['linear_0']['kernel']
@@ -73,7 +76,9 @@ def test_scale_rectification_is_recorded_in_the_tree():
 
 
 def tdrl_error(tdrl, images, dtype=jnp.float32, seed=0):
-  overrides = dict(TINY_VIT, tdrl=tdrl, dtype=dtype, param_dtype=dtype)
+  # The branch path is the reference: the collapsed path's eval mode is the fold itself.
+  overrides = dict(TINY_VIT, tdrl=dict(tdrl, train_path='branches'), dtype=dtype,
+                   param_dtype=dtype)
   train_model = rj.create_model('tdrl_vit_tiny', num_classes=10, **overrides)
   deploy_model = rj.create_model('tdrl_vit_tiny', num_classes=10, deploy=True, **overrides)
   variables = nontrivial_variables(train_model, images.astype(dtype), seed)

@@ -52,7 +52,7 @@ def test_tdrl_deploy_tree_is_the_vanilla_tree():
 @pytest.mark.slow
 def test_tdrl_vit_tiny_equivalence_at_224():
   images = jax.random.normal(jax.random.key(0), (2, 224, 224, 3))
-  model = rj.create_model('tdrl_vit_tiny')
+  model = rj.create_model('tdrl_vit_tiny', tdrl={'train_path': 'branches'})  # the reference
   variables = nontrivial_variables(model, images)
   result = check.equivalence_error(model, rj.create_model('tdrl_vit_tiny', deploy=True),
                                    variables, images)

@@ -26,11 +26,15 @@ import math
 from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from repvit_jax.reparam import collapse
 from repvit_jax.reparam.fuse import BN_EPSILON
+from repvit_jax.reparam.tdrl import fuse_rep_linear
 
 RECTIFY_MODES = ('none', 'scale', 'bn')
+TRAIN_PATHS = ('collapsed', 'branches')
 TDRL_LAYERS = ('qkv', 'proj', 'fc1', 'fc2')
 
 default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)
@@ -60,8 +64,73 @@ class LinearBNStack(nn.Module):
     return x
 
 
+class _DenseVariables(nn.Module):
+  """Declares `nn.Dense`'s variables (same names, shapes, initialisers, order) and returns
+  their values without applying the layer: the collapsed path's view of a linear unit."""
+  in_features: int
+  features: int
+  use_bias: bool
+  kernel_init: Callable
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self):
+    """-> {'kernel': (in, out)[, 'bias': (out,)]}."""
+    out = {'kernel': self.param('kernel', self.kernel_init, (self.in_features, self.features),
+                                self.param_dtype)}
+    if self.use_bias:
+      out['bias'] = self.param('bias', nn.initializers.zeros_init(), (self.features,),
+                               self.param_dtype)
+    return out
+
+
+class _BatchNormVariables(nn.Module):
+  """Declares `nn.BatchNorm`'s variables as it does (float32 running statistics first) and
+  returns ({scale, bias} values, {mean, var} `Variable`s that the caller may update)."""
+  features: int
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self):
+    shape = (self.features,)
+    running = {'mean': self.variable('batch_stats', 'mean', jnp.zeros, shape, jnp.float32),
+               'var': self.variable('batch_stats', 'var', jnp.ones, shape, jnp.float32)}
+    params = {'scale': self.param('scale', nn.initializers.ones_init(), shape,
+                                  self.param_dtype),
+              'bias': self.param('bias', nn.initializers.zeros_init(), shape, self.param_dtype)}
+    return params, running
+
+
+class _BranchVariables(nn.Module):
+  """The variables of a `LinearBNStack` (linear_0, bn_0, linear_1, ...), declared only."""
+  in_features: int
+  widths: Tuple[int, ...]
+  kernel_init: Callable
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self):
+    """-> (params subtree, {bn_<i>: {mean, var} Variables})."""
+    params, running = {}, {}
+    width = self.in_features
+    for i, out in enumerate(self.widths):
+      params[f'linear_{i}'] = _DenseVariables(width, out, False, self.kernel_init,
+                                              self.param_dtype, name=f'linear_{i}')()
+      params[f'bn_{i}'], running[f'bn_{i}'] = _BatchNormVariables(
+          out, self.param_dtype, name=f'bn_{i}')()
+      width = out
+    return params, running
+
+
 class RepLinear(nn.Module):
   """Training form of a TDRL linear layer; deploys as `nn.Dense(features)` (with bias).
+
+  Two ways to compute the same function, over the same variables:
+    'collapsed' (default): training mode folds every BatchNorm with the batch statistics
+      that follow from the input's mean and covariance (`repvit_jax.reparam.collapse`) and
+      applies one matmul; eval mode folds with the running statistics (the deploy fuser) and
+      applies one matmul. Same outputs, gradients and running-statistic updates as 'branches'.
+    'branches': every branch and BatchNorm applied as written (the reference).
 
   Attributes:
     features: output width C_out.
@@ -72,6 +141,7 @@ class RepLinear(nn.Module):
     rectify: 'none' | 'scale' | 'bn' (see the module docstring).
     rectify_features: with 'bn', the number of leading output features normalised
       (None: all of them).
+    train_path: 'collapsed' | 'branches'.
   """
   features: int
   num_branches: int = 2
@@ -80,6 +150,7 @@ class RepLinear(nn.Module):
   rectify: str = 'scale'
   rectify_features: Optional[int] = None
   bn_momentum: float = 0.9
+  train_path: str = 'collapsed'
   kernel_init: Callable = default_kernel_init
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -91,29 +162,74 @@ class RepLinear(nn.Module):
       raise ValueError(f'RepLinear rectify must be one of {RECTIFY_MODES}, got {self.rectify!r}')
     if self.num_branches < 1:
       raise ValueError(f'RepLinear needs num_branches >= 1, got {self.num_branches}')
-    hidden = self.hidden_features or x.shape[-1]
-    common = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.train_path not in TRAIN_PATHS:
+      raise ValueError(f'RepLinear train_path must be one of {TRAIN_PATHS}, got '
+                       f'{self.train_path!r}')
+    rectify_features = self.rectify_features or self.features
+    if self.rectify == 'bn' and not 0 < rectify_features <= self.features:
+      raise ValueError(f'rectify_features must be in (0, {self.features}], got '
+                       f'{rectify_features}')
+    if self.train_path == 'branches':
+      return self._branches(x, train=train)
+    return self._collapsed(x, train=train)
 
+  def _branch_widths(self, in_features: int):
+    hidden = self.hidden_features or in_features
+    return [(hidden,) * (n - 1) + (self.features,) for n in range(1, self.num_branches + 1)]
+
+  def _rectify_scale(self):
+    return self.variable('batch_stats', 'rectify_scale',
+                         lambda: jnp.asarray(1.0 / math.sqrt(self.num_branches + 1),
+                                             self.param_dtype))
+
+  def _branches(self, x, *, train: bool):
+    common = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
     y = nn.Dense(self.features, use_bias=self.use_bias, name='skip', **common)(x)
-    for n in range(1, self.num_branches + 1):
-      widths = (hidden,) * (n - 1) + (self.features,)
+    for n, widths in enumerate(self._branch_widths(x.shape[-1]), start=1):
       y = y + LinearBNStack(widths, bn_momentum=self.bn_momentum, name=f'branch_{n}',
                             **common)(x, train=train)
-
     if self.rectify == 'scale':
-      scale = self.variable('batch_stats', 'rectify_scale',
-                            lambda: jnp.asarray(1.0 / math.sqrt(self.num_branches + 1),
-                                                self.param_dtype))
-      y = y * scale.value.astype(y.dtype)
+      y = y * self._rectify_scale().value.astype(y.dtype)
     elif self.rectify == 'bn':
       k = self.rectify_features or self.features
-      if not 0 < k <= self.features:
-        raise ValueError(f'rectify_features must be in (0, {self.features}], got {k}')
       head = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                           epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
                           name='rectify_bn')(y[..., :k])
       y = jnp.concatenate([head, y[..., k:]], axis=-1) if k < self.features else head
     return y
+
+  def _collapsed(self, x, *, train: bool):
+    in_features = x.shape[-1]
+    params = {'skip': _DenseVariables(in_features, self.features, self.use_bias,
+                                      self.kernel_init, self.param_dtype, name='skip')()}
+    running = {}
+    for n, widths in enumerate(self._branch_widths(in_features), start=1):
+      params[f'branch_{n}'], running[f'branch_{n}'] = _BranchVariables(
+          in_features, widths, self.kernel_init, self.param_dtype, name=f'branch_{n}')()
+    scale = self._rectify_scale().value if self.rectify == 'scale' else None
+    if self.rectify == 'bn':
+      params['rectify_bn'], running['rectify_bn'] = _BatchNormVariables(
+          self.rectify_features or self.features, self.param_dtype, name='rectify_bn')()
+
+    if not train:
+      # Eval: exactly the deploy layer, folded by the same fuser as `reparameterize`.
+      stats = jax.tree.map(lambda v: v.value, running)
+      if scale is not None:
+        stats['rectify_scale'] = scale
+      folded, _ = fuse_rep_linear(params, stats, self.name or 'RepLinear')
+      return (jnp.matmul(x.astype(self.dtype), folded['kernel'].astype(self.dtype)) +
+              folded['bias'].astype(self.dtype))
+
+    mean, cov, centred = collapse.batch_moments(x.astype(self.dtype))
+    kernel, bias, batch_stats = collapse.fold_batch_statistics(params, mean, cov,
+                                                               rectify_scale=scale)
+    if not self.is_initializing():
+      momentum = self.bn_momentum
+      jax.tree.map(lambda v, s: setattr(v, 'value', momentum * v.value +
+                                        (1 - momentum) * s.astype(v.value.dtype)),
+                   running, batch_stats, is_leaf=lambda v: isinstance(v, nn.Variable))
+    y = jnp.matmul(centred, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    return y.reshape(x.shape[:-1] + (self.features,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +244,8 @@ class TDRL:
     qkv_rectify: rectification of the qkv layer: 'bn' (BN on Q and K), 'scale' or 'none'.
     rectify: rectification of the other layers: 'scale', 'bn' or 'none'.
     bn_momentum: Flax momentum (weight of the old running statistic) of every TDRL BatchNorm.
+    train_path: 'collapsed' (one matmul from the batch moments, the default) or 'branches'
+      (every branch as written, the reference); the same function and variables.
   """
   layers: Tuple[str, ...] = TDRL_LAYERS
   num_branches: int = 2
@@ -135,6 +253,7 @@ class TDRL:
   qkv_rectify: str = 'bn'
   rectify: str = 'scale'
   bn_momentum: float = 0.9
+  train_path: str = 'collapsed'
 
   def __post_init__(self):
     object.__setattr__(self, 'layers', tuple(self.layers))
@@ -145,6 +264,8 @@ class TDRL:
       if getattr(self, field) not in RECTIFY_MODES:
         raise ValueError(f'TDRL {field} must be one of {RECTIFY_MODES}, got '
                          f'{getattr(self, field)!r}')
+    if self.train_path not in TRAIN_PATHS:
+      raise ValueError(f'TDRL train_path must be one of {TRAIN_PATHS}, got {self.train_path!r}')
     if self.num_branches < 1:
       raise ValueError(f'TDRL num_branches must be >= 1, got {self.num_branches}')
     if self.hidden_ratio <= 0:
@@ -172,7 +293,7 @@ def make_linear(tdrl: Optional[TDRL], role: str, features: int, in_features: int
   return RepLinear(features, num_branches=tdrl.num_branches,
                    hidden_features=max(1, int(round(in_features * tdrl.hidden_ratio))),
                    rectify=rectify, rectify_features=rectify_features,
-                   bn_momentum=tdrl.bn_momentum, **common)
+                   bn_momentum=tdrl.bn_momentum, train_path=tdrl.train_path, **common)
 
 
 def apply_linear(layer: nn.Module, x, *, train: bool):
