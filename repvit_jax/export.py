@@ -290,7 +290,9 @@ def _load_config_recipe(spec: str):
   from repvit_jax import data  # pylint: disable=import-outside-toplevel
   from repvit_jax.train.classification import model_overrides  # pylint: disable=import-outside-toplevel
   num_classes = data.get_dataset_info(config.data).num_classes
-  return config.model.name, model_overrides(config.model), num_classes, int(
+  overrides = model_overrides(config.model)
+  overrides.pop('dtype', None)  # exported graphs are float32 whatever the training dtype
+  return config.model.name, overrides, num_classes, int(
       config.data.image_size), config.data
 
 

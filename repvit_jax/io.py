@@ -4,7 +4,9 @@
     logits = model.apply(variables, images, train=False)
 
 A model directory holds `model.json` (registered name, `deploy` flag, `num_classes`, module
-overrides) and `variables.msgpack` (Flax serialization of the variable tree, host arrays).
+overrides, the dtype it was trained in) and `variables.msgpack` (Flax serialization of the
+variable tree, host arrays). Variables are float32 whatever the training dtype, and the model
+loads as float32 unless `load_model(..., dtype='bfloat16')` asks for another compute dtype.
 """
 
 from __future__ import annotations
@@ -25,30 +27,40 @@ VARIABLES_FILE = 'variables.msgpack'
 
 
 def save_model(directory: str, variables: Mapping[str, Any], *, name: str, num_classes: int,
-               deploy: bool, overrides: Mapping[str, Any] | None = None) -> str:
+               deploy: bool, overrides: Mapping[str, Any] | None = None,
+               trained_dtype: str = 'float32') -> str:
   """Writes `variables` and the recipe of their module into `directory`.
 
   Args:
     directory: created if missing; existing files of the same names are replaced atomically.
     variables: the variable tree (jax or numpy arrays; fetched to the host).
     name, num_classes, deploy, overrides: arguments of `create_model` that rebuild the module;
-      overrides must be JSON-serialisable (tuples become lists).
+      overrides must be JSON-serialisable (tuples become lists). A compute `dtype` among
+      them is not saved as an override (the model loads as float32) but as `trained_dtype`.
+    trained_dtype: the compute dtype of training, recorded for the reader.
 
   Returns:
     The directory.
   """
   os.makedirs(directory, exist_ok=True)
   host = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+  overrides = dict(overrides or {})
+  trained_dtype = str(overrides.pop('dtype', trained_dtype))
   recipe = {'name': name, 'num_classes': int(num_classes), 'deploy': bool(deploy),
-            'overrides': _jsonable(dict(overrides or {}))}
+            'overrides': _jsonable(overrides), 'trained_dtype': trained_dtype}
   _atomic_write(os.path.join(directory, VARIABLES_FILE), serialization.msgpack_serialize(host))
   _atomic_write(os.path.join(directory, MODEL_FILE),
                 json.dumps(recipe, indent=2, sort_keys=True).encode())
   return directory
 
 
-def load_model(directory: str) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_model(directory: str, *, dtype: str | None = None) -> Tuple[nn.Module, Dict[str, Any]]:
   """Loads a directory written by `save_model` (e.g. a training run's `workdir/deploy`).
+
+  Args:
+    directory: the model directory.
+    dtype: compute dtype of the module ('float32' when None, whatever it was trained in;
+      'bfloat16' for mixed-precision inference).
 
   Returns:
     (module, variables): call `module.apply(variables, images, train=False)`.
@@ -65,8 +77,11 @@ def load_model(directory: str) -> Tuple[nn.Module, Dict[str, Any]]:
                               'as <workdir>/deploy at the end of training)')
   with open(recipe_path) as f:
     recipe = json.load(f)
+  overrides = dict(recipe['overrides'])
+  if dtype is not None:
+    overrides['dtype'] = dtype
   module = create_model(recipe['name'], num_classes=recipe['num_classes'],
-                        deploy=recipe['deploy'], **recipe['overrides'])
+                        deploy=recipe['deploy'], **overrides)
   return module, load_variables(directory)
 
 

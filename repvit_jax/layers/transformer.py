@@ -15,6 +15,45 @@ import jax.numpy as jnp
 
 from repvit_jax.layers.rep_linear import TDRL, apply_linear, make_linear
 
+ATTENTION_IMPLS = ('xla', 'cudnn')
+REMAT_POLICIES = ('none', 'block')
+
+
+def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None):
+  """Softmax attention over (B, T, H, D) queries, keys and values -> (B, T, H, D).
+
+  The logits q.k / sqrt(D) (+ bias) and the softmax are float32 whatever the compute dtype.
+  Unless `sow` is given, `jax.nn.dot_product_attention` computes it, with XLA's fused
+  formulation or cuDNN's flash attention (`impl='cudnn'`, GPU, bfloat16/float16), and the
+  (B, H, T, T) logits need never be stored. With `sow` (a callable taking the logits), or
+  values of another width than the keys (LeViT), the same computation is written out.
+
+  Args:
+    q, k: (B, T, H, D) and (B, S, H, D); v: (B, S, H, D_v); one dtype.
+    impl: 'xla' or 'cudnn'.
+    bias: optional additive logit bias broadcastable to (B, H, T, S) (LeViT's position bias).
+    sow: None, or a callable receiving the (B, H, T, S) float32 logits.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}')
+  scale = q.shape[-1] ** -0.5
+  if sow is None and v.shape[-1] == q.shape[-1]:
+    if impl == 'cudnn' and (jax.default_backend() != 'gpu' or q.dtype not in (jnp.bfloat16,
+                                                                              jnp.float16)):
+      raise ValueError(f"attention_impl='cudnn' needs a GPU and model.dtype bfloat16 (here: "
+                       f"{jax.default_backend()}, {q.dtype}); use attention_impl='xla'")
+    bias = None if bias is None else bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=impl)
+  # The same computation as the 'xla' implementation, written out to expose the logits.
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  logits = logits * jnp.asarray(scale, logits.dtype)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if sow is not None:
+    sow(logits)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+
 
 class DropPath(nn.Module):
   """Stochastic depth: drops the whole residual branch per example with probability `rate`."""
@@ -34,12 +73,15 @@ class DropPath(nn.Module):
 class Attention(nn.Module):
   """Multi-head self-attention with one fused qkv linear (timm layout: (3, heads, head_dim)).
 
-  Sows the pre-softmax logits, (B, heads, T, T), as `intermediates/attn_logits` for attention
-  distillation and analysis (free unless the caller makes 'intermediates' mutable).
+  When the caller makes 'intermediates' mutable and `sow_logits` is set, it materialises the
+  pre-softmax logits, (B, heads, T, T) float32, and sows them as `intermediates/attn_logits`
+  (attention distillation, analysis); otherwise they are never stored (see `attention`).
   """
   num_heads: int
   qkv_bias: bool = True
   tdrl: Optional[TDRL] = None
+  attention_impl: str = 'xla'
+  sow_logits: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -54,12 +96,10 @@ class Attention(nn.Module):
     qkv = make_linear(self.tdrl, 'qkv', 3 * width, width, name='qkv', use_bias=self.qkv_bias,
                       qk_features=2 * width, **dtypes)
     qkv = apply_linear(qkv, x, train=train).reshape(batch, tokens, 3, self.num_heads, head_dim)
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, H, T, D)
-    logits = jnp.einsum('bhqd,bhkd->bhqk', q, k) / jnp.sqrt(jnp.asarray(head_dim, q.dtype))
-    self.sow('intermediates', 'attn_logits', logits)
-    weights = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum('bhqk,bhkd->bhqd', weights, v).transpose(0, 2, 1, 3)
-    out = out.reshape(batch, tokens, width)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D)
+    read = self.sow_logits and self.is_mutable_collection('intermediates')
+    sow = (lambda logits: self.sow('intermediates', 'attn_logits', logits)) if read else None
+    out = attention(q, k, v, impl=self.attention_impl, sow=sow).reshape(batch, tokens, width)
     proj = make_linear(self.tdrl, 'proj', width, width, name='proj', **dtypes)
     return apply_linear(proj, out, train=train)
 
@@ -86,6 +126,7 @@ class Block(nn.Module):
   """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
 
   Sows its output, (B, T, C), as `intermediates/features` for feature distillation.
+  `train` may be passed by position: `nn.remat` needs it as a static positional argument.
   """
   num_heads: int
   mlp_ratio: float = 4.0
@@ -93,16 +134,19 @@ class Block(nn.Module):
   drop_path_rate: float = 0.0
   layer_norm_eps: float = 1e-6
   tdrl: Optional[TDRL] = None
+  attention_impl: str = 'xla'
+  sow_logits: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool):
     """(B, T, C) -> (B, T, C)."""
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, name=name, **dtypes)
     drop_path = DropPath(self.drop_path_rate)
-    y = Attention(self.num_heads, qkv_bias=self.qkv_bias, tdrl=self.tdrl, name='attn',
+    y = Attention(self.num_heads, qkv_bias=self.qkv_bias, tdrl=self.tdrl,
+                  attention_impl=self.attention_impl, sow_logits=self.sow_logits, name='attn',
                   **dtypes)(norm('norm1')(x), train=train)
     x = x + drop_path(y, train=train)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), tdrl=self.tdrl, name='mlp',
@@ -110,3 +154,13 @@ class Block(nn.Module):
     x = x + drop_path(y, train=train)
     self.sow('intermediates', 'features', x)
     return x
+
+
+def remat_block(remat: str):
+  """The block class for a `remat` policy: 'none' keeps every activation for the backward
+  pass; 'block' stores only block inputs and recomputes the rest (less memory, ~1/3 more
+  compute), for large batches."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'remat must be one of {REMAT_POLICIES}, got {remat!r}')
+  # static_argnums counts `self`: (x, train) -> train is argument 2.
+  return nn.remat(Block, static_argnums=(2,)) if remat == 'block' else Block

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
-from repvit_jax.layers.transformer import DropPath
+from repvit_jax.layers.transformer import DropPath, attention
 
 hardswish = jax.nn.hard_swish
 
@@ -111,10 +111,7 @@ class LeViTAttention(_Common):
     biases = self.param('attention_biases', nn.initializers.zeros, (heads, rh * rw),
                         self.param_dtype)
     index = bias_index((rh, rw), self.stride)                         # (Nq, Nk)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * (kd ** -0.5)
-    logits = logits + biases.astype(logits.dtype)[:, index][None]
-    weights = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, -1, heads * vd)
+    out = attention(q, k, v, bias=biases[:, index][None]).reshape(batch, -1, heads * vd)
     zero_init = self.stride == 1   # a residual branch starts as the identity
     return self.linear_bn(self.out_features or width, 'proj', zero_init)(hardswish(out),
                                                                          train=train)

@@ -27,7 +27,7 @@ import numpy as np
 
 from repvit_jax.layers.posemb import sincos_2d
 from repvit_jax.layers.rep_linear import TDRL
-from repvit_jax.layers.transformer import Block
+from repvit_jax.layers.transformer import remat_block
 from repvit_jax.models.vit import VisionTransformer
 
 # Top-level params that belong to pre-training only (the decoder, and what a distillation task
@@ -168,10 +168,12 @@ class MaskedAutoencoder(VisionTransformer):
     grid = int(round(n ** 0.5))
     pos = jnp.asarray(sincos_2d(grid, width, cls_token=True), y.dtype)[None]
     y = jnp.concatenate([y[:, :1], tokens], axis=1) + pos
+    block = remat_block(self.remat)
     for i in range(self.decoder_depth):
-      y = Block(self.decoder_num_heads, mlp_ratio=self.decoder_mlp_ratio, qkv_bias=True,
-                layer_norm_eps=self.layer_norm_eps, name=f'decoder_blocks_{i}', **dtypes)(
-                    y, train=train)
+      # Nothing reads the decoder's attention logits: never materialise them.
+      y = block(self.decoder_num_heads, mlp_ratio=self.decoder_mlp_ratio, qkv_bias=True,
+                layer_norm_eps=self.layer_norm_eps, attention_impl=self.attention_impl,
+                sow_logits=False, name=f'decoder_blocks_{i}', **dtypes)(y, train)
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, name='decoder_norm', **dtypes)(y)
     pixels = self.patch_size * self.patch_size * 3
     y = nn.Dense(pixels, kernel_init=dense_init, name='decoder_pred', **dtypes)(y)

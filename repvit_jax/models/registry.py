@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Dict, List, Mapping, Type
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +71,22 @@ def create_model(name: str, *, num_classes: int = 1000, deploy: bool = False,
     if key not in fields or key in ('parent', 'name'):
       known = sorted(k for k in fields if k not in ('parent', 'name'))
       raise ValueError(f'{name} has no option {key!r}; its options are: {", ".join(known)}')
+    if key == 'dtype' and isinstance(value, str):
+      value = _dtype(value, name)
     kwargs[key] = _merge(kwargs.get(key, fields[key].default), value, f'{name}.{key}')
   if deploy:
     kwargs.update(spec.deploy)
   return spec.module(**kwargs)
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
+
+
+def _dtype(value: str, name: str):
+  """'bfloat16' (as config files give it) -> jnp.bfloat16."""
+  if value not in COMPUTE_DTYPES:
+    raise ValueError(f'{name}: dtype must be one of {", ".join(COMPUTE_DTYPES)}, got {value!r}')
+  return jnp.dtype(value)
 
 
 def _merge(current: Any, value: Any, where: str) -> Any:

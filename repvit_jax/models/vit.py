@@ -9,14 +9,14 @@ With `tdrl=None` this is the vanilla ViT; with a `TDRL` config the chosen linear
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from repvit_jax.layers.posemb import sincos_2d
 from repvit_jax.layers.rep_linear import TDRL
-from repvit_jax.layers.transformer import Block
+from repvit_jax.layers.transformer import remat_block
 
 GLOBAL_POOLS = ('token', 'avg')
 POS_EMBEDS = ('learn', 'sincos')
@@ -34,6 +34,12 @@ class VisionTransformer(nn.Module):
     drop_rate: dropout before the head. drop_path_rate: stochastic depth, linear in depth.
     tdrl: None for a vanilla ViT, or where and how to use TDRL linears.
     head_init_std: std of the head's truncated-normal kernel init.
+    dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype` (float32), and
+      norm statistics and the attention softmax are float32 in any case.
+    attention_impl: 'xla' (fused, default) or 'cudnn' (GPU flash attention, bfloat16).
+    remat: 'none' or 'block' (recompute each block in the backward pass; less memory).
+    attention_logits_layers: block indices (0-based) whose attention logits are sown when
+      'intermediates' is mutable (None: every block); other blocks never store them.
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -51,6 +57,9 @@ class VisionTransformer(nn.Module):
   tdrl: Optional[TDRL] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_impl: str = 'xla'
+  remat: str = 'none'
+  attention_logits_layers: Optional[Tuple[int, ...]] = None
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -95,12 +104,14 @@ class VisionTransformer(nn.Module):
 
   def run_blocks(self, x, *, train: bool):
     """(B, T', width) -> (B, T', width) through all blocks."""
+    block = remat_block(self.remat)
     for i in range(self.depth):
       rate = self.drop_path_rate * i / max(self.depth - 1, 1)
-      x = Block(self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+      sow_logits = self.attention_logits_layers is None or i in self.attention_logits_layers
+      x = block(self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
                 drop_path_rate=rate, layer_norm_eps=self.layer_norm_eps, tdrl=self.tdrl,
-                dtype=self.dtype, param_dtype=self.param_dtype, name=f'blocks_{i}')(
-                    x, train=train)
+                attention_impl=self.attention_impl, sow_logits=sow_logits, dtype=self.dtype,
+                param_dtype=self.param_dtype, name=f'blocks_{i}')(x, train)
     return x
 
   def classify(self, x, *, train: bool):

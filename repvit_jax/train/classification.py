@@ -28,6 +28,20 @@ def model_overrides(model_config) -> Dict[str, Any]:
   return cfg
 
 
+def deploy_overrides(overrides: Dict[str, Any]) -> Dict[str, Any]:
+  """The overrides of a deploy form: float32 whatever the training dtype, as the deployed
+  model is saved, reparameterized and checked for equivalence in float32."""
+  return dict(overrides, dtype='float32')
+
+
+def teacher_overrides(teacher_cfg, student_overrides: Dict[str, Any]) -> Dict[str, Any]:
+  """A teacher's module overrides (`teacher.overrides`); it computes in the student's dtype
+  unless its overrides say otherwise."""
+  overrides = model_overrides(teacher_cfg.get('overrides') or {})
+  overrides.setdefault('dtype', student_overrides.get('dtype', 'float32'))
+  return overrides
+
+
 class ClassificationTask:
   """Builds the student (training and deploy forms) and an optional teacher from the config.
 
@@ -44,7 +58,7 @@ class ClassificationTask:
     self.overrides = model_overrides(config.model)
     self.model = create_model(self.model_name, num_classes=num_classes, **self.overrides)
     self.deploy_model = create_model(self.model_name, num_classes=num_classes, deploy=True,
-                                     **self.overrides)
+                                     **deploy_overrides(self.overrides))
     teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
     self.teacher = None
     self.teacher_cfg = teacher_cfg
@@ -57,7 +71,7 @@ class ClassificationTask:
                          'trained weights (a workdir, checkpoint or model directory)')
       # Teachers run in deploy form: cheaper, and identical outputs.
       self.teacher = create_model(teacher_cfg.model, num_classes=num_classes, deploy=True,
-                                  **model_overrides(teacher_cfg.get('overrides') or {}))
+                                  **teacher_overrides(teacher_cfg, self.overrides))
 
   best_metric = 'eval/accuracy'
 
@@ -171,4 +185,4 @@ class ClassificationTask:
             f'{prefix}loss': float(sums['loss']) / count}
 
 
-__all__ = ['ClassificationTask', 'model_overrides']
+__all__ = ['ClassificationTask', 'model_overrides', 'deploy_overrides', 'teacher_overrides']

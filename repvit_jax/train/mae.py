@@ -46,7 +46,8 @@ from repvit_jax.models import mae as mae_lib
 from repvit_jax.models.registry import create_model
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import pretrained, recipes
-from repvit_jax.train.classification import model_overrides
+from repvit_jax.train.classification import (deploy_overrides, model_overrides,
+                                             teacher_overrides)
 from repvit_jax.train.state import model_variables
 
 DISTILL_KINDS = ('attention', 'g2sd')
@@ -164,7 +165,7 @@ class MAETask:
       raise ValueError(f'task mae needs an MAE model (mae_vit_tiny, mae_tdrl_vit_tiny, '
                        f'mae_vit_base, ...), got {self.model_name!r}')
     self.deploy_model = create_model(self.model_name, num_classes=num_classes, deploy=True,
-                                     **self.overrides)
+                                     **deploy_overrides(self.overrides))
     self.norm_pix = bool(config.get('norm_pix_loss', True))
     self.teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
     self.teacher = None
@@ -182,7 +183,7 @@ class MAETask:
     if not cfg.get('init_from'):
       raise ValueError('teacher.model is set but teacher.init_from is not: a teacher needs '
                        'trained weights (an MAE workdir, checkpoint or model directory)')
-    overrides = model_overrides(cfg.get('overrides') or {})
+    overrides = teacher_overrides(cfg, self.overrides)
     # The teacher sees exactly the student's visible tokens: same mask ratio, same grid.
     overrides['mask_ratio'] = self.model.mask_ratio
     self.teacher = create_model(cfg.model, num_classes=self.num_classes, deploy=True,
@@ -204,6 +205,11 @@ class MAETask:
         if not (1 <= s <= self.model.depth and 1 <= t <= self.teacher.depth):
           raise ValueError(f'teacher.pairs entry ({s}, {t}) is out of range: student layers '
                            f'are 1..{self.model.depth}, teacher layers 1..{self.teacher.depth}')
+      # Only the paired layers materialise their (B, H, T, T) attention logits.
+      self.model = self.model.clone(
+          attention_logits_layers=tuple(sorted({s - 1 for s, _ in self.pairs})))
+      self.teacher = self.teacher.clone(
+          attention_logits_layers=tuple(sorted({t - 1 for _, t in self.pairs})))
     else:
       if self.hidden_alpha:
         raise ValueError("teacher.hidden_alpha (hidden-state distillation at teacher.pairs) "

@@ -38,7 +38,7 @@ import ml_collections
 from repvit_jax.models.metaformer import AffineMixer, MetaFormer
 from repvit_jax.models.registry import create_model
 from repvit_jax.train import losses, pretrained
-from repvit_jax.train.classification import ClassificationTask, model_overrides
+from repvit_jax.train.classification import ClassificationTask, teacher_overrides
 from repvit_jax.train.state import model_variables
 
 MIXER_SKIP = r'(^|/)mixer/'
@@ -105,7 +105,7 @@ class ModuleImitationTask(ClassificationTask):
                        f'mixer), got {self.model_name}; use e.g. riformer_s12')
     self.feature_cfg = cfg
     self.feature_teacher = create_model(cfg.model, num_classes=num_classes,
-                                        **model_overrides(cfg.get('overrides') or {}))
+                                        **teacher_overrides(cfg, self.overrides))
     if not isinstance(self.feature_teacher, MetaFormer):
       raise ValueError(f'feature_teacher.model must be a MetaFormer (poolformer_* or '
                        f'riformer_*), got {cfg.model}')

@@ -23,7 +23,9 @@ def base(model_name: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = 'classification'
   config.seed = 0
-  config.model = ml_collections.ConfigDict({'name': model_name})
+  # dtype: compute dtype of matmuls and activations, 'float32' or 'bfloat16' (parameters,
+  # optimizer state, norm statistics, softmax and losses stay float32).
+  config.model = ml_collections.ConfigDict({'name': model_name, 'dtype': 'float32'})
   config.data = data.default_config()
   config.batch_size = 256
   config.eval_batch_size = ml_collections.FieldReference(None, field_type=int)
