@@ -36,6 +36,8 @@ from repvit_jax.train import optimizer, sharding, tasks  # pylint: disable=wrong
 from repvit_jax.train.state import create_state  # pylint: disable=wrong-import-position
 from repvit_jax.train.step import make_train_step  # pylint: disable=wrong-import-position
 
+COLUMNS = ['group', 'what', 'batch', 'dtype', 'img_s', 'step_ms', 'time_vs_ref', 'temp_GiB',
+           'temp_vs_ref', 'gflop_per_step', 'reference', 'note']
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 # name -> (config file, overrides of config.model): the classification contenders.
@@ -140,25 +142,44 @@ def _random_teacher(task, sample):
   return {'teacher': variables}
 
 
+def memory_limit_bytes() -> int:
+  """Half of this host's memory: a step whose XLA temporaries need more is compiled (for its
+  memory figure) but not run, rather than killed by the OOM killer with every result."""
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2
+  except (ValueError, OSError, AttributeError):
+    return 1 << 62
+
+
 def time_group(group: str, builders: Dict[str, Callable[[], Dict[str, Any]]], batch: int,
                dtype: str, rounds: int, reference: str):
-  """Compiles every contender, times them in alternation, returns table rows."""
+  """Compiles every contender, times those that fit in memory in alternation, prints and
+  returns table rows."""
   compiled = {}
   for name, build in builders.items():
     start = time.perf_counter()
     compiled[name] = build()
     print(f'  compiled {group} {name} (batch {batch}, {dtype}) in '
-          f'{time.perf_counter() - start:.0f} s', flush=True)
-  seconds = common.time_interleaved({n: c['run'] for n, c in compiled.items()}, rounds=rounds)
+          f'{time.perf_counter() - start:.0f} s, temp {compiled[name]["temp_bytes"] / 2**30:.2f} '
+          'GiB', flush=True)
+  limit = memory_limit_bytes() if jax.default_backend() == 'cpu' else 1 << 62
+  runnable = {n: c['run'] for n, c in compiled.items() if c['temp_bytes'] <= limit}
+  seconds = common.time_interleaved(runnable, rounds=rounds)
   rows = []
   for name, c in compiled.items():
     ref = compiled[reference]
-    rows.append({'group': group, 'what': name, 'batch': batch, 'dtype': dtype,
-                 'img_s': batch / seconds[name], 'step_ms': 1e3 * seconds[name],
-                 'time_vs_ref': seconds[name] / seconds[reference],
-                 'temp_GiB': c['temp_bytes'] / 2**30,
-                 'temp_vs_ref': c['temp_bytes'] / max(ref['temp_bytes'], 1),
-                 'gflop_per_step': c['flops'] / 1e9, 'reference': reference})
+    row = {'group': group, 'what': name, 'batch': batch, 'dtype': dtype,
+           'temp_GiB': c['temp_bytes'] / 2**30,
+           'temp_vs_ref': c['temp_bytes'] / max(ref['temp_bytes'], 1),
+           'gflop_per_step': c['flops'] / 1e9, 'reference': reference}
+    if name in seconds:
+      row.update(img_s=batch / seconds[name], step_ms=1e3 * seconds[name],
+                 time_vs_ref=seconds[name] / seconds[reference] if reference in seconds
+                 else None)
+    else:
+      row['note'] = f'not run: needs more than {limit / 2**30:.0f} GiB'
+    rows.append(row)
+  common.print_table(rows, COLUMNS)
   return rows
 
 
@@ -229,13 +250,15 @@ def main():
       by_name = {r['what']: r for r in group}
       for r in group:
         r['reference'] = r['what'].replace('mae_tdrl_vit_tiny', 'mae_vit_tiny')
-        r['time_vs_ref'] = r['step_ms'] / by_name[r['reference']]['step_ms']
-        r['temp_vs_ref'] = r['temp_GiB'] / by_name[r['reference']]['temp_GiB']
+        ref = by_name[r['reference']]
+        if 'step_ms' in r and 'step_ms' in ref:
+          r['time_vs_ref'] = r['step_ms'] / ref['step_ms']
+        r['temp_vs_ref'] = r['temp_GiB'] / ref['temp_GiB']
       rows += group
   if 'pipeline' in suites:
     rows.append(pipeline_throughput(int(args.batches.split(',')[0]), size, args.pipeline_steps))
-  common.print_table(rows, ['group', 'what', 'batch', 'dtype', 'img_s', 'step_ms', 'time_vs_ref',
-                            'temp_GiB', 'temp_vs_ref', 'gflop_per_step', 'reference'])
+  print('all groups:')
+  common.print_table(rows, COLUMNS)
   common.write_json(args.out, {'benchmark': 'train_step', 'image_size': size,
                                'machine': common.machine(), 'results': rows})
 

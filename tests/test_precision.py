@@ -27,14 +27,20 @@ FAMILIES = {
 
 
 def _forward(model, variables, images, train):
+  """Compiled: the zoo's reduced models run faster so than op by op."""
   if train:
-    out, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+    out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True,
+                                                     mutable=['batch_stats']))(variables, images)
     return out, updates.get('batch_stats', {})
-  return model.apply(variables, images, train=False), {}
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images), {}
 
 
-@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
-@pytest.mark.parametrize('name', sorted(FAMILIES))
+# Inference for every family; training mode (batch statistics) for the BatchNorm-heavy ones.
+CASES = [(name, False) for name in sorted(FAMILIES)] + [('tdrl_vit_tiny', True),
+                                                        ('levit_128s', True)]
+
+
+@pytest.mark.parametrize('name,train', CASES)
 def test_bfloat16_forward_is_close_to_float32(name, train):
   overrides, size = FAMILIES[name]
   images = jax.random.normal(jax.random.key(0), (4, size, size, 3))
@@ -97,7 +103,7 @@ def test_remat_block_computes_the_same_gradients(tiny_images):
       out, _ = m.apply(dict(variables, params=params), tiny_images, train=True,
                        mutable=['batch_stats'])
       return jnp.sum(out ** 2)
-    return jax.grad(loss)(variables['params'])
+    return jax.jit(jax.grad(loss))(variables['params'])
 
   for a, b in zip(jax.tree.leaves(grads(remat)), jax.tree.leaves(grads(model))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -17,13 +17,19 @@ Rectification (TDRL's answer to the variance that summing branches adds):
 The variable tree records everything the fusion needs, so that `reparameterize` is a pure
 function of the tree: the 'scale' factor is stored as the constant `rectify_scale` in the
 `batch_stats` collection (it is never updated).
+
+How it is computed (`train_path`, same variables and the same function either way):
+'collapsed' (default) trains with one matmul, `(x - mean(x)) @ W_eff + b_eff`, where W_eff and
+b_eff are folded from the parameters and the batch statistics that follow from x's mean and
+covariance (`repvit_jax.reparam.collapse`), and evaluates with the deploy fold itself;
+'branches' applies every branch and BatchNorm as written (the reference in tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -213,7 +219,8 @@ class RepLinear(nn.Module):
 
     if not train:
       # Eval: exactly the deploy layer, folded by the same fuser as `reparameterize`.
-      stats = jax.tree.map(lambda v: v.value, running)
+      stats = jax.tree.map(lambda v: v.value, running,
+                           is_leaf=lambda v: isinstance(v, nn.Variable))
       if scale is not None:
         stats['rectify_scale'] = scale
       folded, _ = fuse_rep_linear(params, stats, self.name or 'RepLinear')
@@ -223,13 +230,21 @@ class RepLinear(nn.Module):
     mean, cov, centred = collapse.batch_moments(x.astype(self.dtype))
     kernel, bias, batch_stats = collapse.fold_batch_statistics(params, mean, cov,
                                                                rectify_scale=scale)
-    if not self.is_initializing():
-      momentum = self.bn_momentum
-      jax.tree.map(lambda v, s: setattr(v, 'value', momentum * v.value +
-                                        (1 - momentum) * s.astype(v.value.dtype)),
-                   running, batch_stats, is_leaf=lambda v: isinstance(v, nn.Variable))
+    if not self.is_initializing():  # as nn.BatchNorm: init leaves the statistics as they are
+      _update_running_averages(running, batch_stats, self.bn_momentum)
     y = jnp.matmul(centred, kernel.astype(self.dtype)) + bias.astype(self.dtype)
     return y.reshape(x.shape[:-1] + (self.features,))
+
+
+def _update_running_averages(running: Dict[str, Any], batch: Dict[str, Any],
+                             momentum: float) -> None:
+  """Flax BatchNorm's update, `r = momentum * r + (1 - momentum) * batch`, for every
+  {mean, var} `Variable` in the nested dict `running`."""
+  for name, node in running.items():
+    if isinstance(node, nn.Variable):
+      node.value = momentum * node.value + (1 - momentum) * batch[name].astype(node.value.dtype)
+    else:
+      _update_running_averages(node, batch[name], momentum)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,10 +83,33 @@ def batch_moments(x: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
   return mean, cov, centred
 
 
+@jax.custom_vjp
+def _quadratic_diagonal(kernel: jax.Array, cov: jax.Array) -> jax.Array:
+  """diag(kernel^T cov kernel) for a symmetric cov: (C, C), (C, k) -> (k,)."""
+  return _quadratic_diagonal_fwd(kernel, cov)[0]
+
+
+def _quadratic_diagonal_fwd(kernel, cov):
+  projected = jnp.matmul(cov, kernel, precision=_HIGHEST)
+  return jnp.sum(kernel * projected, axis=0), (kernel, projected)
+
+
+def _quadratic_diagonal_bwd(residuals, cotangent):
+  # With cov symmetric, d/dK = 2 (cov K) diag(g) reuses the forward product, where autodiff
+  # would multiply by cov again.
+  kernel, projected = residuals
+  weighted = kernel * cotangent
+  return (2.0 * projected * cotangent,
+          jnp.matmul(weighted, kernel.T, precision=_HIGHEST))
+
+
+_quadratic_diagonal.defvjp(_quadratic_diagonal_fwd, _quadratic_diagonal_bwd)
+
+
 def _column_variance(kernel: jax.Array, cov: jax.Array) -> jax.Array:
   """Batch variance of each column of (x - mu) @ kernel: diag(kernel^T cov kernel), >= 0."""
-  var = jnp.sum(kernel * jnp.matmul(cov, kernel, precision=_HIGHEST), axis=0)
-  return jnp.maximum(var, 0.0)  # as Flax's BatchNorm: round-off must not give var < 0
+  # As Flax's BatchNorm: round-off must not give var < 0.
+  return jnp.maximum(_quadratic_diagonal(kernel, cov), 0.0)
 
 
 def _normalise(kernel, var, bn: Mapping[str, Any], eps: float):
