@@ -75,15 +75,28 @@ ONE_BLOCK_VIT = dict(TINY_VIT, depth=1)  # every TDRL layer once; the mesh test 
 LAYER_OPTIONS = list(itertools.product((1, 2, 3, 4), ('none', 'scale', 'bn'), (0.5, 1.0, 2.0)))
 
 
-@pytest.mark.parametrize('num_branches,rectify,hidden_ratio', LAYER_OPTIONS)
-def test_collapsed_rep_linear_matches_branches(num_branches, rectify, hidden_ratio):
-  x = jax.random.normal(jax.random.key(num_branches), (4, 16, 8)) * 2 + 0.5
-  make = lambda path, dtype: RepLinear(6, num_branches=num_branches, rectify=rectify,
-                                       rectify_features=4, hidden_features=int(8 * hidden_ratio),
-                                       train_path=path, dtype=dtype, param_dtype=dtype)
-  out_err, stats_err, grad_err = compare_paths(make, x)
-  assert out_err <= 1e-5 and stats_err <= 1e-5 and grad_err <= 1e-4, (out_err, stats_err,
-                                                                       grad_err)
+def assert_all_match(cases):
+  """cases: {label: make_model}, each compared on its input; fails listing every miss.
+
+  One test runs them all: op-by-op execution compiles each primitive once per process, so
+  one worker pays that warm-up instead of every worker."""
+  misses = []
+  for label, (make, x) in cases.items():
+    out_err, stats_err, grad_err = compare_paths(make, x)
+    if not (out_err <= 1e-5 and stats_err <= 1e-5 and grad_err <= 1e-4):
+      misses.append(f'{label}: output {out_err:.2e}, stats {stats_err:.2e}, grad {grad_err:.2e}')
+  assert not misses, '\n'.join(misses)
+
+
+def test_collapsed_rep_linear_matches_branches():
+  cases = {}
+  for num_branches, rectify, hidden_ratio in LAYER_OPTIONS:
+    x = jax.random.normal(jax.random.key(num_branches), (4, 16, 8)) * 2 + 0.5
+    make = lambda path, dtype, n=num_branches, r=rectify, h=hidden_ratio: RepLinear(
+        6, num_branches=n, rectify=r, rectify_features=4, hidden_features=int(8 * h),
+        train_path=path, dtype=dtype, param_dtype=dtype)
+    cases[f'N={num_branches} rectify={rectify} hidden_ratio={hidden_ratio}'] = (make, x)
+  assert_all_match(cases)
 
 
 # Every rectification mode and width is covered layer by layer above; here each mode once in
@@ -96,16 +109,15 @@ VIT_OPTIONS = (
     [dict(num_branches=4, hidden_ratio=0.5), dict(num_branches=1, hidden_ratio=2.0)])
 
 
-@pytest.mark.parametrize('options', VIT_OPTIONS, ids=lambda o: ','.join(
-    f'{k}={v}' for k, v in o.items()))
-def test_collapsed_tdrl_vit_matches_branches(options):
+def test_collapsed_tdrl_vit_matches_branches():
   images = jax.random.normal(jax.random.key(42), (8, 32, 32, 3))
-  make = lambda path, dtype: rj.create_model('tdrl_vit_tiny', num_classes=10, **ONE_BLOCK_VIT,
-                                             tdrl=dict(options, train_path=path), dtype=dtype,
-                                             param_dtype=dtype)
-  out_err, stats_err, grad_err = compare_paths(make, images)
-  assert out_err <= 1e-5 and stats_err <= 1e-5 and grad_err <= 1e-4, (out_err, stats_err,
-                                                                       grad_err)
+  cases = {}
+  for options in VIT_OPTIONS:
+    make = lambda path, dtype, o=options: rj.create_model(
+        'tdrl_vit_tiny', num_classes=10, **ONE_BLOCK_VIT, tdrl=dict(o, train_path=path),
+        dtype=dtype, param_dtype=dtype)
+    cases[str(options)] = (make, images)
+  assert_all_match(cases)
 
 
 def test_collapsed_and_branch_paths_share_one_variable_tree(tiny_images):
