@@ -36,7 +36,8 @@ class VisionTransformer(nn.Module):
     head_init_std: std of the head's truncated-normal kernel init.
     dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype` (float32), and
       norm statistics and the attention softmax are float32 in any case.
-    attention_impl: 'xla' (fused, default) or 'cudnn' (GPU flash attention, bfloat16).
+    attention_impl: 'xla' (written out for XLA to fuse; default) or 'cudnn' (GPU flash
+      attention through jax.nn.dot_product_attention, bfloat16).
     remat: 'none' or 'block' (recompute each block in the backward pass; less memory).
     attention_logits_layers: block indices (0-based) whose attention logits are sown when
       'intermediates' is mutable (None: every block); other blocks never store them.
