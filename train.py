@@ -5,10 +5,12 @@ Any config field can be overridden on the command line, e.g.
 workdir resumes from its last checkpoint.
 """
 
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:arg]).',
                                 lock_config=True)
@@ -16,6 +18,53 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the
 flags.DEFINE_bool('traceback', False, 'On error, show the full traceback instead of one line.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
+
+
+# `--config.a.b=None`: absl parses a float or int field's value as a number, so None is set
+# after parsing (for fields that allow it, such as optimizer.grad_clip).
+_NONE_OVERRIDE = re.compile(r'^--config\.([\w.]+)=(?i:none)$')
+
+
+def _error_line(error: BaseException, argv) -> str:
+  """One line for a flag or config-file error: the innermost message, with its flag."""
+  key_error = error
+  while key_error is not None and not isinstance(key_error, KeyError):
+    key_error = key_error.__cause__ or key_error.__context__
+  if key_error is not None and key_error.args:
+    error = key_error
+    # ml_collections: "'optimzer'\nDid you mean "optimizer" instead of "optimzer"?"
+    lines = str(error.args[0]).splitlines()
+    key = lines[0].strip("'")
+    hint = f'; {lines[1][0].lower()}{lines[1][1:]}' if len(lines) > 1 else ''
+    flag = next((a.split('=')[0] for a in argv
+                 if a.startswith('--config.') and key in a.split('=')[0].split('.')), '--config')
+    return f'{flag}: the config has no field {key!r}{hint}'
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  first, last = (lines[0], lines[-1]) if lines else (type(error).__name__, '')
+  if len(lines) > 1:   # a traceback from the config file: its last line is the error
+    flag = first.split(': ')[0] if first.startswith('flag --') else '--config'
+    return f'{flag.replace("flag ", "")}: {last}'
+  if first.startswith('Unknown command line flag \'config.'):
+    return f'{first} (give --config=configs/<name>.py before its --config.* overrides)'
+  return first
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every mistake reported as one `error:` line (exit 2)."""
+  nones = [m.group(1) for m in map(_NONE_OVERRIDE.match, argv[1:]) if m]
+  argv = [a for a in argv if not _NONE_OVERRIDE.match(a)]
+  try:
+    remaining = FLAGS(argv)
+    config = FLAGS.config
+    list(config.keys())        # a config file that failed to load raises here
+    for path in nones:
+      config_path.set_value(path, config, None)
+  except (flags.Error, KeyError, OSError, ValueError, TypeError, AttributeError) as e:
+    if '--traceback' in argv:
+      raise
+    print(f'error: {_error_line(e, argv)}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  return remaining
 
 
 def main(argv):
@@ -38,4 +87,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

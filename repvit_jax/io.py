@@ -67,6 +67,7 @@ def load_model(directory: str, *, dtype: str | None = None) -> Tuple[nn.Module, 
 
   Raises:
     FileNotFoundError: the directory or one of its two files is missing.
+    ValueError: a file is unreadable or not what save_model writes (the message names it).
   """
   recipe_path = os.path.join(directory, MODEL_FILE)
   variables_path = os.path.join(directory, VARIABLES_FILE)
@@ -75,20 +76,38 @@ def load_model(directory: str, *, dtype: str | None = None) -> Tuple[nn.Module, 
       raise FileNotFoundError(f'{path} not found: a model directory holds {MODEL_FILE} and '
                               f'{VARIABLES_FILE} (written by repvit_jax.io.save_model, e.g. '
                               'as <workdir>/deploy at the end of training)')
-  with open(recipe_path) as f:
-    recipe = json.load(f)
-  overrides = dict(recipe['overrides'])
+  try:
+    with open(recipe_path, encoding='utf-8') as f:
+      recipe = json.load(f)
+    name, num_classes = recipe['name'], recipe['num_classes']
+    deploy, overrides = recipe['deploy'], dict(recipe['overrides'])
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f'{recipe_path} is not a model description written by save_model '
+                     f'({e.__class__.__name__}: {e}); re-export the model') from None
   if dtype is not None:
     overrides['dtype'] = dtype
-  module = create_model(recipe['name'], num_classes=recipe['num_classes'],
-                        deploy=recipe['deploy'], **overrides)
+  module = create_model(name, num_classes=num_classes, deploy=deploy, **overrides)
   return module, load_variables(directory)
 
 
 def load_variables(directory: str) -> Dict[str, Any]:
-  """Only the variable tree (numpy arrays) of a model directory."""
-  with open(os.path.join(directory, VARIABLES_FILE), 'rb') as f:
-    return serialization.msgpack_restore(f.read())
+  """Only the variable tree (numpy arrays) of a model directory.
+
+  Raises:
+    ValueError: the file is not a msgpack variable tree (truncated or overwritten).
+  """
+  path = os.path.join(directory, VARIABLES_FILE)
+  with open(path, 'rb') as f:
+    payload = f.read()
+  try:
+    variables = serialization.msgpack_restore(payload)
+  except Exception as e:  # pylint: disable=broad-except  (msgpack raises several kinds)
+    raise ValueError(f'{path} is not a readable variable tree ({e.__class__.__name__}: '
+                     f'{e}); re-export the model') from None
+  if not isinstance(variables, dict):
+    raise ValueError(f'{path} holds a {type(variables).__name__}, not a variable tree; '
+                     're-export the model')
+  return variables
 
 
 def is_model_dir(path: str) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from repvit_jax.train.checkpoint import Checkpointer, restore_variables
+from repvit_jax.train.checkpoint import Checkpointer, CheckpointMismatch, restore_variables
 
 
 def _state(seed=0, step=0):
@@ -190,3 +190,76 @@ def test_sharded_save_restore_on_8_cpu_devices(tmp_path):
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert res.returncode == 0, res.stderr[-3000:]
   assert "OK 1" in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# A corrupt newest checkpoint: fall back to an older one, set the bad one aside, never delete.
+
+def _three_checkpoints(tmp_path):
+  directory = tmp_path / "checkpoints"
+  with Checkpointer(directory, best_metric=None) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, _state(seed=step, step=step), metrics={"train/loss": 1.0})
+  return directory
+
+
+def _truncate_data_files(step_dir):
+  for path in step_dir.glob("state/**/d/*"):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def _empty_metadata(step_dir):
+  (step_dir / "state" / "_METADATA").write_text("")
+
+
+@pytest.mark.parametrize("damage", [_truncate_data_files, _empty_metadata])
+def test_unreadable_newest_checkpoint_falls_back_to_an_older_one(tmp_path, damage):
+  directory = _three_checkpoints(tmp_path)
+  damage(directory / "3")
+  warnings = []
+  ckpt = Checkpointer(directory, best_metric=None, warn=warnings.append)
+  state, step = ckpt.restore_newest_readable(_state())
+  assert step == 2
+  _assert_same(state, _state(seed=2, step=2))
+  assert len(warnings) == 2, warnings
+  assert warnings[0].startswith(f"warning: checkpoint step 3 in {directory} could not be "
+                                "restored (")
+  assert "\n" not in warnings[0] and "restore_errors.log" in warnings[0]
+  aside = tmp_path / "set_aside" / "3-unreadable"
+  assert warnings[1] == f"warning: moved the unreadable checkpoint step 3 to {aside}"
+  assert aside.is_dir() and ckpt.all_steps() == [1, 2]
+  assert "Traceback" in (tmp_path / "restore_errors.log").read_text()   # the details, kept
+  assert ckpt.save(3, _state(seed=7, step=3))     # the step is free again
+  ckpt.close()
+
+
+def test_unreadable_metrics_set_the_checkpoint_aside_when_opening(tmp_path):
+  directory = _three_checkpoints(tmp_path)
+  (directory / "3" / "metrics" / "metrics").write_text("")
+  warnings = []
+  with Checkpointer(directory, best_metric=None, warn=warnings.append) as ckpt:
+    assert ckpt.latest_step() == 2
+  assert warnings == ["warning: the metrics of checkpoint step 3 are unreadable; moved the "
+                      f"checkpoint to {tmp_path / 'set_aside' / '3-unreadable'}"]
+
+
+def test_no_readable_checkpoint_is_one_error_and_moves_nothing(tmp_path):
+  directory = _three_checkpoints(tmp_path)
+  for step in (1, 2, 3):
+    _empty_metadata(directory / str(step))
+  ckpt = Checkpointer(directory, best_metric=None, warn=lambda line: None)
+  with pytest.raises(ValueError, match=r"no checkpoint in .* could be restored \(steps 3, 2, 1;"):
+    ckpt.restore_newest_readable(_state())
+  assert ckpt.all_steps() == [1, 2, 3] and not (tmp_path / "set_aside").exists()
+  ckpt.close()
+
+
+def test_another_configs_checkpoint_is_an_error_not_a_fallback(tmp_path):
+  directory = _three_checkpoints(tmp_path)
+  other = _state()
+  other["params"]["blocks_0"]["kernel"] = jnp.zeros((5, 3))
+  ckpt = Checkpointer(directory, best_metric=None, warn=lambda line: None)
+  with pytest.raises(CheckpointMismatch, match="blocks_0/kernel: shape"):
+    ckpt.restore_newest_readable(other)
+  assert ckpt.all_steps() == [1, 2, 3]
+  ckpt.close()

@@ -392,6 +392,13 @@ def test_safetensors_bfloat16_and_bad_files(tmp_path):
     convert.read_state_dict(str(tmp_path / 'x.onnx'))
   with pytest.raises(FileNotFoundError):
     convert.read_state_dict(str(tmp_path / 'missing.safetensors'))
+  # numpy reads a non-zip .npz as a pickle and says only "pickled data": the message names
+  # the file and what it is not.
+  garbage = tmp_path / 'garbage.npz'
+  garbage.write_bytes(bytes(range(256)) * 4)
+  with pytest.raises(ValueError, match=f'^{garbage} is not a readable .npz archive '
+                                        r'\(not a zip archive\)'):
+    convert.read_state_dict(str(garbage))
 
 
 def test_pth_needs_torch(tmp_path):

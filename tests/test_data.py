@@ -7,6 +7,7 @@ cropping and resizing.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -326,6 +327,56 @@ def test_folder_errors(tmp_path):
   os.makedirs(tmp_path / 'train' / 'empty')
   with pytest.raises(data.DataError, match='holds no images'):
     data.get_dataset_info(config(name=f'folder:{tmp_path}'))
+
+
+def corrupt_folder(image_folder, tmp_path):
+  """A copy of `image_folder` where train/bee/1.* and val/cat/0.* are truncated halfway."""
+  root = tmp_path / 'corrupt'
+  shutil.copytree(image_folder, root)
+  bad = [next((root / 'train' / 'bee').glob('1.*')), next((root / 'val' / 'cat').glob('0.*'))]
+  for path in bad:
+    payload = path.read_bytes()
+    path.write_bytes(payload[:len(payload) // 2])
+  return root, [str(p) for p in bad]
+
+
+def test_an_image_that_does_not_decode_is_named(image_folder, tmp_path):
+  root, (train_bad, eval_bad) = corrupt_folder(image_folder, tmp_path)
+  c = config(name=f'folder:{root}')
+  with pytest.raises(data.DataError) as error:
+    take(data.make_train_iterator(c, global_batch_size=4, seed=0, process_index=0,
+                                  process_count=1), 3)     # one epoch: every file once
+  assert str(error.value).startswith(f'{train_bad} does not decode')
+  assert 'data.skip_corrupt=True' in str(error.value)
+  with pytest.raises(data.DataError, match=f'^{eval_bad} does not decode'):
+    list(data.make_eval_iterator(c, global_batch_size=4, process_index=0, process_count=1))
+
+
+def test_skip_corrupt_leaves_the_images_out_with_one_warning(image_folder, tmp_path, capfd):
+  root, (train_bad, eval_bad) = corrupt_folder(image_folder, tmp_path)
+  c = config(name=f'folder:{root}', skip_corrupt=True)
+  info = data.get_dataset_info(c)
+  assert (info.num_train, info.num_eval) == (11, 5)
+  batches = take(data.make_train_iterator(c, global_batch_size=11, seed=0, process_index=0,
+                                          process_count=1), 2)
+  expected = folder_ids('train')
+  bad_id = 9     # train images are created cat 0-3, ant 4-7, bee 8-11: bee/1 is id 9
+  for batch in batches:       # an epoch is the 11 readable images, each once
+    assert sorted(ids_of(batch)) == sorted(i for i in expected if i != bad_id)
+  evals = list(data.make_eval_iterator(c, global_batch_size=8, process_index=0,
+                                       process_count=1))
+  assert sum(int(b['mask'].sum()) for b in evals) == 5
+  warnings = [l for l in capfd.readouterr().err.splitlines() if l.startswith('warning: ')]
+  assert len(warnings) == 2, warnings      # one per split
+  assert 'skipping 1 image(s)' in warnings[0] and train_bad in warnings[0]
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(image_folder, tmp_path):
+  root = tmp_path / 'empty_class'
+  shutil.copytree(image_folder, root)
+  os.makedirs(root / 'train' / 'dog')
+  with pytest.raises(data.DataError, match=f'class folder {root}/train/dog holds no images'):
+    data.get_dataset_info(config(name=f'folder:{root}'))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def test_given_shuffle_is_used_and_jit_keeps_static_shapes():
   assert float(out['mask'][:, 48:].sum()) == 0.0 and float(out['mask'][:, :48].min()) == 1.0
 
 
-def _numpy_loss(x, pred, mask, p):
+def _numpy_loss(x, pred, mask, p, ddof=1):
+  """MAE's loss written out patch by patch; ddof=1: PyTorch's unbiased `var()` of the target."""
   x = np.asarray(x, np.float64)
   b, h, w, c = x.shape
   losses = []
@@ -77,7 +78,7 @@ def _numpy_loss(x, pred, mask, p):
     for n in range((h // p) * (w // p)):
       r, q = divmod(n, w // p)
       patch = x[i, r * p:(r + 1) * p, q * p:(q + 1) * p, :].reshape(-1)   # (row, col, channel)
-      target = (patch - patch.mean()) / np.sqrt(patch.var() + 1e-6)
+      target = (patch - patch.mean()) / np.sqrt(patch.var(ddof=ddof) + 1e-6)
       if mask[i, n]:
         total += np.mean((np.asarray(pred[i, n], np.float64) - target) ** 2)
         count += 1
@@ -92,6 +93,9 @@ def test_norm_pix_masked_loss_matches_numpy():
   target = mae_task.pixel_targets(x, 4, norm_pix=True)
   ours = np.asarray(mae_task.masked_patch_loss(pred, target, jnp.asarray(mask)))
   np.testing.assert_allclose(ours, _numpy_loss(x, np.asarray(pred), mask, 4), rtol=1e-5)
+  # The biased variance is measurably another loss at patch 4 (48 values per patch).
+  biased = _numpy_loss(x, np.asarray(pred), mask, 4, ddof=0)
+  assert np.all(np.abs(ours - biased) > 1e-3 * np.abs(biased)), (ours, biased)
   np.testing.assert_array_equal(np.asarray(mae.unpatchify(mae.patchify(x, 4), 4)), np.asarray(x))
 
 

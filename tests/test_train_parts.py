@@ -29,6 +29,20 @@ def test_load_model_missing_files_is_clear(tmp_path):
     rj.load_model(str(tmp_path))
 
 
+def test_load_model_garbage_files_are_one_clear_error(tmp_path):
+  model = rj.create_model('vit_tiny', num_classes=3, **TINY_VIT)
+  variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
+  rj.save_model(str(tmp_path), variables, name='vit_tiny', num_classes=3, deploy=True,
+                overrides=TINY_VIT)
+  (tmp_path / 'variables.msgpack').write_bytes(b'\x93\x01\x02')   # truncated msgpack
+  with pytest.raises(ValueError, match=r'variables.msgpack is not a readable variable tree'):
+    rj.load_model(str(tmp_path))
+  (tmp_path / 'model.json').write_text('{garbage')
+  with pytest.raises(ValueError, match=r'model.json is not a model description written by '
+                                       'save_model'):
+    rj.load_model(str(tmp_path))
+
+
 def test_fit_takes_matching_leaves_and_lists_mismatches():
   target = {'a': {'kernel': np.zeros((2, 3))}, 'head': {'kernel': np.zeros((3, 5))}}
   source = {'a': {'kernel': np.ones((2, 3))}, 'head': {'kernel': np.ones((3, 10))},

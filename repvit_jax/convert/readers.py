@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zipfile
 from typing import Any, Dict, Mapping
 
 import numpy as np
@@ -56,8 +57,15 @@ def read_state_dict(path: str) -> StateDict:
   if lower.endswith('.safetensors'):
     raw: Any = read_safetensors(path)
   elif lower.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as archive:
-      raw = {key: np.asarray(archive[key]) for key in archive.files}
+    try:
+      with np.load(path, allow_pickle=False) as archive:
+        raw = {key: np.asarray(archive[key]) for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      # np.load takes a file that is not a zip archive for a pickle, and says only that.
+      why = ('not a zip archive' if 'pickled' in str(e) or not zipfile.is_zipfile(path)
+             else f'{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+      raise ValueError(f'{path} is not a readable .npz archive ({why}); write one with '
+                       'numpy.savez') from None
   elif lower.endswith(TORCH_SUFFIXES):
     raw = _read_torch(path)
   else:

@@ -37,6 +37,9 @@ Fields (all live in `config.data` of a trainer config):
   cache: keep the encoded split in host memory and read it by index (exact global shuffling);
     meant for data sets that fit in RAM (CIFAR, Imagenette). Folders and TFDS only.
   prefetch: batches prepared ahead of the consumer; -1 lets tf.data choose.
+  skip_corrupt: image folders only. False: an image that does not decode stops the run with one
+    error naming its file. True: every image of a split is decoded once when the split is
+    first listed, and those that fail are left out, with one warning line counting them.
   multiscale: None, or MobileViT's multi-scale sampler: a list of training resolutions (ints
     for squares or (height, width) pairs). Each step trains at one of them, chosen from
     (seed, step), with the per-host batch scaled by image_size^2 / (h w) and rounded to a
@@ -83,6 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
       shuffle_buffer=16_384,
       cache=False,
       prefetch=4,
+      skip_corrupt=False,
       multiscale=ml_collections.config_dict.placeholder(tuple),
   ))
 
@@ -146,6 +150,7 @@ def resolve(config: Any) -> ml_collections.FrozenConfigDict:
   out['std'] = _triple(out, 'std', positive=True)
   out['flip'] = bool(out['flip'])
   out['cache'] = bool(out['cache'])
+  out['skip_corrupt'] = bool(out.get('skip_corrupt', False))
   fraction = float(out['eval_crop_fraction'])
   if not 0 < fraction <= 1:
     raise DataError(f'data.eval_crop_fraction must be in (0, 1], got {fraction!r}')

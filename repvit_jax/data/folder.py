@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from repvit_jax.data.errors import DataError
 PREFIX = 'folder:'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 EVAL_SPLIT_CANDIDATES = ('val', 'validation', 'test')
+_WARNED: set = set()   # (split, count) already reported by this process
 
 
 def _list_classes(split_dir: str) -> tuple[str, ...]:
@@ -51,10 +53,37 @@ def _list_files(split_dir: str, classes: tuple[str, ...]) -> tuple[tuple[str, ..
   return _list_files_cached(split_dir, classes, stamp)
 
 
-class FolderSource:
-  """Source for `name='folder:/path'`."""
+@functools.lru_cache(maxsize=8)
+def _unreadable_cached(paths: tuple[str, ...], stamp: tuple) -> tuple[str, ...]:
+  """The files among `paths` that do not decode (every image decoded once, in parallel)."""
+  del stamp  # Part of the cache key only.
+  from repvit_jax.data import decode  # pylint: disable=g-import-not-at-top
+  from repvit_jax.data._tf import tf  # pylint: disable=g-import-not-at-top
+  whole = lambda shape: tf.concat([tf.zeros([2], tf.int32), tf.cast(shape, tf.int32)], 0)
 
-  def __init__(self, name: str, train_split: str | None = None):
+  def decodes(path):
+    image = decode.decode_encoded_crop(tf.io.read_file(path), whole)
+    return path, tf.size(image) > 0
+
+  ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+      decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.ignore_errors()     # an image that fails to decode is simply not yielded
+  good = {p.decode() for p, _ in ds.as_numpy_iterator()}
+  return tuple(p for p in paths if p not in good)
+
+
+class FolderSource:
+  """Source for `name='folder:/path'`.
+
+  Args:
+    name: 'folder:/path'.
+    train_split: the split whose class folders define the labels (default 'train').
+    skip_corrupt: leave out images that do not decode (each split is decoded once, when it
+      is first listed), with one warning line; otherwise the pipeline stops at the first one,
+      naming it.
+  """
+
+  def __init__(self, name: str, train_split: str | None = None, skip_corrupt: bool = False):
     root = os.path.abspath(os.path.expanduser(name[len(PREFIX):]))
     self.name = name
     self.root = root
@@ -76,6 +105,16 @@ class FolderSource:
       raise DataError(f'image folder {root!r} has no class folders in {root}/{train_split}; '
                       f'expected the layout {layout}')
     self.num_classes = len(self.classes)
+    self.skip_corrupt = skip_corrupt
+    train_dir = os.path.join(root, train_split)
+    _, labels = _list_files(train_dir, self.classes)
+    empty = [os.path.join(train_dir, c) for i, c in enumerate(self.classes)
+             if not np.any(labels == i)]
+    if empty:
+      raise DataError(f'class folder {empty[0]} holds no images ({", ".join(IMAGE_EXTENSIONS)})'
+                      + (f' (and {len(empty) - 1} more)' if len(empty) > 1 else '')
+                      + '; it would still be a class the model must predict: add images or '
+                      'remove the folder')
 
   def _split_dir(self, split: str) -> str:
     split_dir = os.path.join(self.root, split)
@@ -91,6 +130,17 @@ class FolderSource:
   def files(self, split: str) -> tuple[tuple[str, ...], np.ndarray]:
     """Paths and int32 labels of one split. DataError if the split has no images."""
     paths, labels = _list_files(self._split_dir(split), self.classes)
+    if self.skip_corrupt and paths:
+      stamp = tuple(os.stat(p).st_mtime_ns for p in paths)
+      bad = set(_unreadable_cached(paths, stamp))
+      if bad:
+        keep = np.asarray([p not in bad for p in paths])
+        paths, labels = tuple(np.asarray(paths, dtype=object)[keep]), labels[keep]
+        if (split, len(bad)) not in _WARNED:
+          _WARNED.add((split, len(bad)))
+          print(f'warning: skipping {len(bad)} image(s) of split {split!r} of {self.root} that '
+                f'do not decode (data.skip_corrupt), e.g. {sorted(bad)[0]}', file=sys.stderr,
+                flush=True)
     if not paths:
       raise DataError(f'split {split!r} of image folder {self.root!r} holds no images '
                       f'({", ".join(IMAGE_EXTENSIONS)}) in its class folders')
@@ -112,4 +162,4 @@ class FolderSource:
       return tf.io.read_file(tf.gather(paths_t, index)), tf.gather(labels_t, index)
 
     return split_lib.Split(num_examples=len(paths), decode_crop=decode.decode_encoded_crop,
-                           read_index=read_index)
+                           read_index=read_index, describe=lambda index: paths[index])

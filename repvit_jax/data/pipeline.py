@@ -65,8 +65,37 @@ def _finish(ds: tf.data.Dataset, host_batch: int, prefetch: int) -> tf.data.Data
   return ds.with_options(options)
 
 
-def _iterate(ds: tf.data.Dataset) -> Iterator[Batch]:
-  yield from ds.as_numpy_iterator()
+def _iterate(ds: tf.data.Dataset, examples_of_batch=None, split=None,
+             what: str = '') -> Iterator[Batch]:
+  """Yields numpy batches; an image that fails to decode becomes one DataError naming it.
+
+  examples_of_batch: k -> the read_index items of batch k (to find the file), or None.
+  """
+  batch_number = 0
+  iterator = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      raise DataError(_decode_failure(e, batch_number, examples_of_batch, split, what)) from None
+    batch_number += 1
+    yield batch
+
+
+def _decode_failure(error, batch_number: int, examples_of_batch, split, what: str) -> str:
+  reason = (error.message or str(error)).strip().splitlines()[0][:160]
+  bad = []
+  if examples_of_batch is not None and split is not None and split.indexed:
+    # The failing batch, or (with parallel reads) a neighbour.
+    for k in (batch_number, batch_number + 1, batch_number - 1):
+      if k >= 0 and not bad:
+        bad = split_lib.undecodable(split, examples_of_batch(k))
+  where = f'{bad[0]} does not decode' if bad else f'an image of the {what} does not decode'
+  more = f' ({len(bad) - 1} more in the same batch)' if len(bad) > 1 else ''
+  return (f'{where}{more} ({reason}); replace or remove the file, or set '
+          '--config.data.skip_corrupt=True to leave out images that do not decode')
 
 
 def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, start_step: int = 0,
@@ -118,6 +147,10 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, star
     slots = order.indexed_order(split.num_examples, seed, int(global_batch_size), host_batch,
                                 index, start_step, config.repeated_augmentation)
     read = split.read_index
+
+    def examples_of_batch(k):
+      items = slots.skip(k * host_batch).take(host_batch)
+      return [int(item) for item, _ in items.as_numpy_iterator()]
   else:
     start, stop = _host_range(split.num_examples, index, count)
     if stop <= start:
@@ -126,6 +159,7 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, star
     slots = order.streamed_order(split, start, stop, seed, host_batch, index, start_step,
                                  config.shuffle_buffer, config.repeated_augmentation)
     read = split.parse
+    examples_of_batch = None
 
   def example(item, key):
     raw, label = read(item)
@@ -135,7 +169,8 @@ def make_train_iterator(data_config, global_batch_size: int, seed: int = 0, star
   # Plain graph code with no Python control flow on tensors: autograph would only add tracing.
   example = tf.autograph.experimental.do_not_convert(example)
   ds = slots.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _iterate(_finish(ds, host_batch, config.prefetch))
+  return _iterate(_finish(ds, host_batch, config.prefetch), examples_of_batch, split,
+                  f'train split {train_split!r} of {config.name}')
 
 
 def make_eval_iterator(data_config, global_batch_size: int, process_index: Optional[int] = None,
@@ -177,4 +212,7 @@ def make_eval_iterator(data_config, global_batch_size: int, process_index: Optio
              'mask': tf.constant(0.0, tf.float32)}
   ds = ds.concatenate(
       tf.data.Dataset.from_tensors(padding).repeat(num_batches * host_batch - (stop - start)))
-  return _iterate(_finish(ds, host_batch, config.prefetch))
+  return _iterate(_finish(ds, host_batch, config.prefetch),
+                  lambda k: list(range(start + k * host_batch,
+                                       min(stop, start + (k + 1) * host_batch))),
+                  split, f'eval split {eval_split!r} of {config.name}')

@@ -22,7 +22,7 @@ def open_source(config):
     if not name[len(folder.PREFIX):].strip():
       raise DataError("data.name='folder:' needs a path: 'folder:/abs/path' with images in "
                       'path/<split>/<class>/<image file>')
-    return folder.FolderSource(name, config.train_split)
+    return folder.FolderSource(name, config.train_split, skip_corrupt=config.skip_corrupt)
   from repvit_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsSource(name, config.data_dir)
 

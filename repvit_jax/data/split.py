@@ -37,6 +37,8 @@ class Split:
       None keeps the split's order. None for indexed splits.
     parse: record -> (raw, int32 label), applied to `stream` elements.
     resident: the examples already live in host memory (nothing for `cache` to do).
+    describe: example index -> where it is stored (a file path), for error messages; None
+      names it by index.
   """
   num_examples: int
   decode_crop: Callable[[tf.Tensor, WindowFn], tf.Tensor]
@@ -44,6 +46,7 @@ class Split:
   stream: Optional[Callable[[int, int, Optional[tf.Tensor]], tf.data.Dataset]] = None
   parse: Optional[Callable[[tf.Tensor], Example]] = None
   resident: bool = False
+  describe: Optional[Callable[[int], str]] = None
 
   @property
   def indexed(self) -> bool:
@@ -56,6 +59,20 @@ class Split:
           self.read_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return self.stream(start, stop, None).map(
         self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def undecodable(split: Split, items) -> list[str]:
+  """The examples among `items` (read_index arguments) whose image does not decode, each as
+  `describe(index)` or 'example <index>'. Eager: for locating a failure, not for training."""
+  whole = lambda shape: tf.concat([tf.zeros([2], tf.int32), tf.cast(shape, tf.int32)], 0)
+  bad = []
+  for item in items:
+    try:
+      raw, _ = split.read_index(tf.constant(item, tf.int64))
+      split.decode_crop(raw, whole)
+    except tf.errors.OpError:
+      bad.append(split.describe(int(item)) if split.describe else f'example {int(item)}')
+  return bad
 
 
 def in_memory(raw: np.ndarray, labels: np.ndarray,

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+import jax
+import numpy as np
+
 Tree = Mapping[str, Any]
 
 
@@ -56,20 +59,41 @@ def reparameterize(variables: Tree) -> Dict[str, Any]:
     The deploy form's variables, as plain nested dicts.
 
   Raises:
-    ValueError: a recognised subtree lacks its `batch_stats` or has inconsistent shapes; the
-      message names the subtree's path.
+    ValueError: a recognised subtree lacks its `batch_stats` or has inconsistent shapes, or
+      (outside jit) a running variance is negative or not finite; the message names the path.
   """
   if not isinstance(variables, Mapping) or 'params' not in variables:
     raise ValueError("reparameterize expects a variable tree {'params': ..., 'batch_stats': "
                      f"...}}, got {type(variables).__name__} with keys "
                      f"{sorted(variables) if isinstance(variables, Mapping) else '-'}")
   stats = variables.get('batch_stats')
+  _check_running_variances(stats, '')
   params, stats = _walk(variables['params'], stats, '')
   result = {k: _plain(v) for k, v in variables.items() if k not in ('params', 'batch_stats')}
   result['params'] = params
   if stats:
     result['batch_stats'] = stats
   return result
+
+
+def _check_running_variances(stats: Optional[Tree], path: str) -> None:
+  """A NaN or negative running variance would fold into NaN weights without a word.
+
+  Checked on concrete arrays only: under jit (the trainer's evaluation) values are unknown.
+  """
+  if not isinstance(stats, Mapping):
+    return
+  for key, child in stats.items():
+    where = f'{path}/{key}'
+    if isinstance(child, Mapping):
+      _check_running_variances(child, where)
+    elif key == 'var' and not isinstance(child, jax.core.Tracer):
+      values = np.asarray(child, np.float64)
+      bad = ~np.isfinite(values) | (values < 0)
+      if np.any(bad):
+        raise ValueError(f'batch_stats{where} has {int(bad.sum())} invalid running variances '
+                         f'(e.g. {values[bad].flat[0]}); the training that produced them '
+                         'diverged: use an earlier checkpoint')
 
 
 def _walk(params: Tree, stats: Optional[Tree], path: str):

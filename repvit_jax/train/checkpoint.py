@@ -9,13 +9,21 @@ that `latest_step` would return.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Callable, Mapping, Sequence
 
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
@@ -23,6 +31,57 @@ from orbax.checkpoint import checkpoint_managers as ocm
 PyTree = Any
 STATE_ITEM = "state"
 CHECKPOINT_SUBDIR = "checkpoints"
+# Checkpoints that will not be used (unreadable, or newer than a chosen resume step) are moved
+# here, beside the checkpoint directory, as `<step>-<reason>`; nothing is ever deleted.
+SET_ASIDE_SUBDIR = "set_aside"
+# Full tracebacks of failed restores, beside the checkpoint directory.
+RESTORE_ERRORS_FILE = "restore_errors.log"
+
+
+class CheckpointMismatch(ValueError):
+  """The checkpoint is readable but holds a different train state (another config)."""
+
+
+def _warn_on_stderr(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
+  """Captures file descriptor 2 for the duration. Success (`failure` empty): replayed to
+  stderr. Failure (`failure` holds the traceback text): both appended to `path`.
+
+  A failed Orbax read logs each of its asyncio tasks' tracebacks, and TensorStore callbacks
+  print more once the event loop has closed (within `grace_s`). They go into `path`, where the
+  user can read them, instead of burying the one warning line.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield
+    finally:
+      if failure:
+        time.sleep(grace_s)
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      captured = capture.read()
+      if not failure:
+        os.write(2, captured)
+      else:
+        with open(path, "ab") as log:
+          log.write("".join(failure).encode() + captured)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  line = text[0] if text else ""
+  line = f"{type(error).__name__}: {line}" if line else type(error).__name__
+  return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _metric_value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
@@ -101,7 +160,7 @@ def _check_matches(target: PyTree, stored: PyTree, where: str):
   if problems:
     shown = "\n  ".join(problems[:8])
     more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-    raise ValueError(
+    raise CheckpointMismatch(
         f"checkpoint {where} does not match the train state of this config "
         f"(different model, optimizer or image size?):\n  {shown}{more}\n"
         "Resume with the config the run was started with, or use a fresh workdir.")
@@ -124,17 +183,26 @@ class Checkpointer:
     best_mode: 'max' or 'min'.
     keep_best: how many best checkpoints to keep on top of the latest ones (0: none).
     async_save: write in a background thread after the device-to-host copy.
+    warn: where one-line warnings go (default: stderr, process 0 only).
   """
 
   def __init__(self, directory, *, max_to_keep: int | None = 3,
                best_metric: str | None = "eval/accuracy", best_mode: str = "max",
-               keep_best: int = 1, async_save: bool = True):
+               keep_best: int = 1, async_save: bool = True,
+               warn: Callable[[str], None] | None = None):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be None or >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.best_metric = best_metric
+    self._warn = warn or _warn_on_stderr
+    # Orbax reads every step's metrics when it opens the directory; one unreadable metrics
+    # file would stop it there, so such a step is set aside first.
+    for step in _steps_with_unreadable_metrics(self.directory):
+      moved = _move_aside(self.directory, step, "unreadable")
+      self._warn(f"warning: the metrics of checkpoint step {step} are unreadable; moved the "
+                 f"checkpoint to {moved}")
     policies = [ocm.LatestN(n=max_to_keep)]
     if best_metric and keep_best > 0:
       policies.append(_BestByMetric(best_metric, keep_best, best_mode))
@@ -217,6 +285,63 @@ class Checkpointer:
         step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
     return restored[STATE_ITEM]
 
+  def restore_newest_readable(self, state_like: PyTree,
+                              steps: Sequence[int] | None = None) -> tuple[PyTree, int]:
+    """Restores the newest of `steps` (default: all kept) that reads back; returns (state, step).
+
+    A checkpoint that fails to read (a truncated data file, emptied metadata) costs one
+    warning line naming its step and why; once an older one restores, the unreadable newer
+    ones are moved to `set_aside/<step>-unreadable` (never deleted), so that new saves do
+    not collide with them.
+
+    Raises:
+      CheckpointMismatch: a checkpoint is readable but of another config (not a fallback case).
+      ValueError: no checkpoint restores (one line naming the steps and the first reason);
+        nothing is moved.
+    """
+    self._mngr.wait_until_finished()
+    candidates = sorted(self.all_steps() if steps is None else steps, reverse=True)
+    log_path = os.path.join(os.path.dirname(self.directory), RESTORE_ERRORS_FILE)
+    failed = []
+    for step in candidates:
+      failure = []
+      try:
+        with _capture_stderr(log_path, failure):
+          try:
+            state = self.restore(state_like, step)
+          except CheckpointMismatch:
+            raise
+          except Exception:  # pylint: disable=broad-except
+            failure.append(f"--- checkpoint step {step}, {time.ctime()}:\n"
+                           + traceback.format_exc())
+            raise
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        reason = _first_line(e)
+        self._warn(f"warning: checkpoint step {step} in {self.directory} could not be restored "
+                   f"({reason}; details in {log_path}); trying an older one")
+        failed.append((step, reason))
+        continue
+      for bad, _ in failed:
+        moved = self.set_aside(bad, "unreadable")
+        self._warn(f"warning: moved the unreadable checkpoint step {bad} to {moved}")
+      return state, step
+    steps_text = ", ".join(str(s) for s, _ in failed)
+    raise ValueError(f"no checkpoint in {self.directory} could be restored (steps {steps_text}; "
+                     f"step {failed[0][0]}: {failed[0][1]}); move the directory away to start "
+                     "over, or restore it from a backup")
+
+  def set_aside(self, step: int, reason: str) -> str:
+    """Moves checkpoint `step` to `<parent>/set_aside/<step>-<reason>`; returns the new path.
+
+    Process 0 moves it (the directory is shared); every process must call this.
+    """
+    self._mngr.wait_until_finished()
+    target = _move_aside(self.directory, step, reason)
+    self._mngr.reload()
+    return target
+
   def metrics(self, step: int) -> dict | None:
     """The metrics saved with checkpoint `step` (None if none were)."""
     return self._mngr.metrics(step)
@@ -248,6 +373,39 @@ def _step_dir(directory: str, step: int | None) -> tuple[str, int]:
     raise FileNotFoundError(
         f"no checkpoint for step {step} in {directory}; have {sorted(paths)}")
   return os.fspath(paths[step]), step
+
+
+def _move_aside(directory: str, step: int, reason: str) -> str:
+  """Moves `directory/<step>` to `<parent>/set_aside/<step>-<reason>[-k]` (process 0; every
+  process calls this and waits for it)."""
+  step_dir = os.path.join(directory, str(step))
+  aside = os.path.join(os.path.dirname(directory), SET_ASIDE_SUBDIR)
+  target = os.path.join(aside, f"{step}-{reason}")
+  suffix = 1
+  while os.path.exists(target):
+    suffix += 1
+    target = os.path.join(aside, f"{step}-{reason}-{suffix}")
+  if jax.process_index() == 0:
+    os.makedirs(aside, exist_ok=True)
+    shutil.move(step_dir, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"set_aside_{step}_{reason}")
+  return target
+
+
+def _steps_with_unreadable_metrics(directory: str) -> list[int]:
+  """Steps under `directory` whose `metrics/metrics` JSON file exists but does not parse."""
+  bad = []
+  for path in ocp.utils.checkpoint_steps_paths(directory):
+    metrics_file = os.path.join(os.fspath(path), "metrics", "metrics")
+    if not os.path.isfile(metrics_file):
+      continue
+    try:
+      with open(metrics_file, encoding="utf-8") as f:
+        json.load(f)
+    except (OSError, ValueError):
+      bad.append(ocp.step.step_from_checkpoint_name(path.name))
+  return sorted(bad)
 
 
 def restore_variables(path, step: int | None = None) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any, Dict, List
 
@@ -23,8 +24,9 @@ from jax.experimental import multihost_utils
 from repvit_jax import data, io
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import optimizer as optimizer_lib
-from repvit_jax.train import pretrained, sharding, tasks
+from repvit_jax.train import config_record, distributed, pretrained, sharding, tasks
 from repvit_jax.train.checkpoint import Checkpointer
+from repvit_jax.train.health import HealthLog
 from repvit_jax.train.metrics import MetricWriter, Progress
 from repvit_jax.train.state import create_state, model_variables
 from repvit_jax.train.step import make_eval_step, make_train_step, sum_metrics
@@ -73,7 +75,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if 'name' not in config.model:
     raise ValueError('config.model.name is not set (e.g. tdrl_vit_tiny)')
   for key in ('batch_size', 'total_steps'):
-    if int(config[key]) <= 0:
+    if config[key] is None or int(config[key]) <= 0:
       raise ValueError(f'config.{key} must be positive, got {config[key]}')
 
 
@@ -88,15 +90,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     TrainingError: the loss became NaN or infinite.
   """
   check_config(config)
-  if config.get('distributed', False):
-    jax.distributed.initialize()
+  distributed.initialize(config.get('distributed'))
   is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  _make_workdir(workdir)
 
   mesh = sharding.make_mesh(config.get('mesh'))
   sharding.check_batch_size(config.batch_size, mesh)
   eval_batch_size = int(config.get('eval_batch_size') or config.batch_size)
-  sharding.check_batch_size(eval_batch_size, mesh)
+  sharding.check_batch_size(eval_batch_size, mesh, name='eval_batch_size')
   info = data.get_dataset_info(config.data)
   task = tasks.build(config, info)
   frozen = jax.device_put(task.load_frozen(), sharding.replicated(mesh))
@@ -116,25 +117,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               max_to_keep=int(config.get('keep_checkpoints', 3)),
                               best_metric=task.best_metric,
-                              best_mode=getattr(task, 'best_mode', 'max'))
-  start_step = checkpointer.latest_step()
-  if start_step is not None:
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          abstract, state_sharding)
-    state = checkpointer.restore(target, start_step)
-    _info(is_chief, f'resumed from {checkpointer.directory} at step {start_step}')
-  else:
+                              best_mode=getattr(task, 'best_mode', 'max'), warn=_warn)
+  health = HealthLog(checkpointer.directory, is_chief)
+  target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        abstract, state_sharding)
+  state, start_step = _resume(config, workdir, checkpointer, health, target, is_chief)
+  if state is None:
     state = jax.jit(init_state, out_shardings=state_sharding)()
     source = task.init_source()
     if source:
       state = _init_from(source, task, state, state_sharding, is_chief)
-    start_step = 0
+  if is_chief:
+    config_record.write(workdir, config)
+  health.start(start_step)
 
   train_step = jax.jit(make_train_step(task, tx), donate_argnums=(0,),
                        in_shardings=(state_sharding, batch_sharding, None),
                        out_shardings=(state_sharding, None))
   evaluator = _Evaluator(config, task, mesh, eval_batch_size, frozen)
-  writer = MetricWriter(workdir, is_chief=is_chief, resume_step=start_step or None)
+  writer = MetricWriter(workdir, is_chief=is_chief, resume_step=start_step)
   progress = Progress(total_steps, config.batch_size, start_step,
                       print_fn=print if is_chief else (lambda line: None))
   log_every = int(config.get('log_every', 50))
@@ -162,7 +163,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         do_eval = (eval_every and step % eval_every == 0) or is_last
         row = {}
         if do_log or do_checkpoint:
-          row = _summarize(pending, step, checkpointer)
+          row = _summarize(pending, step, checkpointer, health, config)
           pending = []
           row['train/lr'] = float(schedule(step - 1))
           progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']},
@@ -170,7 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           images_since_log = 0
         if do_eval:
           last_eval = evaluator(state)
-          if is_chief and hasattr(task, 'after_eval'):   # e.g. MAE's reconstructions.png
+          if hasattr(task, 'after_eval'):   # on every process: it may run collectives
             task.after_eval(model_variables(state), workdir, step)
           row.update(last_eval)
           _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
@@ -178,6 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           writer.write(step, row)
         if do_checkpoint:
           checkpointer.save(step, state, metrics=last_eval if do_eval else None, force=True)
+          health.checkpoint_saved(step)
         if stop:
           preempted = True
           _info(is_chief, f'SIGTERM: saved step {step} in {checkpointer.directory}; '
@@ -197,24 +199,89 @@ def _optimizer(config, task, image_size: int, total_steps: int):
   return optimizer_lib.make_optimizer(config.optimizer, params, total_steps)
 
 
-def _summarize(pending, step: int, checkpointer: Checkpointer) -> Dict[str, float]:
+def _summarize(pending, step: int, checkpointer: Checkpointer, health: HealthLog,
+               config) -> Dict[str, float]:
   """Means of the metrics since the last summary; stops the run on a non-finite loss."""
   fetched = jax.device_get(pending)
   watched = np.asarray([[m['train/loss'], m['train/grad_norm'], m['train/param_norm']]
                         for m in fetched], np.float64)
+  first_step = step - len(fetched) + 1
+  health.observe((first_step + i, w[0], w[1]) for i, w in enumerate(watched))
   finite = np.all(np.isfinite(watched), axis=1)
   if not np.all(finite):
     first = int(np.argmin(finite))
     what = ['training loss', 'gradient norm', 'parameter norm'][
         int(np.argmin(np.isfinite(watched[first])))]
-    last = checkpointer.latest_step()
-    kept = (f'the last good checkpoint (step {last}) is kept in {checkpointer.directory}'
-            if last is not None else 'no checkpoint had been saved yet')
-    raise TrainingError(f'the {what} became {watched[first][~np.isfinite(watched[first])][0]} '
-                        f'at step {step - len(fetched) + 1 + first}; {kept}. Lower '
-                        'optimizer.lr, set optimizer.grad_clip, or check the data; then run '
-                        'again (the same workdir resumes from that checkpoint).')
+    value = watched[first][~np.isfinite(watched[first])][0]
+    raise TrainingError(f'the {what} became {value} at step {first_step + first}; '
+                        + _divergence_advice(checkpointer, health, config))
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _divergence_advice(checkpointer: Checkpointer, health: HealthLog, config) -> str:
+  """Which kept checkpoint predates the divergence, and the flags that resume from it."""
+  checkpointer.wait_until_finished()
+  kept = checkpointer.all_steps()
+  lr = config.optimizer.get('lr')
+  lower = f'a lower --config.optimizer.lr (now {lr:g})' if lr is not None else 'a lower lr'
+  remedy = (f'{lower}, or set --config.optimizer.grad_clip, or check the data')
+  good = health.latest_healthy(kept)
+  after = [health.describe(s) for s in kept if good is None or s > good]
+  diverged = f' (later checkpoints had diverged: {", ".join(after)})' if after else ''
+  if good is not None:
+    return (f'the latest checkpoint from before the divergence is step {good} in '
+            f'{checkpointer.directory}{diverged}. Run again with '
+            f'--config.resume_step={good} and {remedy}')
+  if kept:
+    return (f'no kept checkpoint predates the divergence{diverged}. Run again with '
+            f'--config.resume_step=0 (starts over in this workdir) and {remedy}')
+  return (f'no checkpoint had been saved. Run again with {remedy} '
+          '(the same workdir starts over)')
+
+
+def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog, target,
+            is_chief: bool):
+  """(restored state or None, start step): the latest readable checkpoint, or
+  `config.resume_step` (newer checkpoints set aside), or nothing (a fresh start)."""
+  kept = checkpointer.all_steps()
+  resume_step = config.get('resume_step')
+  if resume_step is not None and int(resume_step) in health.applied_resume_steps:
+    if kept and max(kept) > int(resume_step):
+      _warn(f'warning: config.resume_step={resume_step} was applied before in this workdir; '
+            f'resuming from the latest checkpoint (step {max(kept)}) instead')
+    resume_step = None
+  if resume_step is not None:
+    resume_step = int(resume_step)
+    if resume_step < 0 or (resume_step > 0 and resume_step not in kept):
+      raise ValueError(f'config.resume_step={resume_step} is not a kept checkpoint of '
+                       f'{checkpointer.directory} (kept: {kept or "none"}; 0 starts over)')
+    for step in kept:
+      if step > resume_step:
+        moved = checkpointer.set_aside(step, f'after_resume_step_{resume_step}')
+        _info(is_chief, f'resume_step={resume_step}: moved checkpoint step {step} to {moved}')
+    health.forget_after(resume_step)
+    health.mark_applied(resume_step)
+    kept = checkpointer.all_steps()
+  if not kept:
+    return None, 0
+  config_record.check_resume(workdir, config, _warn)
+  state, step = checkpointer.restore_newest_readable(target)
+  _info(is_chief, f'resumed from {checkpointer.directory} at step {step}')
+  return state, step
+
+
+def _make_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir {workdir} is a file; give a directory (new or a run to resume)')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+    with open(probe, 'w', encoding='utf-8'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'cannot write to --workdir {workdir} ({e.strerror or e}); give a '
+                     'directory you can write to') from None
 
 
 class _Evaluator:
@@ -272,6 +339,12 @@ def _export(config, task, state, workdir: str) -> None:
 def _info(is_chief: bool, message: str) -> None:
   if is_chief:
     print(message, flush=True)
+
+
+def _warn(line: str) -> None:
+  """One `warning: ...` line on stderr, from process 0."""
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
 
 
 __all__ = ['run', 'TrainingError', 'check_config']

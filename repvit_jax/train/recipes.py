@@ -44,8 +44,18 @@ def base(model_name: str) -> ml_collections.ConfigDict:
   config.eval_every = 1000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
+  # Resume from this kept checkpoint instead of the latest (newer ones are set aside); the
+  # message after a divergence names the step to give here. 0 starts over.
+  config.resume_step = ml_collections.FieldReference(None, field_type=int)
+  # Resume even though model, data or task fields differ from workdir/config.json.
+  config.allow_config_change = False
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  config.distributed = False
+  # Multi-host: see repvit_jax/train/distributed.py (None: from JAX_* variables or detected).
+  config.distributed = ml_collections.ConfigDict(dict(
+      enabled=False,
+      coordinator_address=ml_collections.FieldReference(None, field_type=str),
+      num_processes=ml_collections.FieldReference(None, field_type=int),
+      process_id=ml_collections.FieldReference(None, field_type=int)))
   return config
 
 

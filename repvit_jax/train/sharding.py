@@ -81,14 +81,14 @@ def state_shardings(mesh: Mesh, abstract_state: Any, *, fsdp_min_size: int = 2**
   return jax.tree.map(choose, abstract_state)
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """A global batch must split evenly over devices and processes."""
+def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = 'batch_size') -> None:
+  """A global batch must split evenly over devices and processes; `name` is its config field."""
   devices = mesh.devices.size
   if global_batch_size % devices:
-    raise ValueError(f'batch_size {global_batch_size} is not divisible by the {devices} '
-                     f'devices; choose a multiple of {devices}')
+    raise ValueError(f'{name} {global_batch_size} is not divisible by the {devices} '
+                     f'devices; set --config.{name} to a multiple of {devices}')
   if global_batch_size % jax.process_count():
-    raise ValueError(f'batch_size {global_batch_size} is not divisible by the '
+    raise ValueError(f'{name} {global_batch_size} is not divisible by the '
                      f'{jax.process_count()} processes')
 
 

@@ -1,0 +1,111 @@
+"""The pieces that keep a run recoverable: checkpoint health, config drift, process settings,
+and the checks that turn silent corruption into one clear error."""
+
+import json
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import repvit_jax as rj
+from repvit_jax.reparam.tree import reparameterize
+from repvit_jax.train import config_record, distributed, recipes
+from repvit_jax.train.health import HealthLog
+from conftest import TINY_VIT
+
+
+def test_health_names_the_latest_checkpoint_before_a_divergence(tmp_path):
+  log = HealthLog(str(tmp_path))
+  log.start(0)
+  # Checkpoints at 1, 2, 3; the loss of the step after each measures it.
+  losses = {1: 2.30, 2: 2.27, 3: 6.6e11, 4: math.nan}
+  for step in (1, 2, 3):
+    log.observe([(step, losses[step], 4.0)])
+    log.checkpoint_saved(step)
+  log.observe([(4, losses[4], math.nan)])
+  assert [log.is_healthy(s) for s in (1, 2, 3)] == [True, False, False]
+  assert log.latest_healthy([1, 2, 3]) == 1
+  # Persisted: a new process (a resumed run) knows the same.
+  again = HealthLog(str(tmp_path))
+  assert again.latest_healthy([1, 2, 3]) == 1 and again.is_healthy(7) is None
+  again.forget_after(1)
+  again.mark_applied(1)
+  stored = json.loads((tmp_path / 'health.json').read_text())
+  assert sorted(stored['records']) == ['1'] and stored['applied_resume_steps'] == [1]
+
+
+def test_health_tolerates_a_slow_rise_and_flags_a_tenfold_one(tmp_path):
+  log = HealthLog(str(tmp_path))
+  log.start(0)
+  for step, loss in enumerate([3.0, 1.0, 2.5, 9.0, 11.0], start=1):
+    log.observe([(step, loss, 1.0)])
+    log.checkpoint_saved(step)
+  log.observe([(6, 1.0, 1.0)])
+  # Each checkpoint is judged by the next loss against the lowest seen so far (1.0).
+  assert [log.is_healthy(s) for s in (1, 2, 3, 4, 5)] == [True, True, True, False, True]
+
+
+def _config(**changes):
+  config = recipes.base('vit_tiny')
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+def test_config_drift_errors_on_what_is_trained_and_warns_on_the_rest(tmp_path):
+  config_record.write(str(tmp_path), _config(**{'model.num_heads': 3}))
+  warnings = []
+  with pytest.raises(ValueError) as error:
+    config_record.check_resume(str(tmp_path), _config(**{'model.num_heads': 6,
+                                                         'optimizer.lr': 0.5}), warnings.append)
+  message = str(error.value)
+  assert 'model.num_heads: 3 -> 6' in message and 'optimizer' not in message
+  assert 'allow_config_change=True' in message and '\n' not in message
+  config_record.check_resume(
+      str(tmp_path), _config(**{'model.num_heads': 3, 'optimizer.lr': 0.5, 'resume_step': 4}),
+      warnings.append)
+  assert len(warnings) == 1 and 'optimizer.lr: 0.001 -> 0.5' in warnings[0]
+  warnings.clear()
+  config_record.check_resume(
+      str(tmp_path), _config(**{'model.num_heads': 6, 'allow_config_change': True}),
+      warnings.append)
+  assert len(warnings) == 1 and 'model.num_heads: 3 -> 6' in warnings[0]
+
+
+def test_distributed_settings_from_config_and_environment(monkeypatch):
+  for name in distributed.ENVIRONMENT.values():
+    monkeypatch.delenv(name, raising=False)
+  config = recipes.base('vit_tiny').distributed
+  assert distributed.settings(config) is None and distributed.settings(False) is None
+  assert distributed.settings(True) == {}
+  config.enabled = True
+  config.coordinator_address = '127.0.0.1:1234'
+  config.num_processes = 2
+  monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  assert distributed.settings(config) == {'coordinator_address': '127.0.0.1:1234',
+                                          'num_processes': 2, 'process_id': 1}
+  monkeypatch.setenv('JAX_PROCESS_ID', '2')
+  with pytest.raises(ValueError, match='process_id 2 is not below num_processes 2'):
+    distributed.settings(config)
+  monkeypatch.setenv('JAX_PROCESS_ID', 'one')
+  with pytest.raises(ValueError, match="JAX_PROCESS_ID='one' is not an integer"):
+    distributed.settings(config)
+
+
+@pytest.mark.parametrize('bad', [np.nan, -1.0])
+def test_reparameterize_refuses_invalid_running_variances(bad):
+  model = rj.create_model('tdrl_vit_tiny', num_classes=3, **TINY_VIT)
+  variables = jax.device_get(model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32),
+                                        train=False))
+  stats = variables['batch_stats']['blocks_1']['mlp']['fc1']['branch_2']['bn_1']
+  stats['var'] = np.asarray(stats['var']).copy()
+  stats['var'][5] = bad
+  with pytest.raises(ValueError, match=r'^batch_stats/blocks_1/mlp/fc1/branch_2/bn_1/var has 1 '
+                                       'invalid running variances'):
+    reparameterize(variables)
