@@ -1,4 +1,9 @@
-"""Shared test helpers: tiny model configs and non-trivial variables."""
+"""Shared test helpers: tiny model configs and non-trivial variables; one XLA cache for the
+train.py processes the tests start."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -23,3 +28,23 @@ def nontrivial_variables(model, images, seed=0):
 @pytest.fixture
 def tiny_images():
   return jax.random.normal(jax.random.key(42), (2, 32, 32, 3))
+
+
+def pytest_configure(config):
+  """The tests start ~40 train.py processes, most compiling the same tiny programs: JAX's
+  persistent compilation cache (keyed by the program, so it never changes what runs) lets
+  them compile each once. Set in the first pytest process (the xdist controller, before it
+  starts its workers), it reaches workers and their subprocesses through the environment."""
+  del config
+  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    cache = tempfile.mkdtemp(prefix='repvit-jax-tests-xla-cache-')
+    os.environ['REPVIT_JAX_TEST_XLA_CACHE'] = cache
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+
+def pytest_unconfigure(config):
+  if not hasattr(config, 'workerinput') and os.environ.get('REPVIT_JAX_TEST_XLA_CACHE'):
+    # Only the process that made it (the controller) removes it.
+    shutil.rmtree(os.environ['REPVIT_JAX_TEST_XLA_CACHE'], ignore_errors=True)

@@ -185,8 +185,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           _info(is_chief, f'SIGTERM: saved step {step} in {checkpointer.directory}; '
                           'run again with the same workdir to resume')
           break
-    if not preempted and is_chief:
-      _export(config, task, state, workdir)
+    if not preempted:
+      # Every process runs the compiled fold (its inputs span all of them); the chief saves.
+      deploy_variables = evaluator.reparameterize(model_variables(state))
+      if is_chief:
+        _export(task, deploy_variables, workdir)
   finally:
     checkpointer.close()
     writer.close()
@@ -328,8 +331,9 @@ def _init_from(init_source, task, state, state_sharding, is_chief: bool):
   return jax.device_put(state, state_sharding)
 
 
-def _export(config, task, state, workdir: str) -> None:
-  variables = jax.device_get(reparameterize(model_variables(state)))
+def _export(task, deploy_variables, workdir: str) -> None:
+  """Saves the deploy form (reparameterized by the evaluator's compiled function)."""
+  variables = jax.device_get(deploy_variables)
   path = io.save_model(os.path.join(workdir, DEPLOY_DIR), variables, name=task.model_name,
                        num_classes=task.num_classes, deploy=True, overrides=task.overrides)
   print(f'deploy model saved to {path}; load it with repvit_jax.load_model({path!r})',

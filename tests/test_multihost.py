@@ -1,0 +1,161 @@
+"""Pre-emption and several processes, end to end through train.py.
+
+One process resumes bit-exactly after SIGTERM. Two processes on one machine, joined without a
+cluster manager (gloo over 127.0.0.1), train as one process with two devices does, and that
+as one device does (BatchNorm statistics are global); SIGTERM to one of the two stops both
+with a checkpoint, and rerunning resumes. MAE's evaluation (whose reconstructions gather the
+weights from every process) completes on two processes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import repvit_jax as rj
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CLASSIFICATION = ['--config=configs/tdrl_vit_tiny.py:demo', '--config.model.width=32',
+                  '--config.model.depth=1', '--config.model.num_heads=2',
+                  '--config.batch_size=16', '--config.eval_batch_size=64',
+                  '--config.log_every=1', '--config.eval_every=0',
+                  '--config.checkpoint_every=1000', '--config.optimizer.warmup_steps=5',
+                  '--config.total_steps=24']
+MAE_ARCH = dict(patch_size=4, width=32, depth=1, num_heads=2, decoder_width=16,
+                decoder_depth=1, decoder_num_heads=2)
+MAE = ['--config=configs/mae_tdrl_vit_tiny.py:demo',
+       *[f'--config.model.{k}={v}' for k, v in MAE_ARCH.items()], '--config.batch_size=16',
+       '--config.eval_batch_size=360', '--config.log_every=1', '--config.eval_every=2',
+       '--config.checkpoint_every=1000', '--config.optimizer.warmup_steps=2',
+       '--config.total_steps=3', '--config.reconstructions=3']
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def environment(devices):
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+def start(workdir, flags, process_id=None, port=None, devices=2):
+  """One train.py process: alone with `devices` devices, or process `process_id` of two."""
+  command = [sys.executable, 'train.py', f'--workdir={workdir}', *flags]
+  if process_id is not None:
+    command += ['--config.distributed.enabled=True',
+                f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+                '--config.distributed.num_processes=2',
+                f'--config.distributed.process_id={process_id}']
+  return subprocess.Popen(command, cwd=ROOT, env=environment(devices if process_id is None else 1),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(*processes):
+  results = [p.communicate(timeout=400) for p in processes]
+  for p, (_, stderr) in zip(processes, results):
+    assert p.returncode == 0, stderr[-3000:]
+  return results
+
+
+def two_processes(workdir, flags):
+  port = free_port()
+  return [start(workdir, flags, i, port) for i in range(2)]
+
+
+def rows(workdir):
+  return [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def train_losses(workdir):
+  return {r['step']: r['train/loss'] for r in rows(workdir) if 'train/loss' in r}
+
+
+def sigterm_when(processes, workdir, rows_written, target):
+  """Sends SIGTERM to `target` once metrics.jsonl has `rows_written` lines; then waits."""
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and target.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= rows_written:
+      target.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.02)
+  (chief_out, _), *_ = finish(*processes)
+  assert 'SIGTERM: saved step' in chief_out
+  stopped = max(train_losses(workdir))
+  assert rows_written <= stopped < 24 and (workdir / 'checkpoints' / str(stopped)).is_dir()
+  assert not (workdir / 'deploy').exists()       # exported only when training finishes
+  return stopped
+
+
+def resume(processes, workdir, stopped):
+  (chief_out, _), *_ = finish(*processes)
+  assert f'resumed from {workdir / "checkpoints"} at step {stopped}' in chief_out
+  assert sorted(train_losses(workdir)) == list(range(1, 25))   # one row per step
+  assert (workdir / 'deploy' / 'model.json').exists()
+  return train_losses(workdir)
+
+
+@pytest.mark.slow
+def test_sigterm_and_resume_on_one_and_on_two_processes(tmp_path):
+  finish(start(tmp_path / 'single', CLASSIFICATION, devices=1))
+  finish(start(tmp_path / 'one', CLASSIFICATION, devices=2))
+  single, one = train_losses(tmp_path / 'single'), train_losses(tmp_path / 'one')
+
+  # One process, one device: SIGTERM, then the same command resumes bit-exactly.
+  workdir = tmp_path / 'single_interrupted'
+  process = start(workdir, CLASSIFICATION, devices=1)
+  stopped = sigterm_when([process], workdir, 12, process)
+  resumed = resume([start(workdir, CLASSIFICATION, devices=1)], workdir, stopped)
+  assert abs(resumed[24] - single[24]) <= 1e-6 * abs(single[24])
+
+  # Two processes: SIGTERM to the non-chief one stops both at the same step.
+  workdir = tmp_path / 'two'
+  processes = two_processes(workdir, CLASSIFICATION)
+  stopped = sigterm_when(processes, workdir, 3, processes[1])
+  two = resume(two_processes(workdir, CLASSIFICATION), workdir, stopped)
+  for step in one:
+    assert abs(one[step] - two[step]) <= 1e-5 * abs(one[step]), (step, one[step], two[step])
+    assert abs(one[step] - single[step]) <= 1e-4 * abs(one[step]), (step, single[step])
+  final = rows(workdir)[-1]
+  assert abs(final['eval/accuracy'] - final['eval/deploy_accuracy']) <= 1 / 360
+
+
+def check_mae_run(workdir):
+  """Losses, evaluations of both forms, the reconstructions picture and the deploy model."""
+  table = rows(workdir)
+  train_rows = [r for r in table if 'train/mae_loss' in r]
+  assert [r['step'] for r in train_rows] == [1, 2, 3]
+  assert all(r['train/loss'] == r['train/mae_loss'] and r['train/mae_loss'] > 0
+             for r in train_rows)
+  evals = [r for r in table if 'eval/loss' in r]
+  assert [r['step'] for r in evals] == [2, 3]
+  for r in evals:   # the reparameterized (vanilla) encoder gives the same masked loss
+    assert abs(r['eval/loss'] - r['eval/deploy_loss']) <= 1e-4 * r['eval/loss']
+  png = (workdir / 'reconstructions.png').read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n'
+  width, height = int.from_bytes(png[16:20], 'big'), int.from_bytes(png[20:24], 'big')
+  assert (width, height) == (3 * 96 + 4 * 2, 3 * 96 + 4 * 2)    # 3 columns, 3 images
+  model, variables = rj.load_model(str(workdir / 'deploy'))      # TDRL folded away
+  assert model == rj.create_model('mae_vit_tiny', num_classes=10, **MAE_ARCH)
+  assert 'batch_stats' not in variables
+  return table
+
+
+@pytest.mark.slow
+def test_mae_tdrl_pretraining_on_one_and_on_two_processes(tmp_path):
+  finish(start(tmp_path / 'one', MAE))
+  finish(*two_processes(tmp_path / 'two', MAE))
+  one, two = check_mae_run(tmp_path / 'one'), check_mae_run(tmp_path / 'two')
+  assert [r['step'] for r in one] == [r['step'] for r in two]
+  for a, b in zip(one, two):
+    for key in ('train/loss', 'eval/loss', 'eval/deploy_loss'):
+      if key in a:
+        assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a, b)
