@@ -48,3 +48,14 @@ def pytest_unconfigure(config):
   if not hasattr(config, 'workerinput') and os.environ.get('REPVIT_JAX_TEST_XLA_CACHE'):
     # Only the process that made it (the controller) removes it.
     shutil.rmtree(os.environ['REPVIT_JAX_TEST_XLA_CACHE'], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Longest first: grouped (xdist_group) tests, then slow ones, then the rest, so that no
+  worker starts a two-minute test when the others are about to finish."""
+  del config
+  def rank(item):
+    if item.get_closest_marker('xdist_group'):
+      return 0
+    return 1 if item.get_closest_marker('slow') else 2
+  items.sort(key=rank)     # stable: the order within each rank is kept

@@ -109,3 +109,41 @@ def test_reparameterize_refuses_invalid_running_variances(bad):
   with pytest.raises(ValueError, match=r'^batch_stats/blocks_1/mlp/fc1/branch_2/bn_1/var has 1 '
                                        'invalid running variances'):
     reparameterize(variables)
+
+
+class _FakeCheckpointer:
+  directory = '/runs/x/checkpoints'
+
+  def __init__(self, steps):
+    self.steps = steps
+
+  def wait_until_finished(self):
+    pass
+
+  def all_steps(self):
+    return self.steps
+
+
+@pytest.mark.parametrize('kept,next_losses,expected', [
+    ([1, 2, 3], {1: 2.3, 2: 6e11, 3: math.nan},
+     'the latest checkpoint from before the divergence is step 1 in /runs/x/checkpoints '
+     '(later checkpoints had diverged: step 2 (next loss 6e+11), step 3 (next loss nan)). '
+     'Run again with --config.resume_step=1 and a lower --config.optimizer.lr (now 1e+06)'),
+    ([2, 3], {2: 6e11, 3: math.nan},
+     'no kept checkpoint predates the divergence (later checkpoints had diverged: step 2 '
+     '(next loss 6e+11), step 3 (next loss nan)). Run again with --config.resume_step=0 '
+     '(starts over in this workdir) and a lower --config.optimizer.lr (now 1e+06)'),
+    ([], {}, 'no checkpoint had been saved. Run again with a lower --config.optimizer.lr '
+             '(now 1e+06), or set --config.optimizer.grad_clip, or check the data (the same '
+             'workdir starts over)'),
+])
+def test_divergence_advice_names_a_step_that_resumes(tmp_path, kept, next_losses, expected):
+  from repvit_jax.train.loop import _divergence_advice  # pylint: disable=import-outside-toplevel
+  log = HealthLog(str(tmp_path))
+  log.start(0)
+  log.observe([(1, 2.3, 1.0)])
+  for step, loss in next_losses.items():
+    log.checkpoint_saved(step)
+    log.observe([(step + 1, loss, 1.0)])
+  config = ml_collections.ConfigDict({'optimizer': {'lr': 1e6}})
+  assert _divergence_advice(_FakeCheckpointer(kept), log, config).startswith(expected)
