@@ -85,15 +85,19 @@ def _iterate(ds: tf.data.Dataset, examples_of_batch=None, split=None,
 
 
 def _decode_failure(error, batch_number: int, examples_of_batch, split, what: str) -> str:
-  reason = (error.message or str(error)).strip().splitlines()[0][:160]
+  reason = split_lib.op_error_text(error)
   bad = []
   if examples_of_batch is not None and split is not None and split.indexed:
     # The failing batch, or (with parallel reads) a neighbour.
     for k in (batch_number, batch_number + 1, batch_number - 1):
       if k >= 0 and not bad:
         bad = split_lib.undecodable(split, examples_of_batch(k))
-  where = f'{bad[0]} does not decode' if bad else f'an image of the {what} does not decode'
-  more = f' ({len(bad) - 1} more in the same batch)' if len(bad) > 1 else ''
+  if bad:
+    (where, reason), more = bad[0], len(bad) - 1
+    where = f'{where} does not decode'
+  else:
+    where, more = f'an image of the {what} does not decode', 0
+  more = f' ({more} more in the same batch)' if more else ''
   return (f'{where}{more} ({reason}); replace or remove the file, or set '
           '--config.data.skip_corrupt=True to leave out images that do not decode')
 

@@ -12,6 +12,7 @@ while decoding.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable, Optional
 
 import numpy as np
@@ -61,17 +62,24 @@ class Split:
         self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def undecodable(split: Split, items) -> list[str]:
-  """The examples among `items` (read_index arguments) whose image does not decode, each as
-  `describe(index)` or 'example <index>'. Eager: for locating a failure, not for training."""
+def op_error_text(error) -> str:
+  """TF's error message without its '{{function_node ...}}' and '[Op:...]' wrapping."""
+  text = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\]', '', getattr(error, 'message', '') or str(error))
+  return ' '.join(text.split())[:200]
+
+
+def undecodable(split: Split, items) -> list[tuple[str, str]]:
+  """(where, why) for each example among `items` (read_index arguments) whose image does not
+  decode; where is `describe(index)` or 'example <index>'. Eager: for locating a failure."""
   whole = lambda shape: tf.concat([tf.zeros([2], tf.int32), tf.cast(shape, tf.int32)], 0)
   bad = []
   for item in items:
     try:
       raw, _ = split.read_index(tf.constant(item, tf.int64))
       split.decode_crop(raw, whole)
-    except tf.errors.OpError:
-      bad.append(split.describe(int(item)) if split.describe else f'example {int(item)}')
+    except tf.errors.OpError as e:
+      where = split.describe(int(item)) if split.describe else f'example {int(item)}'
+      bad.append((where, op_error_text(e)))
   return bad
 
 
