@@ -8,6 +8,7 @@ benchmarks/models.py (`--check`)."""
 
 import functools
 import math
+import zlib
 
 import flax.linen as nn
 import jax
@@ -21,6 +22,14 @@ from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
 from repvit_jax.reparam import check
 
 RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _rng_per_test(request):
+  """Each test draws from a generator seeded by its own name, so that its values do not
+  depend on which tests ran before it in the same worker."""
+  global RNG  # pylint: disable=global-statement
+  RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 # Reduced architectures: every block type, a few hundred parameters per layer.
 # Fields that only matter in training (drop path) or at init (layer scale) are pinned, so that
