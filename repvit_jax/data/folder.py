@@ -59,10 +59,10 @@ def _unreadable_cached(paths: tuple[str, ...], stamp: tuple) -> tuple[str, ...]:
   del stamp  # Part of the cache key only.
   from repvit_jax.data import decode  # pylint: disable=g-import-not-at-top
   from repvit_jax.data._tf import tf  # pylint: disable=g-import-not-at-top
-  whole = lambda shape: tf.concat([tf.zeros([2], tf.int32), tf.cast(shape, tf.int32)], 0)
+  from repvit_jax.data.split import whole_image  # pylint: disable=g-import-not-at-top
 
   def decodes(path):
-    image = decode.decode_encoded_crop(tf.io.read_file(path), whole)
+    image = decode.decode_encoded_crop(tf.io.read_file(path), whole_image)
     return path, tf.size(image) > 0
 
   ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(

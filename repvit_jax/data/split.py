@@ -62,6 +62,11 @@ class Split:
         self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def whole_image(shape: tf.Tensor) -> tf.Tensor:
+  """A `WindowFn` that keeps the whole image: (0, 0, height, width)."""
+  return tf.concat([tf.zeros([2], tf.int32), tf.cast(shape, tf.int32)], 0)
+
+
 def op_error_text(error) -> str:
   """TF's error message without its '{{function_node ...}}' and '[Op:...]' wrapping."""
   text = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\]', '', getattr(error, 'message', '') or str(error))
@@ -71,12 +76,11 @@ def op_error_text(error) -> str:
 def undecodable(split: Split, items) -> list[tuple[str, str]]:
   """(where, why) for each example among `items` (read_index arguments) whose image does not
   decode; where is `describe(index)` or 'example <index>'. Eager: for locating a failure."""
-  whole = lambda shape: tf.concat([tf.zeros([2], tf.int32), tf.cast(shape, tf.int32)], 0)
   bad = []
   for item in items:
     try:
       raw, _ = split.read_index(tf.constant(item, tf.int64))
-      split.decode_crop(raw, whole)
+      split.decode_crop(raw, whole_image)
     except tf.errors.OpError as e:
       where = split.describe(int(item)) if split.describe else f'example {int(item)}'
       bad.append((where, op_error_text(e)))
