@@ -1,9 +1,13 @@
 """The training loop: `run(config, workdir)`.
 
 One compiled train step over a device mesh; resumes from `workdir/checkpoints` when it holds
-a checkpoint; SIGTERM saves and returns; a non-finite loss stops the run (`TrainingError`)
-without saving; evaluates the training form and the reparameterized deploy form; at the end
-exports the deploy model to `workdir/deploy` (load it with `repvit_jax.load_model`).
+a checkpoint (the newest that reads back, unreadable ones set aside; or `config.resume_step`),
+after comparing the config with `workdir/config.json`; SIGTERM saves and returns; a
+non-finite loss stops the run (`TrainingError`) without saving, naming the latest checkpoint
+from before the divergence (`checkpoints/health.json`); evaluates the training form and the
+reparameterized deploy form; at the end exports the deploy model to `workdir/deploy` (load it
+with `repvit_jax.load_model`). Every process runs every step, evaluation and collective; only
+process 0 writes files.
 """
 
 from __future__ import annotations
