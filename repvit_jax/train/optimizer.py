@@ -26,6 +26,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from repvit_jax.treepath import key_names
+
 PyTree = Any
 
 _BLOCK_RE = re.compile(r"^blocks_(\d+)$")
@@ -78,23 +80,6 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   return schedule
 
 
-def _path_names(path) -> tuple[str, ...]:
-  names = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        names.append(str(getattr(k, attr)))
-        break
-    else:
-      names.append(str(k))
-  return tuple(names)
-
-
-def path_str(path) -> str:
-  """'blocks_3/attn/qkv/kernel' for a jax tree path."""
-  return "/".join(_path_names(path))
-
-
 def _is_token(name: str) -> bool:
   # cls_token, mask_token, dist_token, reg_tokens -- but not `token_mixer`, which
   # holds ordinary conv/linear kernels in MetaFormer-style models.
@@ -118,7 +103,7 @@ def decay_mask(params: PyTree) -> PyTree:
   """
 
   def leaf(path, p):
-    names = _path_names(path)
+    names = key_names(path)
     if names and names[-1] == "bias":
       return False
     if _ndim(p) <= 1:
@@ -144,7 +129,7 @@ def num_blocks(params: PyTree) -> int:
   """Number of distinct `blocks_<i>` path components in the tree."""
   ids = set()
   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-    for n in _path_names(path):
+    for n in key_names(path):
       m = _BLOCK_RE.match(n)
       if m:
         ids.add(int(m.group(1)))
@@ -159,7 +144,7 @@ def param_labels(params: PyTree) -> PyTree:
   """
   num_layers = num_blocks(params)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: f"layer_{_layer_id(_path_names(path), num_layers)}", params)
+      lambda path, _: f"layer_{_layer_id(key_names(path), num_layers)}", params)
 
 
 def layer_decay_scales(params: PyTree, layer_decay: float) -> PyTree:
@@ -167,7 +152,7 @@ def layer_decay_scales(params: PyTree, layer_decay: float) -> PyTree:
   num_layers = num_blocks(params)
   return jax.tree_util.tree_map_with_path(
       lambda path, _: float(layer_decay) ** (
-          num_layers + 1 - _layer_id(_path_names(path), num_layers)), params)
+          num_layers + 1 - _layer_id(key_names(path), num_layers)), params)
 
 
 class ScaleByTreeState(NamedTuple):
