@@ -56,11 +56,8 @@ MAE = {
 
 
 def load_config(name: str, arg: str = ''):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+  return config_files.load(os.path.join(CONFIGS, f'{name}.py') + (f':{arg}' if arg else ''))
 
 
 def set_field(config, dotted: str, value: Any) -> None:

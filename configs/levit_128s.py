@@ -20,41 +20,51 @@ On the embedded digits, in minutes on a CPU:
 Other sizes: `--config.model.name=levit_256` (levit_128, levit_192, levit_256, levit_384).
 """
 
-from repvit_jax.train import recipes
+import ml_collections
+
+from configs import common
 
 
-def imagenet(config):
+def imagenet():
   """LeViT's recipe: 1000 epochs, batch 2048, AdamW lr 5e-4 * batch / 512, weight decay 0.025,
   5 warm-up epochs, cosine to 1e-5, label smoothing 0.1, RandAugment m9 mstd0.5, mixup 0.8,
   cutmix 1.0, random erasing 0.25, repeated augmentation x3, hard distillation from a teacher
   (RegNetY-16GF in the paper)."""
-  config.data.image_size = 224
-  config.data.eval_crop_fraction = 0.9
-  config.data.random_erasing = 0.25
-  config.data.repeated_augmentation = 3
-  recipes.imagenet_schedule(config, epochs=1000, batch_size=2048, lr=5e-4 * 2048 / 512,
-                            min_lr=1e-5, warmup_epochs=5, weight_decay=0.025)
+  config = common.run_config('classification')
+  config.model = ml_collections.ConfigDict(dict(name='levit_128s', dtype='float32'))
+  config.data = common.data_config(
+      name='imagenet2012', image_size=224, crop_scale=(0.08, 1.0), flip=True,
+      randaugment=common.randaugment(num_layers=2, magnitude=9.0, magnitude_std=0.5),
+      color_jitter=0.0, random_erasing=0.25, repeated_augmentation=3, eval_crop_fraction=0.9)
+  config.batch_size = 2048
+  steps_per_epoch = common.imagenet_epochs(config, epochs=1000, eval_every_epochs=10)
+  config.optimizer = common.adamw(lr=5e-4 * 2048 / 512, min_lr=1e-5,
+                                  warmup_steps=5 * steps_per_epoch, weight_decay=0.025)
   config.label_smoothing = 0.1
-  config.mixup.mixup_alpha = 0.8
-  config.mixup.cutmix_alpha = 1.0
+  config.mixup = common.mixup(mixup_alpha=0.8, cutmix_alpha=1.0)
+  # DeiT-style hard distillation; off unless teacher.model and teacher.init_from are set.
+  config.teacher = common.teacher(kind='hard', alpha=0.5)
+  return config
+
+
+def demo(distill: bool):
+  """64x64 digits (a 4x4 token grid, then 2x2 and 1x1 after the shrinking attentions); with
+  `distill`, the narrow PoolFormer of configs/poolformer_s12.py:demo as hard teacher."""
+  config = common.run_config('classification')
+  config.model = ml_collections.ConfigDict(dict(name='levit_128s', dtype='float32'))
+  common.digits_demo(config, image_size=64, steps=600)
+  config.label_smoothing = 0.1
+  config.mixup = common.mixup(mixup_alpha=0.0, cutmix_alpha=0.0)
+  config.teacher = common.teacher(kind='hard', alpha=0.5)
+  if distill:
+    config.teacher.model = 'poolformer_s12'
+    config.teacher.overrides = dict(common.METAFORMER_DEMO)
+    config.teacher.init_from = 'runs/poolformer_demo'
   return config
 
 
 def get_config(arg: str = ''):
-  variant = (arg or '').strip()
-  config = recipes.base('levit_128s')
-  config.teacher.kind = 'hard'
-  config.teacher.alpha = 0.5
-  if variant in ('demo', 'distill_demo'):
-    # 64x64 digits: a 4x4 token grid, then 2x2 and 1x1 after the shrinking attentions.
-    config = recipes.digits_data(config, image_size=64)
-    if variant == 'distill_demo':
-      config.teacher.model = 'poolformer_s12'
-      config.teacher.overrides = {k: v for k, v in recipes.METAFORMER_DEMO.items()
-                                  if k != 'drop_path_rate'}
-      config.teacher.init_from = 'runs/poolformer_demo'
-    return config
+  variant = common.parse_arg(arg, '', 'demo', 'distill_demo')
   if variant:
-    raise ValueError(f'unknown config variant {variant!r}; known: "" (ImageNet), "demo", '
-                     '"distill_demo"')
-  return imagenet(config)
+    return demo(distill=variant == 'distill_demo')
+  return imagenet()

@@ -23,8 +23,80 @@ bias-free adapter; 0 = off). Decoder size: `--config.model.decoder_width=128
 --config.model.decoder_depth=4 --config.model.decoder_num_heads=4` (G2SD's).
 """
 
-from repvit_jax.train import mae
+import ml_collections
+
+from configs import common
+
+# The digits demo (32x32 images, 4x4 patches: 64 tokens, 16 of them visible at mask 0.75).
+DEMO_MODEL = dict(patch_size=4, width=96, depth=6, num_heads=6, decoder_width=64,
+                  decoder_depth=1, decoder_num_heads=4)
+DEMO_TEACHER = dict(patch_size=4, width=128, depth=6, num_heads=8, decoder_width=64,
+                    decoder_depth=1, decoder_num_heads=4)
 
 
-def get_config(arg: str = ''):
-  return mae.recipe('mae_vit_tiny', arg)
+def mae_config(model: dict, teacher_model=None) -> ml_collections.ConfigDict:
+  """The MAE task: norm-pix loss at mask ratio 0.75, 8 reconstructions drawn per evaluation,
+  and a D-MAE attention-distillation teacher (off unless teacher.model/init_from are set)."""
+  config = common.run_config('mae')
+  config.model = ml_collections.ConfigDict(dict(dtype='float32', mask_ratio=0.75, **model))
+  config.norm_pix_loss = True
+  config.teacher = ml_collections.ConfigDict(dict(
+      model=common.placeholder(str), init_from=common.placeholder(str),
+      overrides=ml_collections.ConfigDict(), kind='attention', pairs=((12, 12),), alpha=1.0,
+      hidden_alpha=0.0, decoder_layer=common.placeholder(int)))
+  config.teacher.model = teacher_model
+  config.init_skip = r'^distill/'        # an MAE tree without distillation maps initialises
+  config.reconstructions = 8
+  return config
+
+
+def imagenet(model_name: str, teacher_model=None):
+  """MAE-Lite (REFERENCE.md): 400 epochs, batch 4096, lr 1.5e-4 * 4096 / 256, AdamW (0.9,
+  0.95), wd 0.05, 40 warm-up epochs then cosine to 0; random-resized crop (0.08, 1), flip."""
+  config = mae_config(dict(name=model_name), teacher_model)
+  config.data = common.data_config(name='imagenet2012', image_size=224, crop_scale=(0.08, 1.0),
+                                   flip=True, randaugment=None, color_jitter=0.0)
+  config.batch_size = 4096
+  config.eval_batch_size = 1024
+  steps_per_epoch = common.imagenet_epochs(config, epochs=400, eval_every_epochs=20)
+  config.optimizer = common.adamw(lr=1.5e-4 * 4096 / 256, min_lr=0.0,
+                                  warmup_steps=40 * steps_per_epoch, weight_decay=0.05,
+                                  b1=0.9, b2=0.95)
+  return config
+
+
+def demo(model_name: str, variant: str):
+  """A few minutes on 2 CPU cores: digits at 32x32, 4x4 patches, a narrow MAE.
+
+  Departures from MAE-Lite, for a short run on tiny images: a larger learning rate than
+  1.5e-4 * batch / 256, crops of at least 40% of the image and no flips (digits are not
+  symmetric, and the fixed evaluation images are whole digits).
+  """
+  if variant == 'teacher_demo':          # a wider vanilla MAE, the teacher of dmae_demo
+    config = mae_config(dict(name='mae_vit_base', **DEMO_TEACHER))
+  else:
+    config = mae_config(dict(name=model_name, **DEMO_MODEL))
+  common.digits_demo(config, image_size=32, steps=600)
+  config.data.crop_scale = (0.4, 1.0)
+  config.eval_batch_size = 120
+  config.optimizer = common.adamw(lr=2e-3, min_lr=1e-5, warmup_steps=60, weight_decay=0.05,
+                                  b1=0.9, b2=0.95, grad_clip=1.0)
+  config.log_every = 10
+  config.eval_every = 300
+  config.checkpoint_every = 300
+  if variant == 'dmae_demo':
+    config.teacher.model = 'mae_vit_base'
+    config.teacher.overrides = ml_collections.ConfigDict(dict(DEMO_TEACHER))
+    config.teacher.pairs = ((DEMO_MODEL['depth'], DEMO_TEACHER['depth']),)
+  return config
+
+
+def get_config(arg: str = '', model_name: str = 'mae_vit_tiny'):
+  """Variants: '' MAE-Lite on ImageNet-1k; 'dmae' D-MAE-Lite on ImageNet-1k (MAE-Base teacher,
+  `--config.teacher.init_from` required); 'demo' on the embedded digits; 'teacher_demo' a wider
+  vanilla MAE on digits to serve as the demo teacher; 'dmae_demo' = 'demo' + that teacher
+  (`--config.teacher.init_from=<teacher_demo workdir>`)."""
+  variant = common.parse_arg(arg, '', 'dmae', 'demo', 'teacher_demo', 'dmae_demo')
+  if variant in ('', 'dmae'):
+    return imagenet(model_name, 'mae_vit_base' if variant == 'dmae' else None)
+  return demo(model_name, variant)

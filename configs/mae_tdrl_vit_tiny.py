@@ -19,15 +19,12 @@ The encoder's TDRL branches are trained during pre-training and carried into fin
 TDRL options live in `config.model.tdrl` (e.g. `--config.model.tdrl.num_branches=3`).
 """
 
-import ml_collections
-
-from repvit_jax.train import mae
+from configs import mae_lite_tiny
+from configs import tdrl_vit_tiny
 
 
 def get_config(arg: str = ''):
-  config = mae.recipe('mae_tdrl_vit_tiny', arg)
+  config = mae_lite_tiny.get_config(arg, model_name='mae_tdrl_vit_tiny')
   if config.model.name == 'mae_tdrl_vit_tiny':   # ':teacher_demo' trains a vanilla teacher
-    config.model.tdrl = ml_collections.ConfigDict(dict(
-        layers=('qkv', 'proj', 'fc1', 'fc2'), num_branches=2, hidden_ratio=1.0,
-        qkv_rectify='bn', rectify='scale', bn_momentum=0.9, train_path='collapsed'))
+    config.model.tdrl = tdrl_vit_tiny.tdrl()
   return config

@@ -24,39 +24,35 @@ weights except the token mixers). Soft labels: `teacher.alpha` = 1.0 (no label t
 
 import ml_collections
 
-from repvit_jax.train import recipes
+from configs import common
+from configs import poolformer_s12
 
 
 def module_imitation(config, *, teacher: str, teacher_overrides=None):
+  """RIFormer's module imitation from a feature teacher of the student's shape; soft labels
+  from the feature teacher (teacher.alpha=1: no label term)."""
   config.task = 'module_imitation'
   config.feature_teacher = ml_collections.ConfigDict(dict(
       model=teacher,
-      init_from=ml_collections.config_dict.placeholder(str),
+      init_from=common.placeholder(str),
       overrides=dict(teacher_overrides or {}),
-      blocks=ml_collections.config_dict.placeholder(tuple),
+      blocks=common.placeholder(tuple),       # None: the last block of every stage
       weights=dict({'in': 80.0, 'out': 80.0, 'rel': 20.0}),
       init_student=True))
-  config.teacher.kind = 'soft'
-  config.teacher.alpha = 1.0
-  config.teacher.temperature = 1.0
+  config.teacher = common.teacher(kind='soft', alpha=1.0, temperature=1.0)
   return config
 
 
 def get_config(arg: str = ''):
-  variant = (arg or '').strip()
+  variant = common.parse_arg(arg, '', 'demo', 'teacher_demo', 'plain_demo')
   if variant == 'teacher_demo':
-    return recipes.metaformer_demo(recipes.base('poolformer_s12'))
-  config = recipes.base('riformer_s12')
+    return poolformer_s12.demo()
+  if variant == 'plain_demo':        # the same RIFormer on labels only: the baseline
+    return poolformer_s12.demo('riformer_s12')
   if variant == 'demo':
-    config = recipes.metaformer_demo(config)
-    overrides = {k: v for k, v in recipes.METAFORMER_DEMO.items() if k != 'drop_path_rate'}
-    config = module_imitation(config, teacher='poolformer_s12', teacher_overrides=overrides)
+    config = module_imitation(poolformer_s12.demo('riformer_s12'), teacher='poolformer_s12',
+                              teacher_overrides=common.METAFORMER_DEMO)
     config.feature_teacher.init_from = 'runs/poolformer_demo'
     return config
-  if variant == 'plain_demo':
-    return recipes.metaformer_demo(config)
-  if variant:
-    raise ValueError(f'unknown config variant {variant!r}; known: "" (ImageNet), "demo", '
-                     '"teacher_demo", "plain_demo"')
-  config = recipes.metaformer_imagenet(config)
-  return module_imitation(config, teacher='poolformer_s12')
+  # PoolFormer's ImageNet recipe, with a trained PoolFormer-S12 as the feature teacher.
+  return module_imitation(poolformer_s12.imagenet('riformer_s12'), teacher='poolformer_s12')

@@ -1,10 +1,13 @@
-"""Vanilla ViT-Tiny baseline with exactly the recipe of configs/tdrl_vit_tiny.py.
+"""Vanilla ViT-Tiny baseline with exactly the recipe of configs/tdrl_vit_tiny.py, without TDRL.
 
     python train.py --config configs/vit_tiny.py[:demo] --workdir runs/vit_tiny
 """
 
-from repvit_jax.train import recipes
+from configs import tdrl_vit_tiny
 
 
 def get_config(arg: str = ''):
-  return recipes.classification('vit_tiny', arg)
+  config = tdrl_vit_tiny.get_config(arg)
+  config.model.name = 'vit_tiny'
+  del config.model['tdrl']
+  return config

@@ -7,12 +7,13 @@
 
 or from the command line (each writes a JSON file and a PNG plot into OUT):
 
-    python -m repvit_jax.analyze attention MODEL OUT --config configs/tdrl_vit_tiny.py:demo
-    python -m repvit_jax.analyze cka MODEL_A MODEL_B OUT --config configs/tdrl_vit_tiny.py:demo
+    python -m repvit_jax.analyze attention runs/demo OUT
+    python -m repvit_jax.analyze cka runs/demo runs/demo/deploy OUT
 
-MODEL is anything `repvit_jax.export.load_for_export` reads (a workdir, a model directory
-such as `python -m repvit_jax.convert`'s output, or a checkpoint with --model); the images are
-the first --num-images of the config's eval split (or random ones without --config).
+MODEL is anything `repvit_jax.io.open` reads (a workdir, a checkpoint, a model directory such
+as `python -m repvit_jax.convert`'s output); each says which model it holds. The images are the
+first --num-images of the eval split of the run's own data set (its workdir's config.json), or
+of --config's; random ones, with a warning, when neither exists.
 
 Definitions (MAE-Lite's analysis):
 * attention distance of head h in a layer: D_h = mean over images and query patches i of
@@ -341,12 +342,17 @@ def analyze_cka(module_a, variables_a, module_b, variables_b, images, out_dir: s
   return record
 
 
-def _images(args, image_size: int) -> np.ndarray:
-  if args.config:
-    from repvit_jax import export  # pylint: disable=import-outside-toplevel
-    data_config = export._load_config_recipe(args.config)[4]  # pylint: disable=protected-access
+def _images(args, source: str, image_size: int) -> np.ndarray:
+  """The first --num-images of the eval split the run at `source` was trained on (or of
+  --config's); random normal images, with a warning line, when neither names a data set."""
+  from repvit_jax import export  # pylint: disable=import-outside-toplevel
+  data_config = export.data_config_for(source, args.config)
+  if data_config is not None:
     images, _ = export.eval_split(data_config)
     return images[:args.num_images]
+  import sys  # pylint: disable=import-outside-toplevel
+  print(f'warning: {source} is not in a training workdir and no --config was given: using '
+        f'{args.num_images} random normal images', file=sys.stderr)
   rng = np.random.default_rng(0)
   return rng.normal(size=(args.num_images, image_size, image_size, 3)).astype(np.float32)
 
@@ -368,10 +374,12 @@ def main(argv=None) -> int:
   cka.add_argument('out')
   for p in (attention, cka):
     p.add_argument('--config', default=None, metavar='FILE[:ARG]',
-                   help='take the images from this training config\'s eval split')
+                   help='take the images from this training config\'s eval split (default: '
+                        'the run\'s own data set, from its workdir\'s config.json)')
     p.add_argument('--num-images', type=int, default=64)
     p.add_argument('--image-size', type=int, default=None)
-    p.add_argument('--model-name', default=None, help='model name, for a bare checkpoint')
+    p.add_argument('--model-name', default=None,
+                   help='model name, for a checkpoint that records none')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE')
     p.add_argument('--title', default='')
   args = parser.parse_args(argv)
@@ -381,7 +389,7 @@ def main(argv=None) -> int:
   try:
     if args.command == 'attention':
       model = load(args.model)
-      images = _images(args, model.image_size)
+      images = _images(args, args.model, model.image_size)
       record = analyze_attention(model.module, model.variables, images, args.out,
                                  title=args.title or model.name)
       for i, value in enumerate(record['mean_distance_per_layer']):
@@ -389,7 +397,7 @@ def main(argv=None) -> int:
         print(f'layer {i + 1:2d}: mean {value:6.2f} px  heads [{heads}]')
     else:
       model_a, model_b = load(args.model_a), load(args.model_b)
-      images = _images(args, model_a.image_size)
+      images = _images(args, args.model_a, model_a.image_size)
       record = analyze_cka(model_a.module, model_a.variables, model_b.module, model_b.variables,
                            images, args.out, title=args.title,
                            names=(os.path.basename(os.path.normpath(args.model_a)),

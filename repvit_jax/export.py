@@ -19,8 +19,6 @@ functions: `import repvit_jax` never imports it.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import warnings
 from typing import Any, Dict, Mapping, Optional
@@ -30,11 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from repvit_jax import io
-from repvit_jax.models.registry import create_model, get_spec
+from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
 
 QUANTIZE = (None, 'int8')
-DEFAULT_IMAGE_SIZE = {'mobilevit_': 256}
 
 
 @dataclasses.dataclass
@@ -42,17 +39,26 @@ class Exported:
   """A deploy-form model ready to export.
 
   Attributes:
+    spec: its `ModelSpec` (deploy form, float32; `spec.input` is the input contract).
     module: the deploy-form flax module. variables: its variables (host arrays).
-    name, num_classes, overrides: the `create_model` recipe. image_size: the input side.
   """
+  spec: ModelSpec
   module: Any
   variables: Dict[str, Any]
-  name: str
-  num_classes: int
-  overrides: Dict[str, Any]
-  image_size: int
 
   _forward: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  @property
+  def num_classes(self) -> int:
+    return self.spec.num_classes
+
+  @property
+  def image_size(self) -> int:
+    return self.spec.input.image_size
 
   def apply(self, images):
     """(B, S, S, 3) float32 -> logits, in JAX (the reference for the exported graph)."""
@@ -62,87 +68,47 @@ class Exported:
     return self._forward(self.variables, jnp.asarray(images, jnp.float32))
 
 
-def load_for_export(source: str, *, model: Optional[str] = None,
-                    num_classes: Optional[int] = None,
+def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
+                    model: Optional[str] = None, num_classes: Optional[int] = None,
                     overrides: Optional[Mapping[str, Any]] = None,
                     image_size: Optional[int] = None) -> Exported:
-  """Loads a model in its deploy form from a model dir, a workdir or a checkpoint.
+  """Loads a model in its deploy form from anything `repvit_jax.io.open` reads.
 
   Args:
-    source: a model directory (`repvit_jax.io`; training-form ones are reparameterized), a
-      training workdir (its `deploy/` model directory when the run finished, else its latest
-      checkpoint), a checkpoint directory or one step of it.
-    model, num_classes, overrides: the recipe, needed only for a bare checkpoint (which does
-      not record its model); `num_classes` defaults to the head's rows.
-    image_size: input side; None infers it from the position or bias tables, else the
-      family's default (224; 256 for MobileViT).
+    source: a model directory (training-form ones are reparameterized), a training workdir
+      (its latest checkpoint), a checkpoint directory or one step of it. The saved
+      `ModelSpec` says which model it is and what input it takes.
+    spec: replaces the saved spec (e.g. `ModelSpec.from_config` of a training config).
+    model, num_classes, overrides: replace the saved spec's (a checkpoint that records no
+      spec needs `model`; `num_classes` then defaults to the head's rows).
+    image_size: replaces the input side of the spec's input contract.
 
   Raises:
-    FileNotFoundError: nothing loadable at `source`. ValueError: a checkpoint without `model`.
+    FileNotFoundError: nothing loadable at `source`. ValueError: unreadable files, or no spec
+      and no `model`.
   """
-  source = os.path.expanduser(os.fspath(source))
-  if not os.path.exists(source):
-    raise FileNotFoundError(f'{source} does not exist: give a workdir, a model directory or a '
-                            'checkpoint')
-  deploy_dir = os.path.join(source, 'deploy')
-  if io.is_model_dir(source) or io.is_model_dir(deploy_dir):
-    directory = source if io.is_model_dir(source) else deploy_dir
-    with open(os.path.join(directory, io.MODEL_FILE)) as f:
-      recipe = json.load(f)
-    name, num_classes = recipe['name'], int(recipe['num_classes'])
-    overrides = dict(recipe.get('overrides') or {})
-    variables = io.load_variables(directory)
-  else:
-    if not model:
-      raise ValueError(f'{source} is not a model directory, so it does not say which model it '
-                       'holds: pass --model NAME (and --set key=value for the overrides the '
-                       'run used, or --config configs/<name>.py[:arg])')
-    from repvit_jax.train import pretrained  # pylint: disable=import-outside-toplevel
-    variables = pretrained.read_variables(source)
-    name = model
-    overrides = dict(overrides or {})
-    if num_classes is None:
-      num_classes = _head_rows(variables)
+  saved, variables = io.open(source)
+  spec = spec or saved
+  if spec is None and not model:
+    raise ValueError(f'{source} does not say which model it holds (a checkpoint written before '
+                     'model specs, outside a workdir with config.json): pass --model NAME and '
+                     '--set key=value for the overrides the run used')
+  if model or overrides or num_classes is not None:
+    base = spec if spec is not None and (not model or model == spec.name) else None
+    spec = ModelSpec.registered(
+        model or base.name,
+        num_classes=num_classes if num_classes is not None else (
+            base.num_classes if base is not None else io.head_rows(variables)),
+        deploy=base.deploy if base is not None else False,
+        overrides={**(dict(base.overrides) if base is not None else {}), **(overrides or {})},
+        input=base.input if base is not None else None)
+  if image_size:
+    spec = spec.replace(input=dataclasses.replace(spec.input, image_size=int(image_size)))
   variables = {k: v for k, v in variables.items() if v}
   # Compiled once as a whole: much faster than folding op by op.
   deploy = jax.tree.map(np.asarray, jax.jit(reparameterize)(variables))
-  module = create_model(name, num_classes=int(num_classes), deploy=True, **overrides)
-  if image_size is None:
-    image_size = infer_image_size(name, deploy, overrides)
-  return Exported(module, deploy, name, int(num_classes), overrides, int(image_size))
-
-
-def infer_image_size(name: str, variables: Mapping[str, Any],
-                     overrides: Optional[Mapping[str, Any]] = None) -> int:
-  """The input side a model's tables were made for: ViT `pos_embed` (1, 1 + g*g, D) -> g * p;
-  LeViT's first bias table (H, R*R) -> 16 R; otherwise the family default."""
-  params = variables.get('params', {})
-  pos = params.get('pos_embed')
-  if pos is not None:
-    grid = int(round(math.sqrt(np.shape(pos)[1] - 1)))
-    patch = (overrides or {}).get('patch_size', get_spec(name).kwargs.get('patch_size', 16))
-    return grid * int(patch)
-  try:
-    bias = params['stages_0']['blocks_0']['attn']['attention_biases']
-    return int(round(math.sqrt(np.shape(bias)[1]))) * 16
-  except (KeyError, TypeError):
-    pass
-  for prefix, size in DEFAULT_IMAGE_SIZE.items():
-    if name.startswith(prefix):
-      return size
-  return 224
-
-
-def _head_rows(variables) -> int:
-  head = variables.get('params', {}).get('head')
-  if isinstance(head, Mapping):
-    for path in (('kernel',), ('linear', 'kernel'), ('cls', 'linear', 'kernel')):
-      node = head
-      for key in path:
-        node = node.get(key) if isinstance(node, Mapping) else None
-      if node is not None:
-        return int(np.shape(node)[-1])
-  return 0
+  spec = spec.deploy_form()
+  return Exported(spec, spec.build(), deploy)
 
 
 def _tf():
@@ -277,23 +243,23 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
-def _load_config_recipe(spec: str):
-  """'configs/x.py[:arg]' -> (model name, overrides, num_classes) as the trainer builds them."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(':')
-  loader_spec = importlib.util.spec_from_file_location('_export_config', path)
-  if loader_spec is None or loader_spec.loader is None:
-    raise FileNotFoundError(f'config file {path} not found')
-  module = importlib.util.module_from_spec(loader_spec)
-  loader_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  from repvit_jax import data  # pylint: disable=import-outside-toplevel
-  from repvit_jax.train.classification import model_overrides  # pylint: disable=import-outside-toplevel
-  num_classes = data.get_dataset_info(config.data).num_classes
-  overrides = model_overrides(config.model)
-  overrides.pop('dtype', None)  # exported graphs are float32 whatever the training dtype
-  return config.model.name, overrides, num_classes, int(
-      config.data.image_size), config.data
+def config_spec(config: str) -> ModelSpec:
+  """The student spec of a training config file ('configs/x.py[:arg]')."""
+  from repvit_jax import config_files, data  # pylint: disable=import-outside-toplevel
+  loaded = config_files.load(config)
+  return ModelSpec.from_config(loaded, data.get_dataset_info(loaded.data).num_classes)
+
+
+def data_config_for(source: str, config: Optional[str] = None):
+  """The data config whose eval split tests a model: `config` ('configs/x.py[:arg]') when
+  given, else the one the run at `source` was trained with (its workdir's config.json);
+  None when neither exists."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  if config:
+    from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+    return config_files.load(config).data
+  recorded = io.run_config(source)
+  return ml_collections.ConfigDict(recorded['data']) if recorded else None
 
 
 def main(argv=None) -> int:
@@ -306,44 +272,44 @@ def main(argv=None) -> int:
       prog='python -m repvit_jax.export',
       description='Export a deploy model to TFLite (float32 or dynamic-range int8) or a TF '
                   'SavedModel, through jax2tf.')
-  parser.add_argument('src', help='training workdir (uses <workdir>/deploy), model directory, '
-                                  'or checkpoint directory (needs --model or --config)')
+  parser.add_argument('src', help='training workdir (its latest checkpoint), model directory, '
+                                  'or checkpoint directory; each says which model it holds')
   parser.add_argument('out', help='output: a .tflite file (one TFLite format) or a directory '
                                   '(model.tflite, model_int8.tflite, savedmodel/)')
   parser.add_argument('--format', default='tflite',
                       help=f'comma-separated, from {", ".join(FORMATS)} (default tflite)')
   parser.add_argument('--batch-size', type=int, default=1, help='fixed batch of the graph')
-  parser.add_argument('--image-size', type=int, default=None, help='default: inferred')
-  parser.add_argument('--model', default=None, help='model name, for a bare checkpoint')
+  parser.add_argument('--image-size', type=int, default=None,
+                      help='default: the saved input contract\'s')
+  parser.add_argument('--model', default=None,
+                      help='model name, overriding the saved one (needed only for checkpoints '
+                           'that record none)')
   parser.add_argument('--num-classes', type=int, default=None)
   parser.add_argument('--set', dest='overrides', action='append', default=[],
-                      metavar='KEY=VALUE', help='model override for a bare checkpoint')
+                      metavar='KEY=VALUE', help='model override on top of the saved ones')
   parser.add_argument('--config', default=None, metavar='FILE[:ARG]',
-                      help='the training config of a bare checkpoint (gives model, overrides, '
-                           'classes and image size)')
+                      help='a training config overriding the saved spec and naming the '
+                           '--evaluate data set (default: the run\'s own config.json)')
   parser.add_argument('--no-verify', dest='verify', action='store_false',
                       help='skip running the exported TFLite model against JAX')
   parser.add_argument('--evaluate', action='store_true',
                       help='top-1 accuracy of JAX and of each TFLite model on the eval split '
-                           'of --config\'s data set')
+                           'of the run\'s data set (or --config\'s)')
   args = parser.parse_args(argv)
   formats = [f.strip() for f in args.format.split(',') if f.strip()]
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
     parser.error(f'unknown --format {unknown or args.format!r}; choose from {FORMATS}')
-  model, overrides, num_classes = args.model, parse_overrides(args.overrides), args.num_classes
-  image_size, data_config = args.image_size, None
-  if args.evaluate and not args.config:
-    parser.error('--evaluate needs --config (it names the data set and its preprocessing)')
   try:
-    if args.config:
-      model, config_overrides, config_classes, config_size, data_config = _load_config_recipe(
-          args.config)
-      overrides = {**config_overrides, **overrides}
-      num_classes = num_classes if num_classes is not None else config_classes
-      image_size = image_size or config_size
-    exported = load_for_export(args.src, model=model, num_classes=num_classes,
-                               overrides=overrides, image_size=image_size)
+    spec = config_spec(args.config) if args.config else None
+    exported = load_for_export(args.src, spec=spec, model=args.model,
+                               num_classes=args.num_classes,
+                               overrides=parse_overrides(args.overrides),
+                               image_size=args.image_size)
+    data_config = data_config_for(args.src, args.config) if args.evaluate else None
+    if args.evaluate and data_config is None:
+      raise ValueError(f'--evaluate: {args.src} is not in a training workdir (no config.json '
+                       'names its data set); add --config configs/<name>.py[:arg]')
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -385,7 +351,7 @@ def main(argv=None) -> int:
   return 0
 
 
-__all__ = ['Exported', 'load_for_export', 'infer_image_size', 'tf_module', 'main',
+__all__ = ['Exported', 'load_for_export', 'config_spec', 'data_config_for', 'tf_module', 'main',
            'export_savedmodel', 'tflite_bytes', 'export_tflite', 'make_interpreter',
            'run_tflite', 'eval_split', 'accuracy', 'QUANTIZE', 'FORMATS']
 

@@ -1,64 +1,83 @@
-"""Saving and loading a model with its variables: one directory, one call to load it back.
+"""Saving, loading and opening models: a directory says what it holds.
 
     model, variables = repvit_jax.load_model('runs/demo/deploy')
     logits = model.apply(variables, images, train=False)
+    spec, variables = repvit_jax.io.open('runs/demo')      # any workdir, checkpoint, model dir
 
-A model directory holds `model.json` (registered name, `deploy` flag, `num_classes`, module
-overrides, the dtype it was trained in) and `variables.msgpack` (Flax serialization of the
-variable tree, host arrays). Variables are float32 whatever the training dtype, and the model
-loads as float32 unless `load_model(..., dtype='bfloat16')` asks for another compute dtype.
+A model directory holds `model.json` (a `ModelSpec`: registered name, `deploy` flag,
+`num_classes`, module overrides, the input contract and the dtype it was trained in) and
+`variables.msgpack` (Flax serialization of the variable tree, host arrays). Variables are
+float32 whatever the training dtype, and the model loads as float32 unless
+`load_model(..., dtype='bfloat16')` asks for another compute dtype.
+
+`open` is the one place that decides what a path holds; `init_from`, teachers, `export`,
+`analyze` and `load_model` all go through it.
 """
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import json
+import math
 import os
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import numpy as np
 from flax import serialization
 
-from repvit_jax.models.registry import create_model
+from repvit_jax.models.registry import get_registration
+from repvit_jax.models.spec import ModelSpec
 
 MODEL_FILE = 'model.json'
 VARIABLES_FILE = 'variables.msgpack'
+RUN_CONFIG_FILE = 'config.json'   # written by the trainer into every workdir
+DEPLOY_DIR = 'deploy'             # a finished workdir's deploy model
 
 
-def save_model(directory: str, variables: Mapping[str, Any], *, name: str, num_classes: int,
-               deploy: bool, overrides: Mapping[str, Any] | None = None,
-               trained_dtype: str = 'float32') -> str:
-  """Writes `variables` and the recipe of their module into `directory`.
+def save_model(directory: str, variables: Mapping[str, Any], spec: ModelSpec | None = None,
+               **legacy) -> str:
+  """Writes `variables` and their `spec` into `directory` (created if missing; files of the
+  same names are replaced atomically).
 
   Args:
-    directory: created if missing; existing files of the same names are replaced atomically.
+    directory: the model directory.
     variables: the variable tree (jax or numpy arrays; fetched to the host).
-    name, num_classes, deploy, overrides: arguments of `create_model` that rebuild the module;
-      overrides must be JSON-serialisable (tuples become lists). A compute `dtype` among
-      them is not saved as an override (the model loads as float32) but as `trained_dtype`.
-    trained_dtype: the compute dtype of training, recorded for the reader.
+    spec: what they are (`repvit_jax.ModelSpec`). v1's keyword form
+      (`name=, num_classes=, deploy=, overrides=`) is still accepted and given the registered
+      model's input contract.
 
   Returns:
     The directory.
   """
+  if spec is None:   # v1's keywords: the registered input contract, sized from the tables
+    name, overrides = legacy.pop('name'), dict(legacy.pop('overrides', None) or {})
+    contract = get_registration(name).input
+    size = table_image_size(name, variables, overrides)
+    if size:
+      contract = dataclasses.replace(contract, image_size=size)
+    spec = ModelSpec.registered(name, num_classes=legacy.pop('num_classes'),
+                                deploy=legacy.pop('deploy', False), overrides=overrides,
+                                input=contract)
+    legacy.pop('trained_dtype', None)
+  if legacy:
+    raise TypeError(f'save_model got unexpected arguments {sorted(legacy)}')
   os.makedirs(directory, exist_ok=True)
   host = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
-  overrides = dict(overrides or {})
-  trained_dtype = str(overrides.pop('dtype', trained_dtype))
-  recipe = {'name': name, 'num_classes': int(num_classes), 'deploy': bool(deploy),
-            'overrides': _jsonable(overrides), 'trained_dtype': trained_dtype}
   _atomic_write(os.path.join(directory, VARIABLES_FILE), serialization.msgpack_serialize(host))
   _atomic_write(os.path.join(directory, MODEL_FILE),
-                json.dumps(recipe, indent=2, sort_keys=True).encode())
+                json.dumps(spec.to_json(), indent=2, sort_keys=True).encode())
   return directory
 
 
-def load_model(directory: str, *, dtype: str | None = None) -> Tuple[nn.Module, Dict[str, Any]]:
-  """Loads a directory written by `save_model` (e.g. a training run's `workdir/deploy`).
+def load_model(path: str, *, dtype: str | None = None) -> Tuple[nn.Module, Dict[str, Any]]:
+  """The module and variables at `path` (a model directory such as `workdir/deploy`, or any
+  path `open` reads).
 
   Args:
-    directory: the model directory.
+    path: the model directory, workdir or checkpoint.
     dtype: compute dtype of the module ('float32' when None, whatever it was trained in;
       'bfloat16' for mixed-precision inference).
 
@@ -66,28 +85,108 @@ def load_model(directory: str, *, dtype: str | None = None) -> Tuple[nn.Module, 
     (module, variables): call `module.apply(variables, images, train=False)`.
 
   Raises:
-    FileNotFoundError: the directory or one of its two files is missing.
-    ValueError: a file is unreadable or not what save_model writes (the message names it).
+    FileNotFoundError: nothing to load at `path`.
+    ValueError: a file is unreadable or the path does not say which model it holds.
   """
-  recipe_path = os.path.join(directory, MODEL_FILE)
-  variables_path = os.path.join(directory, VARIABLES_FILE)
-  for path in (recipe_path, variables_path):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'{path} not found: a model directory holds {MODEL_FILE} and '
-                              f'{VARIABLES_FILE} (written by repvit_jax.io.save_model, e.g. '
-                              'as <workdir>/deploy at the end of training)')
-  try:
-    with open(recipe_path, encoding='utf-8') as f:
-      recipe = json.load(f)
-    name, num_classes = recipe['name'], recipe['num_classes']
-    deploy, overrides = recipe['deploy'], dict(recipe['overrides'])
-  except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ValueError(f'{recipe_path} is not a model description written by save_model '
-                     f'({e.__class__.__name__}: {e}); re-export the model') from None
+  spec, variables = open(path)   # pylint: disable=redefined-builtin
+  if spec is None:
+    raise ValueError(f'{path} does not say which model it holds (a checkpoint from before '
+                     'model specs, without workdir/config.json); load its variables with '
+                     'repvit_jax.io.open and build the model with repvit_jax.create_model')
   if dtype is not None:
-    overrides['dtype'] = dtype
-  module = create_model(name, num_classes=num_classes, deploy=deploy, **overrides)
-  return module, load_variables(directory)
+    spec = spec.replace(dtype=dtype)
+  return spec.build(), variables
+
+
+def open(path: str) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:  # pylint: disable=redefined-builtin
+  """(spec or None, variables) of whatever `path` holds.
+
+  Accepted: a model directory (`save_model`'s, `python -m repvit_jax.convert`'s output, a
+  workdir's `deploy/`), a training workdir (its latest checkpoint; its `deploy/` when it has no
+  checkpoint left), a checkpoint directory, or one step of it. Variables are
+  {'params': ..., 'batch_stats': ...} host arrays, in the form the spec says (a checkpoint
+  holds the training form). The spec is None only for a checkpoint that records none.
+
+  Raises:
+    FileNotFoundError: the path does not exist or holds neither a checkpoint nor a model.
+    ValueError: a file is unreadable (the message names it).
+  """
+  path = os.path.expanduser(os.fspath(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: give a training workdir, a checkpoint '
+                            'directory or step, or a model directory')
+  if is_model_dir(path):
+    spec = read_spec(path)
+    return spec, load_variables(path)
+  present = [name for name in (MODEL_FILE, VARIABLES_FILE)
+             if os.path.isfile(os.path.join(path, name))]
+  if len(present) == 1:
+    missing = VARIABLES_FILE if present[0] == MODEL_FILE else MODEL_FILE
+    raise FileNotFoundError(f'{os.path.join(path, missing)} not found: a model directory holds '
+                            f'{MODEL_FILE} and {VARIABLES_FILE} (written by '
+                            'repvit_jax.io.save_model, e.g. as <workdir>/deploy)')
+  from repvit_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  try:
+    step_dir = checkpoint.find_step_dir(path)
+  except FileNotFoundError:
+    if is_model_dir(os.path.join(path, DEPLOY_DIR)):
+      return open(os.path.join(path, DEPLOY_DIR))
+    raise FileNotFoundError(
+        f'{path} holds no checkpoint and no saved model: give a training workdir, its '
+        "'checkpoints' directory or one step of it, or a model directory (model.json + "
+        'variables.msgpack)') from None
+  state = checkpoint.restore_variables(step_dir)
+  variables = {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
+  record = checkpoint.step_metadata(step_dir).get('model')
+  if record is not None:
+    return ModelSpec.from_json(record), variables
+  config = run_config(step_dir)
+  if config is None:
+    return None, variables
+  return ModelSpec.from_config(config, head_rows(variables)), variables
+
+
+def read_spec(directory: str, variables: Optional[Mapping[str, Any]] = None) -> ModelSpec:
+  """The `ModelSpec` of a model directory. v1's model.json has no input contract: its size
+  then comes from the tables of `variables` (read from the directory when not given).
+
+  Raises:
+    ValueError: model.json is unreadable or not a model description.
+  """
+  path = os.path.join(directory, MODEL_FILE)
+  try:
+    with builtins.open(path, encoding='utf-8') as f:
+      record = json.load(f)
+    if not isinstance(record, dict):
+      raise ValueError(f'a JSON {type(record).__name__}, not an object')
+    image_size = None
+    if 'input' not in record:
+      variables = load_variables(directory) if variables is None else variables
+      image_size = table_image_size(str(record.get('name', '')), variables,
+                                    record.get('overrides') or {})
+    return ModelSpec.from_json(record, image_size=image_size)
+  except ValueError as e:
+    if str(e).startswith(os.path.join(directory, VARIABLES_FILE)):
+      raise
+    raise ValueError(f'{path} is not a model description written by save_model ({e}); '
+                     're-export the model') from None
+
+
+def run_config(path: str) -> Optional[Dict[str, Any]]:
+  """The trainer config (`config.json`, as JSON data) of the workdir `path` lies in: the
+  workdir itself, its `deploy/`, its `checkpoints/` or one step of them; None elsewhere."""
+  path = os.path.abspath(os.fspath(path))
+  for _ in range(3):
+    candidate = os.path.join(path, RUN_CONFIG_FILE)
+    if os.path.isfile(candidate):
+      try:
+        with builtins.open(candidate, encoding='utf-8') as f:
+          config = json.load(f)
+      except (OSError, ValueError):
+        return None
+      return config if isinstance(config, dict) and 'model' in config else None
+    path = os.path.dirname(path)
+  return None
 
 
 def load_variables(directory: str) -> Dict[str, Any]:
@@ -97,7 +196,7 @@ def load_variables(directory: str) -> Dict[str, Any]:
     ValueError: the file is not a msgpack variable tree (truncated or overwritten).
   """
   path = os.path.join(directory, VARIABLES_FILE)
-  with open(path, 'rb') as f:
+  with builtins.open(path, 'rb') as f:
     payload = f.read()
   try:
     variables = serialization.msgpack_restore(payload)
@@ -115,18 +214,43 @@ def is_model_dir(path: str) -> bool:
       os.path.join(path, VARIABLES_FILE))
 
 
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
+def head_rows(variables: Mapping[str, Any]) -> int:
+  """Classes of a variable tree's classification head (0 without one)."""
+  head = variables.get('params', {}).get('head')
+  if isinstance(head, Mapping):
+    for path in (('kernel',), ('linear', 'kernel'), ('cls', 'linear', 'kernel')):
+      node = head
+      for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+      if node is not None:
+        return int(np.shape(node)[-1])
+  return 0
+
+
+def table_image_size(name: str, variables: Mapping[str, Any],
+                     overrides: Mapping[str, Any]) -> Optional[int]:
+  """The input side a model's tables were made for (v1 model directories, which do not
+  record it): ViT `pos_embed` (1, 1 + g*g, D) -> g * patch; LeViT's first attention bias
+  table (H, R*R) -> 16 R; None for families without such tables."""
+  params = variables.get('params', {})
+  pos = params.get('pos_embed') if isinstance(params, Mapping) else None
+  if pos is not None:
+    grid = int(round(math.sqrt(np.shape(pos)[1] - 1)))
+    patch = overrides.get('patch_size', get_registration(name).kwargs.get('patch_size', 16))
+    return grid * int(patch)
+  try:
+    bias = params['stages_0']['blocks_0']['attn']['attention_biases']
+    return int(round(math.sqrt(np.shape(bias)[1]))) * 16
+  except (KeyError, TypeError):
+    return None
 
 
 def _atomic_write(path: str, payload: bytes) -> None:
   tmp = f'{path}.tmp'
-  with open(tmp, 'wb') as f:
+  with builtins.open(tmp, 'wb') as f:
     f.write(payload)
   os.replace(tmp, path)
+
+
+__all__ = ['save_model', 'load_model', 'open', 'read_spec', 'run_config', 'load_variables',
+           'is_model_dir', 'head_rows', 'MODEL_FILE', 'VARIABLES_FILE', 'DEPLOY_DIR']

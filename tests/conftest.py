@@ -8,7 +8,15 @@ import tempfile
 import jax
 import pytest
 
+from repvit_jax import config_files
 from repvit_jax.reparam import check
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def load_config(name: str):
+  """A config file of configs/ by name and variant: load_config('vit_tiny.py:demo')."""
+  return config_files.load(os.path.join(CONFIGS, name))
 
 # A ViT small enough to compile in about a second: 32x32 images, 4x4 patches -> 64 tokens.
 TINY_VIT = dict(patch_size=8, width=16, depth=2, num_heads=2, mlp_ratio=2.0)

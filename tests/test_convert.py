@@ -435,7 +435,7 @@ def test_command_line_writes_a_model_dir_that_init_from_accepts(tmp_path, capsys
   model, variables = io.load_model(dst)
   assert model.num_classes == 1000
   # init_from / teacher.init_from read it and fit it to a fresh model.
-  source = pretrained.read_variables(dst)
+  _, source = pretrained.read(dst)
   target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
                                              train=False))
   fitted, unused = pretrained.fit(target['params'], source['params'])

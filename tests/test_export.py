@@ -97,24 +97,31 @@ def test_command_line_errors(tmp_path, capsys):
   empty = tmp_path / 'ckpt'
   empty.mkdir()
   assert export.main([str(empty), str(tmp_path / 'o')]) == 1
-  assert 'pass --model NAME' in capsys.readouterr().err
+  assert 'holds no checkpoint and no saved model' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     export.main([str(empty), str(tmp_path / 'o'), '--format', 'onnx'])
 
 
-def test_infer_image_size():
-  assert export.infer_image_size('vit_tiny', {'params': {'pos_embed': np.zeros((1, 197, 8))}}) \
-      == 224
-  assert export.infer_image_size('vit_tiny', {'params': {'pos_embed': np.zeros((1, 17, 8))}},
-                                 {'patch_size': 8}) == 32
+def test_v1_model_directories_get_their_size_from_the_tables():
+  """v1's model.json has no input contract: the size comes from position / bias tables, else
+  the registered model's own contract."""
+  vit = lambda tokens: {'params': {'pos_embed': np.zeros((1, tokens, 8))}}
+  assert io.table_image_size('vit_tiny', vit(197), {}) == 224
+  assert io.table_image_size('vit_tiny', vit(17), {'patch_size': 8}) == 32
   levit = {'params': {'stages_0': {'blocks_0': {'attn': {
       'attention_biases': np.zeros((4, 196))}}}}}
-  assert export.infer_image_size('levit_128s', levit) == 224
-  assert export.infer_image_size('mobilevit_xs', {'params': {}}) == 256
-  assert export.infer_image_size('poolformer_s12', {'params': {}}) == 224
+  assert io.table_image_size('levit_128s', levit, {}) == 224
+  assert io.table_image_size('mobilevit_xs', {'params': {}}, {}) is None
+  spec = repvit_jax.ModelSpec.from_json({'name': 'mobilevit_xs', 'num_classes': 3,
+                                         'deploy': True, 'overrides': {}})
+  assert spec.input.image_size == 256 and spec.input.mean == (0.0, 0.0, 0.0)
 
 
-def test_import_repvit_jax_does_not_import_tensorflow():
-  code = ('import sys, repvit_jax, repvit_jax.export, repvit_jax.convert, repvit_jax.analyze; '
+def test_imports_stay_apart():
+  """`import repvit_jax` (and export, convert, analyze) import no TensorFlow; the converter
+  imports no trainer."""
+  code = ('import sys, repvit_jax, repvit_jax.convert, repvit_jax.convert.__main__; '
+          'assert not [m for m in sys.modules if m.startswith("repvit_jax.train")], "trainer"; '
+          'import repvit_jax.export, repvit_jax.analyze; '
           'assert "tensorflow" not in sys.modules, "TF imported"')
   subprocess.run([sys.executable, '-c', code], check=True, timeout=120)

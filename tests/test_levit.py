@@ -12,8 +12,9 @@ import pytest
 import repvit_jax as rj
 from repvit_jax import io
 from repvit_jax.models.levit import bias_index
-from repvit_jax.train import losses, recipes
+from repvit_jax.train import losses
 from repvit_jax.train.classification import ClassificationTask
+from conftest import load_config
 from test_fuse_zoo import random_variables
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -86,7 +87,8 @@ def test_heads_pair_in_training_mean_in_eval():
 
 
 def _config(teacher=None):
-  config = recipes.digits_data(recipes.base('levit_128s'), image_size=32)
+  config = load_config('levit_128s.py:demo')
+  config.data.image_size = 32
   config.model.update(TINY)
   config.teacher.kind = 'hard'
   if teacher:

@@ -12,9 +12,11 @@ from repvit_jax.layers import sincos_2d
 from repvit_jax.models import mae
 from repvit_jax.reparam import check
 from repvit_jax.train import pretrained
+from repvit_jax import pictures
 from repvit_jax.train import mae as mae_task
+from repvit_jax.train import mae_losses
 from repvit_jax.train.classification import ClassificationTask
-from conftest import nontrivial_variables
+from conftest import load_config, nontrivial_variables
 
 # 32x32 images, 4x4 patches: 64 tokens, 16 visible at mask ratio 0.75.
 TINY_MAE = dict(patch_size=4, width=16, depth=2, num_heads=2, mlp_ratio=2.0, decoder_width=8,
@@ -90,8 +92,8 @@ def test_norm_pix_masked_loss_matches_numpy():
   x = images(3, seed=5)
   pred = jax.random.normal(jax.random.key(6), (3, 64, 48))
   mask = np.asarray(mae.mask_from_shuffle(mae.random_shuffle(jax.random.key(7), 3, 64), 16)[2])
-  target = mae_task.pixel_targets(x, 4, norm_pix=True)
-  ours = np.asarray(mae_task.masked_patch_loss(pred, target, jnp.asarray(mask)))
+  target = mae_losses.pixel_targets(x, 4, norm_pix=True)
+  ours = np.asarray(mae_losses.masked_patch_loss(pred, target, jnp.asarray(mask)))
   np.testing.assert_allclose(ours, _numpy_loss(x, np.asarray(pred), mask, 4), rtol=1e-5)
   # The biased variance is measurably another loss at patch 4 (48 values per patch).
   biased = _numpy_loss(x, np.asarray(pred), mask, 4, ddof=0)
@@ -137,7 +139,7 @@ def test_reparameterized_tdrl_mae_is_the_vanilla_mae():
 
 
 def mae_config(teacher=None, **teacher_fields):
-  config = mae_task.recipe('mae_vit_tiny', 'demo')
+  config = load_config('mae_lite_tiny.py:demo')
   for key, value in TINY_MAE.items():
     config.model[key] = value
   config.teacher.pairs = ((2, 2),)
@@ -232,7 +234,7 @@ def test_g2sd_decoder_feature_distillation():
                              rtol=1e-6)
   assert float(jnp.abs(g['decoder_mlp']['fc1']['kernel']).max()) > 0
   # smooth-L1 with beta 2: quadratic inside, linear outside.
-  np.testing.assert_allclose(np.asarray(mae_task.smooth_l1(jnp.asarray([1.0, -3.0]), 2.0)),
+  np.testing.assert_allclose(np.asarray(mae_losses.smooth_l1(jnp.asarray([1.0, -3.0]), 2.0)),
                              [0.25, 2.0])
 
 
@@ -321,8 +323,8 @@ def test_adapt_pretrained_mismatch_lists_what_does_not_fit():
 
 def test_reconstruction_grid_and_png(tmp_path):
   panels = np.random.default_rng(0).uniform(size=(3, 2, 8, 8, 3)).astype(np.float32)
-  grid = mae_task.image_grid(panels, gap=2, min_tile=16)
+  grid = pictures.image_grid(panels, gap=2, min_tile=16)
   assert grid.shape == (2 * 16 + 3 * 2, 3 * 16 + 4 * 2, 3) and grid.dtype == np.uint8
   path = tmp_path / 'r.png'
-  mae_task.write_png(str(path), grid)
+  pictures.write_png(str(path), grid)
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -15,9 +15,9 @@ import pytest
 import repvit_jax as rj
 from repvit_jax import io
 from repvit_jax.models.metaformer import AffineMixer
-from repvit_jax.train import recipes
 from repvit_jax.train.module_imitation import (ModuleImitationTask, default_blocks, mse,
                                                relation_loss)
+from conftest import load_config
 from test_fuse_zoo import random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def test_default_blocks_are_the_last_of_each_stage():
 
 
 def _config(teacher_dir, **feature):
-  config = recipes.metaformer_demo(recipes.base('riformer_s12'))
+  config = load_config('riformer_s12.py:plain_demo')
   config.model.update(TINY)
   spec = {'model': 'poolformer_s12', 'init_from': teacher_dir, 'overrides': dict(TINY),
           'blocks': None, 'weights': {'in': 1.0, 'out': 2.0, 'rel': 3.0},

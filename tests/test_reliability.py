@@ -11,9 +11,9 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax.reparam.tree import reparameterize
-from repvit_jax.train import config_record, distributed, recipes
+from repvit_jax.train import config_record, distributed
 from repvit_jax.train.health import HealthLog
-from conftest import TINY_VIT
+from conftest import TINY_VIT, load_config
 
 
 def test_health_names_the_latest_checkpoint_before_a_divergence(tmp_path):
@@ -48,7 +48,7 @@ def test_health_tolerates_a_slow_rise_and_flags_a_tenfold_one(tmp_path):
 
 
 def _config(**changes):
-  config = recipes.base('vit_tiny')
+  config = load_config('vit_tiny.py:demo')
   for key, value in changes.items():
     node = config
     *parents, leaf = key.split('.')
@@ -81,7 +81,7 @@ def test_config_drift_errors_on_what_is_trained_and_warns_on_the_rest(tmp_path):
 def test_distributed_settings_from_config_and_environment(monkeypatch):
   for name in distributed.ENVIRONMENT.values():
     monkeypatch.delenv(name, raising=False)
-  config = recipes.base('vit_tiny').distributed
+  config = load_config('vit_tiny.py:demo').distributed
   assert distributed.settings(config) is None and distributed.settings(False) is None
   assert distributed.settings(True) == {}
   config.enabled = True

@@ -103,7 +103,15 @@ def test_recovery_from_divergence_config_drift_corrupt_checkpoint_and_stale_metr
   assert max(losses(tmp_path).values()) < 3.0
   assert sorted(os.listdir(tmp_path / 'set_aside')) == ['2-after_resume_step_1',
                                                         '3-after_resume_step_1']
-  assert (tmp_path / 'deploy' / 'model.json').exists()
+  # Every checkpoint and the deploy model say what they hold (the spec), tdrl block and all.
+  from repvit_jax import io  # pylint: disable=import-outside-toplevel
+  spec, variables = io.open(str(tmp_path))
+  assert (spec.name, spec.deploy, spec.num_classes, spec.input.image_size) == (
+      'tdrl_vit_tiny', False, 10, 32)
+  assert spec.overrides['tdrl']['num_branches'] == 2 and 'params' in variables
+  deploy, _ = io.open(str(tmp_path / 'deploy'))
+  assert deploy.deploy and 'tdrl' not in deploy.overrides
+  assert deploy.input == spec.input and deploy.overrides['num_heads'] == 2
 
   # A truncated newest checkpoint: one warning, the step before it, the bad one set aside.
   # (The same command line: resume_step=1 was applied once and is not applied again.)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import repvit_jax as rj
-from repvit_jax.train import losses, pretrained, recipes, sharding
+from repvit_jax.train import losses, pretrained, sharding
 from repvit_jax.train.classification import ClassificationTask
-from conftest import TINY_VIT, nontrivial_variables
+from conftest import TINY_VIT, load_config, nontrivial_variables
 
 
 def test_save_and_load_model_round_trip(tmp_path):
@@ -25,6 +25,9 @@ def test_save_and_load_model_round_trip(tmp_path):
 
 
 def test_load_model_missing_files_is_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match='holds no checkpoint and no saved model'):
+    rj.load_model(str(tmp_path))
+  (tmp_path / 'variables.msgpack').write_bytes(b'')
   with pytest.raises(FileNotFoundError, match='model.json not found'):
     rj.load_model(str(tmp_path))
 
@@ -71,7 +74,7 @@ def test_soft_distillation_loss_in_the_task(tmp_path):
   rj.save_model(str(tmp_path), teacher_variables, name='vit_tiny', num_classes=10, deploy=True,
                 overrides=TINY_VIT)
 
-  config = recipes.classification('tdrl_vit_tiny', 'demo')
+  config = load_config('tdrl_vit_tiny.py:demo')
   config.model.update(TINY_VIT)
   config.teacher.model = 'vit_tiny'
   config.teacher.init_from = str(tmp_path)
@@ -96,7 +99,7 @@ def test_soft_distillation_loss_in_the_task(tmp_path):
 
 
 def test_teacher_without_weights_is_an_error():
-  config = recipes.classification('vit_tiny', 'demo')
+  config = load_config('vit_tiny.py:demo')
   config.teacher.model = 'vit_tiny'
   with pytest.raises(ValueError, match='teacher.init_from is not'):
     ClassificationTask(config, num_classes=10)

@@ -34,7 +34,7 @@ from repvit_jax.convert.core import ConversionError, flatten, unflatten
 from repvit_jax.convert.family import Plan, family_for
 from repvit_jax.convert.readers import (normalize_state_dict, read_state_dict,
                                         write_safetensors)
-from repvit_jax.models.registry import create_model, get_spec
+from repvit_jax.models.registry import create_model, get_registration
 from repvit_jax.reparam import reparameterize
 
 COLLECTIONS = ('params', 'batch_stats')
@@ -47,15 +47,17 @@ class Converted:
   plan: Plan
 
   @property
+  def spec(self):
+    """The `ModelSpec` of the result (saved as the model directory's model.json)."""
+    return self.plan.spec()
+
+  @property
   def model(self):
-    p = self.plan
-    return create_model(p.name, num_classes=p.num_classes, deploy=p.deploy, **p.overrides)
+    return self.spec.build()
 
   def save(self, directory: str) -> str:
     """Writes a model directory (`repvit_jax.load_model`, `init_from`, `teacher.init_from`)."""
-    p = self.plan
-    return io.save_model(directory, self.variables, name=p.name, num_classes=p.num_classes,
-                         deploy=p.deploy, overrides=p.overrides)
+    return io.save_model(directory, self.variables, self.spec)
 
 
 def target_tree(plan: Plan) -> Dict[str, jax.ShapeDtypeStruct]:
@@ -102,7 +104,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
   plan = fam.plan(model, state_dict, num_classes=num_classes,
                   overrides=dict(overrides or {}), image_size=image_size)
   plan.ignore.extend(ignore)
-  has_deploy_form = bool(get_spec(model).deploy)
+  has_deploy_form = bool(get_registration(model).deploy)
   if deploy and has_deploy_form and not plan.deploy:
     plan.fold = True
     plan.notes.append('converted in training form, then reparameterized (deploy form)')
@@ -149,7 +151,7 @@ def to_state_dict(variables: Mapping[str, Any], model: str, *, num_classes: int,
   """
   fam = family_for(model)
   plan = Plan(model, int(num_classes), bool(deploy), dict(overrides or {}),
-              int(image_size or fam.default_image_size))
+              int(image_size or get_registration(model).input.image_size))
   module = create_model(model, num_classes=plan.num_classes, deploy=plan.deploy,
                         **plan.overrides)
   flat = flatten({k: v for k, v in variables.items() if k in COLLECTIONS})

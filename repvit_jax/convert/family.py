@@ -14,6 +14,8 @@ import flax.linen as nn
 import numpy as np
 
 from repvit_jax.convert.core import Constant, Rule
+from repvit_jax.models.registry import get_registration
+from repvit_jax.models.spec import ModelSpec
 
 
 @dataclasses.dataclass
@@ -41,6 +43,13 @@ class Plan:
   fold: bool = False
   source: str = ''
 
+  def spec(self) -> ModelSpec:
+    """The converted model's `ModelSpec`: the registered input contract at `image_size`."""
+    contract = get_registration(self.name).input
+    return ModelSpec.registered(self.name, num_classes=self.num_classes, deploy=self.deploy,
+                                overrides=self.overrides,
+                                input=dataclasses.replace(contract, image_size=self.image_size))
+
 
 # Keys no Flax model needs: PyTorch's BatchNorm step counter.
 COMMON_IGNORE = (r'(^|\.)num_batches_tracked$',)
@@ -50,7 +59,6 @@ class Family:
   """Base class; subclasses set `name`, `prefixes` and implement `rules`."""
   name: str = ''
   prefixes: Tuple[str, ...] = ()
-  default_image_size: int = 224
   init_rngs: Tuple[str, ...] = ('params', 'dropout')
 
   def matches(self, model_name: str) -> bool:
@@ -68,7 +76,7 @@ class Family:
       num_classes = self.infer_num_classes(state_dict)
       notes.append(f'num_classes = {num_classes} (from the head in the checkpoint)')
     return Plan(model_name, int(num_classes), False, dict(overrides),
-                int(image_size or self.default_image_size), list(COMMON_IGNORE), notes)
+                int(image_size or get_registration(model_name).input.image_size), list(COMMON_IGNORE), notes)
 
   head_keys: Tuple[str, ...] = ('head.weight',)
 

@@ -36,7 +36,7 @@ import numpy as np
 from repvit_jax.convert.core import (CONV, LINEAR, SAME, Rule, conv1x1_to_dense,
                                      reshape_to)
 from repvit_jax.convert.family import Family, Plan, register_family
-from repvit_jax.models.registry import get_spec
+from repvit_jax.models.registry import get_registration
 
 LAYOUTS = ('timm', 'mmpretrain', 'original')
 # The MetaFormer option that reproduces timm's head (pool, then LayerNorm over channels with
@@ -152,7 +152,7 @@ class PoolFormerFamily(_MetaFormerFamily):
     plan = super().plan(model_name, state_dict, num_classes=num_classes,
                         overrides=overrides, image_size=image_size)
     if plan.source == 'timm':
-      fields = {f.name for f in dataclasses.fields(get_spec(model_name).module)}
+      fields = {f.name for f in dataclasses.fields(get_registration(model_name).module)}
       if TIMM_HEAD_NORM[0] in fields:
         plan.overrides.setdefault(*TIMM_HEAD_NORM)
         plan.notes.append(f'{TIMM_HEAD_NORM[0]} = {TIMM_HEAD_NORM[1]!r} (timm normalises the '

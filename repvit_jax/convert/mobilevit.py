@@ -31,7 +31,6 @@ _BLOCK_NAMES = {'expand': 'conv1_1x1', 'dw': 'conv2_kxk', 'project': 'conv3_1x1'
 class MobileViTFamily(Family):
   name = 'mobilevit'
   prefixes = ('mobilevit_',)
-  default_image_size = 256
   head_keys = ('head.fc.weight',)
 
   def rules(self, plan: Plan, target, model: nn.Module) -> List[Rule]:

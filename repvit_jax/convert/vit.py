@@ -26,7 +26,7 @@ import numpy as np
 from repvit_jax.convert.core import Constant, Rule, rules_from_target, timm_key
 from repvit_jax.convert.family import COMMON_IGNORE, Family, Plan, register_family
 from repvit_jax.layers.posemb import sincos_2d
-from repvit_jax.models.registry import get_spec
+from repvit_jax.models.registry import get_registration
 
 RENAMES = ((r'^patch_embed\.', 'patch_embed.proj.'),)
 _TDRL_KEY = re.compile(r'\.(skip|branch\.\d+|rectify_bn)\.')
@@ -35,7 +35,7 @@ _TDRL_KEY = re.compile(r'\.(skip|branch\.\d+|rectify_bn)\.')
 def _field(model_name: str, overrides: Mapping[str, Any], key: str, default: Any) -> Any:
   if key in overrides:
     return overrides[key]
-  return get_spec(model_name).kwargs.get(key, default)
+  return get_registration(model_name).kwargs.get(key, default)
 
 
 def _image_size(state_dict, model_name, overrides, key='pos_embed') -> Optional[int]:
@@ -102,7 +102,7 @@ class MAEFamily(Family):
 
 def _plan_tdrl(plan: Plan, state_dict) -> None:
   """A tdrl_* model takes a plain checkpoint in its deploy form (= the vanilla ViT)."""
-  if get_spec(plan.name).kwargs.get('tdrl') is None:
+  if get_registration(plan.name).kwargs.get('tdrl') is None:
     return
   if not any(_TDRL_KEY.search(k) for k in state_dict):
     plan.deploy = True

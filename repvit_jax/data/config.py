@@ -55,9 +55,8 @@ from typing import Any, Mapping
 import ml_collections
 
 from repvit_jax.data.errors import DataError
+from repvit_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def default_randaugment() -> ml_collections.ConfigDict:

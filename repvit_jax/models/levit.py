@@ -320,6 +320,7 @@ class LeViT(nn.Module):
 
 
 def _register_all():
+  from repvit_jax.models.inputs import InputSpec  # pylint: disable=import-outside-toplevel
   from repvit_jax.models.registry import register  # pylint: disable=import-outside-toplevel
   configs = {
       '128s': dict(embed_dims=(128, 256, 384), key_dim=16, num_heads=(4, 6, 8),
@@ -336,7 +337,8 @@ def _register_all():
   for size, arch in configs.items():
     # The paper trains LeViT-384 with stochastic depth 0.1 (its table's p), the others without.
     rate = 0.1 if size == '384' else 0.0
-    register(f'levit_{size}', LeViT, deploy={'deploy': True}, drop_path_rate=rate, **arch)
+    register(f'levit_{size}', LeViT, deploy={'deploy': True}, drop_path_rate=rate,
+             input=InputSpec(eval_crop_fraction=0.9), **arch)
 
 
 _register_all()

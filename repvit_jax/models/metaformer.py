@@ -189,8 +189,10 @@ class MetaFormer(nn.Module):
 
 
 def _register_all():
+  from repvit_jax.models.inputs import InputSpec  # pylint: disable=import-outside-toplevel
   from repvit_jax.models.registry import register  # pylint: disable=import-outside-toplevel
   small, medium = (64, 128, 320, 512), (96, 192, 384, 768)
+  INPUT = InputSpec(eval_crop_fraction=0.9)   # PoolFormer's recipe: 224, crop 0.9
   sizes = {
       's12': dict(depths=(2, 2, 6, 2), dims=small, layer_scale_init=1e-5),
       's24': dict(depths=(4, 4, 12, 4), dims=small, layer_scale_init=1e-5),
@@ -199,8 +201,9 @@ def _register_all():
       'm48': dict(depths=(8, 8, 24, 8), dims=medium, layer_scale_init=1e-6),
   }
   for size, arch in sizes.items():
-    register(f'poolformer_{size}', MetaFormer, mixer='pool', **arch)
-    register(f'riformer_{size}', MetaFormer, mixer='affine', deploy={'mixer': 'none'}, **arch)
+    register(f'poolformer_{size}', MetaFormer, mixer='pool', input=INPUT, **arch)
+    register(f'riformer_{size}', MetaFormer, mixer='affine', deploy={'mixer': 'none'},
+             input=INPUT, **arch)
 
 
 _register_all()

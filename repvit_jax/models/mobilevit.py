@@ -216,6 +216,7 @@ class MobileViT(_Common):
 
 
 def _register_all():
+  from repvit_jax.models.inputs import InputSpec  # pylint: disable=import-outside-toplevel
   from repvit_jax.models.registry import register  # pylint: disable=import-outside-toplevel
   configs = {
       'xxs': dict(channels=(16, 24, 48, 64, 80), transformer_dims=(64, 80, 96),
@@ -226,7 +227,10 @@ def _register_all():
                 expansion=4.0, final_features=640),
   }
   for size, arch in configs.items():
-    register(f'mobilevit_{size}', MobileViT, deploy={'deploy': True}, **arch)
+    # MobileViT's recipe: 256x256, pixels in [0, 1] without mean/std, eval crop 256 of 288.
+    register(f'mobilevit_{size}', MobileViT, deploy={'deploy': True},
+             input=InputSpec(256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                             eval_crop_fraction=256 / 288), **arch)
 
 
 _register_all()

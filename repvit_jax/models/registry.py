@@ -13,25 +13,30 @@ from typing import Any, Dict, List, Mapping, Type
 import flax.linen as nn
 import jax.numpy as jnp
 
+from repvit_jax.models.inputs import InputSpec
+
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """One registered model: its module class, constructor arguments and deploy overrides."""
+class Registration:
+  """One registered model: its module class, constructor arguments, deploy overrides, and
+  the input contract of its published recipe (as timm's `pretrained_cfg`)."""
   name: str
   module: Type[nn.Module]
   kwargs: Mapping[str, Any]
   deploy: Mapping[str, Any]
+  input: InputSpec
 
 
-_MODELS: Dict[str, ModelSpec] = {}
+_MODELS: Dict[str, Registration] = {}
 
 
 def register(name: str, module: Type[nn.Module], *, deploy: Mapping[str, Any] | None = None,
-             **kwargs) -> None:
-  """Registers `name` as `module(**kwargs)`; `deploy` overrides give its deploy form."""
+             input: InputSpec = InputSpec(), **kwargs) -> None:  # pylint: disable=redefined-builtin
+  """Registers `name` as `module(**kwargs)`; `deploy` overrides give its deploy form; `input`
+  is how its ImageNet recipe feeds it (224, ImageNet mean/std, unless given)."""
   if name in _MODELS:
     raise ValueError(f'model {name!r} is registered twice')
-  _MODELS[name] = ModelSpec(name, module, dict(kwargs), dict(deploy or {}))
+  _MODELS[name] = Registration(name, module, dict(kwargs), dict(deploy or {}), input)
 
 
 def list_models() -> List[str]:
@@ -39,8 +44,8 @@ def list_models() -> List[str]:
   return sorted(_MODELS)
 
 
-def get_spec(name: str) -> ModelSpec:
-  """The spec of a registered model; an unknown name raises ValueError listing known ones."""
+def get_registration(name: str) -> Registration:
+  """A registered model's entry; an unknown name raises ValueError listing known ones."""
   if name not in _MODELS:
     raise ValueError(f'unknown model {name!r}; known models: {", ".join(list_models())}')
   return _MODELS[name]
@@ -63,7 +68,7 @@ def create_model(name: str, *, num_classes: int = 1000, deploy: bool = False,
   Raises:
     ValueError: unknown name, or an override that is not a field of the module.
   """
-  spec = get_spec(name)
+  spec = get_registration(name)
   kwargs = dict(spec.kwargs)
   kwargs['num_classes'] = num_classes
   fields = {f.name: f for f in dataclasses.fields(spec.module) if f.init}

@@ -28,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from repvit_jax.treepath import path_str
+
 PyTree = Any
 STATE_ITEM = "state"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -36,6 +38,8 @@ CHECKPOINT_SUBDIR = "checkpoints"
 SET_ASIDE_SUBDIR = "set_aside"
 # Full tracebacks of failed restores, beside the checkpoint directory.
 RESTORE_ERRORS_FILE = "restore_errors.log"
+# Orbax's per-step metadata file; its `custom_metadata` holds the Checkpointer's `metadata`.
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 
 
 class CheckpointMismatch(ValueError):
@@ -118,18 +122,6 @@ class _BestByMetric:
     return [i in best for i in range(len(checkpoints))]
 
 
-def _leaf_name(path) -> str:
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
-
-
 def _read_tree_metadata(state_dir: str) -> PyTree:
   handler = ocp.PyTreeCheckpointHandler()
   try:
@@ -144,8 +136,8 @@ def _check_matches(target: PyTree, stored: PyTree, where: str):
 
   Checked here rather than left to Orbax, whose errors surface mid-read.
   """
-  want = {_leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
-  have = {_leaf_name(p): m for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  want = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  have = {path_str(p): m for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
   problems = [f"{k}: not in the checkpoint" for k in sorted(want.keys() - have.keys())]
   problems += [f"{k}: in the checkpoint only" for k in sorted(have.keys() - want.keys())]
   for k in sorted(want.keys() & have.keys()):
@@ -184,18 +176,22 @@ class Checkpointer:
     keep_best: how many best checkpoints to keep on top of the latest ones (0: none).
     async_save: write in a background thread after the device-to-host copy.
     warn: where one-line warnings go (default: stderr, process 0 only).
+    metadata: JSON data saved with every step (the trainer's: {'model': ModelSpec JSON});
+      `step_metadata` reads it back.
   """
 
   def __init__(self, directory, *, max_to_keep: int | None = 3,
                best_metric: str | None = "eval/accuracy", best_mode: str = "max",
                keep_best: int = 1, async_save: bool = True,
-               warn: Callable[[str], None] | None = None):
+               warn: Callable[[str], None] | None = None,
+               metadata: Mapping[str, Any] | None = None):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be None or >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.best_metric = best_metric
+    self._metadata = dict(metadata) if metadata is not None else None
     self._warn = warn or _warn_on_stderr
     # Orbax reads every step's metrics when it opens the directory; one unreadable metrics
     # file would stop it there, so such a step is set aside first.
@@ -262,7 +258,7 @@ class Checkpointer:
         continue
     return bool(self._mngr.save(
         step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}),
-        metrics=stored, force=force))
+        metrics=stored, force=force, custom_metadata=self._metadata))
 
   def restore(self, state_like: PyTree, step: int | None = None) -> PyTree:
     """Restores checkpoint `step` (default: latest) onto `state_like`'s shapes/shardings.
@@ -408,6 +404,41 @@ def _steps_with_unreadable_metrics(directory: str) -> list[int]:
   return sorted(bad)
 
 
+def find_step_dir(path, step: int | None = None) -> str:
+  """The step directory a path means: a workdir (holding `checkpoints/`) or a checkpoint
+  directory -> its step `step` (None: the latest); a step directory -> itself.
+
+  Raises:
+    FileNotFoundError: `path` is missing or holds no finished checkpoint.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint path {path} does not exist")
+  if os.path.isdir(os.path.join(path, STATE_ITEM)):
+    return path
+  directory = path
+  if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
+    directory = os.path.join(path, CHECKPOINT_SUBDIR)
+  try:
+    step_dir, _ = _step_dir(directory, step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"no checkpoint found under {path} ({e}); pass a workdir, its "
+        f"'{CHECKPOINT_SUBDIR}' directory or a step directory") from None
+  return step_dir
+
+
+def step_metadata(step_dir: str) -> dict:
+  """The `metadata` a Checkpointer saved with a step ({} for none or an unreadable file)."""
+  try:
+    with open(os.path.join(step_dir, STEP_METADATA_FILE), encoding="utf-8") as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  custom = record.get("custom_metadata") if isinstance(record, dict) else None
+  return dict(custom) if isinstance(custom, dict) else {}
+
+
 def restore_variables(path, step: int | None = None) -> dict:
   """Reads the saved train state as host numpy arrays, without a target (for init_from).
 
@@ -423,22 +454,7 @@ def restore_variables(path, step: int | None = None) -> dict:
   Raises:
     FileNotFoundError: `path` is missing or holds no finished checkpoint.
   """
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"checkpoint path {path} does not exist")
-  if os.path.isdir(os.path.join(path, STATE_ITEM)):
-    state_dir = os.path.join(path, STATE_ITEM)
-  else:
-    directory = path
-    if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
-      directory = os.path.join(path, CHECKPOINT_SUBDIR)
-    try:
-      step_dir, _ = _step_dir(directory, step)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(
-          f"no checkpoint found under {path} ({e}); pass a workdir, its "
-          f"'{CHECKPOINT_SUBDIR}' directory or a step directory") from None
-    state_dir = os.path.join(step_dir, STATE_ITEM)
+  state_dir = os.path.join(find_step_dir(path, step), STATE_ITEM)
   tree = _read_tree_metadata(state_dir)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   handler = ocp.PyTreeCheckpointHandler()

@@ -7,58 +7,29 @@ cutmix_alpha, switch_prob}`, `teacher.{model, init_from, kind, temperature, alph
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from repvit_jax.models.registry import create_model
 from repvit_jax.reparam.tree import reparameterize
-from repvit_jax.train import losses, pretrained
+from repvit_jax.train import losses
 from repvit_jax.train.state import model_variables
+from repvit_jax.train.tasks import Task
 
 DISTILL_KINDS = ('soft', 'hard')
 
 
-def model_overrides(model_config) -> Dict[str, Any]:
-  """The module overrides in a `config.model` block: every field but `name`."""
-  cfg = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  cfg.pop('name', None)
-  return cfg
+class ClassificationTask(Task):
+  """The student (training and deploy forms) and an optional teacher from the config.
 
-
-def deploy_overrides(overrides: Dict[str, Any]) -> Dict[str, Any]:
-  """The overrides of a deploy form: float32 whatever the training dtype, as the deployed
-  model is saved, reparameterized and checked for equivalence in float32."""
-  return dict(overrides, dtype='float32')
-
-
-def teacher_overrides(teacher_cfg, student_overrides: Dict[str, Any]) -> Dict[str, Any]:
-  """A teacher's module overrides (`teacher.overrides`); it computes in the student's dtype
-  unless its overrides say otherwise."""
-  overrides = model_overrides(teacher_cfg.get('overrides') or {})
-  overrides.setdefault('dtype', student_overrides.get('dtype', 'float32'))
-  return overrides
-
-
-class ClassificationTask:
-  """Builds the student (training and deploy forms) and an optional teacher from the config.
-
-  Attributes:
-    model, deploy_model: the student's two forms.
+  Attributes (besides `Task`'s):
     teacher: the teacher's deploy-form module, or None.
-    num_classes: classes of the data set.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
-    self.config = config
-    self.num_classes = num_classes
-    self.model_name = config.model.name
-    self.overrides = model_overrides(config.model)
-    self.model = create_model(self.model_name, num_classes=num_classes, **self.overrides)
-    self.deploy_model = create_model(self.model_name, num_classes=num_classes, deploy=True,
-                                     **deploy_overrides(self.overrides))
+    super().__init__(config, num_classes)
     teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
     self.teacher = None
     self.teacher_cfg = teacher_cfg
@@ -69,15 +40,7 @@ class ClassificationTask:
       if not teacher_cfg.get('init_from'):
         raise ValueError('teacher.model is set but teacher.init_from is not: a teacher needs '
                          'trained weights (a workdir, checkpoint or model directory)')
-      # Teachers run in deploy form: cheaper, and identical outputs.
-      self.teacher = create_model(teacher_cfg.model, num_classes=num_classes, deploy=True,
-                                  **teacher_overrides(teacher_cfg, self.overrides))
-
-  best_metric = 'eval/accuracy'
-
-  def init_source(self) -> Optional[Tuple[str, str]]:
-    """(path, skip regex) of the weights a fresh run starts from, or None."""
-    return pretrained.init_source(self.config)
+      self.teacher = self.teacher_spec(teacher_cfg).build()
 
   def adapt_pretrained(self, source: Dict[str, Any]) -> Dict[str, Any]:
     """Variables read from `init_from`, renamed into this model's layout.
@@ -97,23 +60,14 @@ class ClassificationTask:
       num_patches = (int(self.config.data.image_size) // self.model.patch_size) ** 2
     return mae.to_classifier(source, num_patches=num_patches)
 
-  def init_variables(self, rng: jax.Array, images: jax.Array) -> Dict[str, Any]:
-    """The student's initial variables for (B, H, W, 3) images."""
-    return self.model.init(rng, images, train=False)
-
   def load_frozen(self) -> Dict[str, Any]:
     """Frozen inputs of the loss: the teacher's deploy variables (host arrays), or {}."""
     if self.teacher is None:
       return {}
-    source = pretrained.read_variables(self.teacher_cfg.init_from)
-    source = jax.tree.map(jnp.asarray, source)
-    deploy = reparameterize(source)
-    image_size = self.config.data.image_size
-    target = jax.eval_shape(lambda: self.teacher.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
-    target = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
-    fitted, _ = pretrained.fit(target, deploy, what=f'teacher {self.teacher_cfg.init_from}')
-    return {'teacher': fitted}
+    size = self.config.data.image_size
+    init = lambda: self.teacher.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
+                                     train=False)
+    return {'teacher': self.load_teacher(self.teacher_cfg.init_from, init, what='teacher')}
 
   def training_inputs(self, batch, rng):
     """(images, soft targets, dropout rng) of a train batch: label smoothing and on-device
@@ -177,12 +131,11 @@ class ClassificationTask:
     return {'correct': jnp.sum(losses.accuracy(logits, batch['label']) * mask),
             'loss': jnp.sum(ce * mask), 'count': jnp.sum(mask)}
 
-  @staticmethod
-  def summarize(sums: Dict[str, Any], prefix: str) -> Dict[str, float]:
+  def summarize(self, sums: Dict[str, Any], prefix: str) -> Dict[str, float]:
     """Per-eval sums -> {'<prefix>accuracy', '<prefix>loss'} means."""
     count = max(float(sums['count']), 1.0)
     return {f'{prefix}accuracy': float(sums['correct']) / count,
             f'{prefix}loss': float(sums['loss']) / count}
 
 
-__all__ = ['ClassificationTask', 'model_overrides', 'deploy_overrides', 'teacher_overrides']
+__all__ = ['ClassificationTask']

@@ -37,7 +37,6 @@ from repvit_jax.train.step import make_eval_step, make_train_step, sum_metrics
 
 log = logging.getLogger('repvit_jax')
 
-DEPLOY_DIR = 'deploy'
 REQUIRED = ('task', 'model', 'data', 'batch_size', 'total_steps', 'seed', 'optimizer')
 
 
@@ -120,8 +119,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               max_to_keep=int(config.get('keep_checkpoints', 3)),
-                              best_metric=task.best_metric,
-                              best_mode=getattr(task, 'best_mode', 'max'), warn=_warn)
+                              best_metric=task.best_metric, best_mode=task.best_mode,
+                              warn=_warn, metadata={'model': task.spec.to_json()})
   health = HealthLog(checkpointer.directory, is_chief)
   target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         abstract, state_sharding)
@@ -175,8 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           images_since_log = 0
         if do_eval:
           last_eval = evaluator(state)
-          if hasattr(task, 'after_eval'):   # on every process: it may run collectives
-            task.after_eval(model_variables(state), workdir, step)
+          task.after_eval(model_variables(state), workdir, step)   # collective: every process
           row.update(last_eval)
           _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
         if row:
@@ -322,7 +320,7 @@ class _Evaluator:
 def _init_from(init_source, task, state, state_sharding, is_chief: bool):
   """Loads the task's `init_source()` (path, skip regex) into the fresh params/batch_stats."""
   path, skip = init_source
-  source = task.adapt_pretrained(pretrained.read_variables(path))
+  source = task.adapt_pretrained(pretrained.read(path, 'init_from')[1])
   params, unused_params = pretrained.fit(jax.device_get(state['params']), source['params'],
                                          skip=skip, what=f'init_from {path}')
   batch_stats, _ = pretrained.fit(jax.device_get(state['batch_stats']),
@@ -338,8 +336,7 @@ def _init_from(init_source, task, state, state_sharding, is_chief: bool):
 def _export(task, deploy_variables, workdir: str) -> None:
   """Saves the deploy form (reparameterized by the evaluator's compiled function)."""
   variables = jax.device_get(deploy_variables)
-  path = io.save_model(os.path.join(workdir, DEPLOY_DIR), variables, name=task.model_name,
-                       num_classes=task.num_classes, deploy=True, overrides=task.overrides)
+  path = io.save_model(os.path.join(workdir, io.DEPLOY_DIR), variables, task.deploy_spec)
   print(f'deploy model saved to {path}; load it with repvit_jax.load_model({path!r})',
         flush=True)
 

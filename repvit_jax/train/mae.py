@@ -18,6 +18,7 @@ same per-example shuffle) plus its class token, and one of:
 
 The trainable maps are params of the task under `params['distill']` (so the optimizer trains
 them; `init_skip='^distill/'` lets an MAE tree without them initialise a distillation run).
+The losses are in `repvit_jax.train.mae_losses`; the recipes in configs/mae_lite_tiny.py.
 Config: `model` (name, `mask_ratio`, decoder_*), `norm_pix_loss`, `teacher.{model, init_from,
 overrides, kind, pairs, alpha, hidden_alpha, decoder_layer}`, `reconstructions` (images drawn
 into `workdir/reconstructions.png` after every evaluation; 0 turns it off).
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import flax.linen as nn
 import jax
@@ -42,96 +43,19 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from repvit_jax import pictures
 from repvit_jax.models import mae as mae_lib
-from repvit_jax.models.registry import create_model
-from repvit_jax.reparam.tree import reparameterize
-from repvit_jax.train import pretrained, recipes
-from repvit_jax.train.classification import (deploy_overrides, model_overrides,
-                                             teacher_overrides)
+from repvit_jax.train.mae_losses import (NORM_PIX_EPS, attention_distill_loss, g2sd_loss,
+                                         hidden_distill_loss, masked_patch_loss, pixel_targets)
 from repvit_jax.train.state import model_variables
+from repvit_jax.train.tasks import Task
 
 DISTILL_KINDS = ('attention', 'g2sd')
 DISTILL = 'distill'
-NORM_PIX_EPS = 1e-6
 # The masks of evaluation (and of the reconstructions) are the same at every evaluation, so
 # that eval/loss moves only with the model.
 EVAL_MASK_SEED = 20240
 
-
-# ---------------------------------------------------------------------------------------------
-# Losses (pure jnp).
-
-def pixel_targets(images: jax.Array, patch_size: int, norm_pix: bool = True) -> jax.Array:
-  """(B, H, W, 3) -> (B, N, p * p * 3) targets, each patch normalised by its own statistics.
-
-  norm-pix (MAE): (x - mean) / sqrt(var + 1e-6), mean and variance over the patch's
-  p * p * 3 values; the variance unbiased (divided by n - 1), as PyTorch's `Tensor.var` in
-  the official MAE and MAE-Lite (the biased one moves the loss by ~1e-2 relative at patch 4).
-  """
-  target = mae_lib.patchify(images.astype(jnp.float32), patch_size)
-  if norm_pix:
-    mean = target.mean(axis=-1, keepdims=True)
-    var = target.var(axis=-1, keepdims=True, ddof=1)
-    target = (target - mean) / jnp.sqrt(var + NORM_PIX_EPS)
-  return target
-
-
-def masked_patch_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-  """Per-example MSE over the masked patches: (B, N, P), (B, N, P), (B, N) -> (B,).
-
-  Each patch's loss is the mean over its P values; an example's loss is the mean over its
-  masked patches (every example has the same number, so the batch mean equals MAE's
-  `(loss * mask).sum() / mask.sum()`).
-  """
-  per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
-  return jnp.sum(per_patch * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-
-
-def attention_distill_loss(student_logits: jax.Array, teacher_logits: jax.Array,
-                           head_map: jax.Array) -> jax.Array:
-  """MSE(A_T, M A_S): (B, H_s, T, T), (B, H_t, T, T), M (H_s, H_t) -> scalar."""
-  mapped = jnp.einsum('bhqk,hg->bgqk', student_logits.astype(jnp.float32),
-                      head_map.astype(jnp.float32))
-  return jnp.mean((mapped - teacher_logits.astype(jnp.float32)) ** 2)
-
-
-def hidden_distill_loss(student: jax.Array, teacher: jax.Array, adapter: jax.Array) -> jax.Array:
-  """MSE(H_T, H_S W): (B, T, C_s), (B, T, C_t), W (C_s, C_t) -> scalar."""
-  mapped = student.astype(jnp.float32) @ adapter.astype(jnp.float32)
-  return jnp.mean((mapped - teacher.astype(jnp.float32)) ** 2)
-
-
-def smooth_l1(x: jax.Array, beta: float) -> jax.Array:
-  """Elementwise smooth-L1 (Huber / beta): 0.5 x^2 / beta below beta, |x| - beta / 2 above."""
-  ax = jnp.abs(x)
-  return jnp.where(ax < beta, 0.5 * x * x / beta, ax - 0.5 * beta)
-
-
-def g2sd_loss(student_features: jax.Array, teacher_features: jax.Array, mask: jax.Array,
-              mlp: Dict[str, Any], beta: float = 2.0) -> jax.Array:
-  """G2SD decoder-feature loss on the masked tokens.
-
-  Args:
-    student_features: (B, 1 + N, D_s) student decoder block output (class token first).
-    teacher_features: (B, 1 + N, D_t) teacher decoder block output.
-    mask: (B, N), 1 = masked.
-    mlp: {'fc1': {kernel, bias}, 'fc2': {kernel, bias}} mapping D_s -> D_t -> D_t.
-
-  Returns:
-    scalar: smooth-L1(beta) between MLP(student) and LayerNorm(teacher) (no affine, eps 1e-6),
-    averaged over masked tokens and channels.
-  """
-  x = student_features[:, 1:].astype(jnp.float32)
-  x = nn.gelu(x @ mlp['fc1']['kernel'] + mlp['fc1']['bias'], approximate=False)
-  x = x @ mlp['fc2']['kernel'] + mlp['fc2']['bias']
-  t = teacher_features[:, 1:].astype(jnp.float32)
-  t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(t.var(-1, keepdims=True) + 1e-6)
-  per_token = jnp.mean(smooth_l1(x - t, beta), axis=-1)
-  return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# The task.
 
 def _split_params(params: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """(model params, distillation params)."""
@@ -146,11 +70,10 @@ def _sown(intermediates: Dict[str, Any], *path: str) -> jax.Array:
   return node[0]
 
 
-class MAETask:
+class MAETask(Task):
   """MAE pre-training of `config.model` (an MAE model), optionally distilled from a teacher.
 
-  Attributes:
-    model, deploy_model: the student's training and deploy forms.
+  Attributes (besides `Task`'s):
     teacher: the teacher's deploy-form module, or None.
   """
 
@@ -158,16 +81,10 @@ class MAETask:
   best_mode = 'min'
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
-    self.config = config
-    self.num_classes = num_classes
-    self.model_name = config.model.name
-    self.overrides = model_overrides(config.model)
-    self.model = create_model(self.model_name, num_classes=num_classes, **self.overrides)
+    super().__init__(config, num_classes)
     if not isinstance(self.model, mae_lib.MaskedAutoencoder):
       raise ValueError(f'task mae needs an MAE model (mae_vit_tiny, mae_tdrl_vit_tiny, '
-                       f'mae_vit_base, ...), got {self.model_name!r}')
-    self.deploy_model = create_model(self.model_name, num_classes=num_classes, deploy=True,
-                                     **deploy_overrides(self.overrides))
+                       f'mae_vit_base, ...), got {self.spec.name!r}')
     self.norm_pix = bool(config.get('norm_pix_loss', True))
     self.teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
     self.teacher = None
@@ -185,11 +102,8 @@ class MAETask:
     if not cfg.get('init_from'):
       raise ValueError('teacher.model is set but teacher.init_from is not: a teacher needs '
                        'trained weights (an MAE workdir, checkpoint or model directory)')
-    overrides = teacher_overrides(cfg, self.overrides)
     # The teacher sees exactly the student's visible tokens: same mask ratio, same grid.
-    overrides['mask_ratio'] = self.model.mask_ratio
-    self.teacher = create_model(cfg.model, num_classes=self.num_classes, deploy=True,
-                                **overrides)
+    self.teacher = self.teacher_spec(cfg).build(mask_ratio=self.model.mask_ratio)
     if not isinstance(self.teacher, mae_lib.MaskedAutoencoder):
       raise ValueError(f'teacher.model must be an MAE model (e.g. mae_vit_base), got '
                        f'{cfg.model!r}')
@@ -249,25 +163,14 @@ class MAETask:
     """
     if self.teacher is None:
       return {}
-    source = pretrained.read_variables(self.teacher_cfg.init_from)
-    deploy = reparameterize(jax.tree.map(jnp.asarray, source))
     size = int(self.config.data.image_size)
     decode = self.kind == 'g2sd'
-    target = jax.eval_shape(lambda: self.teacher.init(
+    init = lambda: self.teacher.init(
         {'params': jax.random.PRNGKey(0), 'mask': jax.random.PRNGKey(1)},
-        jnp.zeros((1, size, size, 3)), train=False, decode=decode))
-    fitted, _ = pretrained.fit(target, deploy, what=f'teacher {self.teacher_cfg.init_from}')
-    return {'teacher': fitted}
+        jnp.zeros((1, size, size, 3)), train=False, decode=decode)
+    return {'teacher': self.load_teacher(self.teacher_cfg.init_from, init, what='teacher')}
 
   # -- the trainer's interface ---------------------------------------------------------------
-
-  def init_source(self) -> Optional[Tuple[str, str]]:
-    """(path, skip regex) of the weights a fresh run starts from, or None."""
-    return pretrained.init_source(self.config)
-
-  def adapt_pretrained(self, source: Dict[str, Any]) -> Dict[str, Any]:
-    """An MAE tree initialises an MAE run as it is (distillation maps: `init_skip`)."""
-    return source
 
   def init_variables(self, rng: jax.Array, images: jax.Array) -> Dict[str, Any]:
     """The student's initial variables; with a teacher, `params['distill']` too.
@@ -340,8 +243,7 @@ class MAETask:
     real = batch.get('mask', jnp.ones(per_example.shape, jnp.float32))
     return {'loss': jnp.sum(per_example * real), 'count': jnp.sum(real)}
 
-  @staticmethod
-  def summarize(sums: Dict[str, Any], prefix: str) -> Dict[str, float]:
+  def summarize(self, sums: Dict[str, Any], prefix: str) -> Dict[str, float]:
     """Per-eval sums -> {'<prefix>loss'}: the mean masked-patch loss."""
     return {f'{prefix}loss': float(sums['loss']) / max(float(sums['count']), 1.0)}
 
@@ -364,7 +266,8 @@ class MAETask:
     mean = np.asarray(self.config.data.get('mean', (0.485, 0.456, 0.406)), np.float32)
     std = np.asarray(self.config.data.get('std', (0.229, 0.224, 0.225)), np.float32)
     pixels = np.clip(panels * std + mean, 0.0, 1.0)
-    write_png(os.path.join(workdir, 'reconstructions.png'), image_grid(pixels))
+    pictures.write_png(os.path.join(workdir, 'reconstructions.png'),
+                       pictures.image_grid(pixels))
     del step
 
   def _fixed_images(self, count: int) -> np.ndarray:
@@ -396,122 +299,4 @@ class MAETask:
     return jnp.stack([images, masked, recon])
 
 
-def image_grid(panels: np.ndarray, *, gap: int = 2, min_tile: int = 96) -> np.ndarray:
-  """(C, n, H, W, 3) in [0, 1] -> uint8 (rows n, columns C) grid, upscaled to >= min_tile."""
-  columns, rows, h, w, _ = panels.shape
-  scale = max(1, -(-min_tile // max(h, w)))
-  tiles = panels.repeat(scale, axis=2).repeat(scale, axis=3)
-  th, tw = h * scale, w * scale
-  grid = np.ones((rows * th + (rows + 1) * gap, columns * tw + (columns + 1) * gap, 3),
-                 np.float32)
-  for c in range(columns):
-    for r in range(rows):
-      y, x = gap + r * (th + gap), gap + c * (tw + gap)
-      grid[y:y + th, x:x + tw] = tiles[c, r]
-  return np.round(grid * 255).astype(np.uint8)
-
-
-def write_png(path: str, image: np.ndarray) -> None:
-  """Writes a uint8 (H, W, 3) image atomically; Pillow when installed, else TensorFlow."""
-  tmp = f'{path}.tmp'
-  try:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    Image.fromarray(image).save(tmp, format='PNG')
-  except ImportError:
-    from repvit_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
-    with open(tmp, 'wb') as f:
-      f.write(tf.io.encode_png(image).numpy())
-  os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Recipes (used by configs/mae_lite_tiny.py and configs/mae_tdrl_vit_tiny.py).
-
-VARIANTS = ('', 'dmae', 'demo', 'teacher_demo', 'dmae_demo')
-
-# The digits demo (32x32 images, 4x4 patches: 64 tokens, 16 of them visible at mask 0.75).
-DEMO_MODEL = dict(patch_size=4, width=96, depth=6, num_heads=6, decoder_width=64,
-                  decoder_depth=1, decoder_num_heads=4)
-DEMO_TEACHER = dict(patch_size=4, width=128, depth=6, num_heads=8, decoder_width=64,
-                    decoder_depth=1, decoder_num_heads=4)
-
-
-def recipe(model_name: str, variant: str = '') -> ml_collections.ConfigDict:
-  """MAE pre-training config for `model_name`.
-
-  Variants: '' MAE-Lite on ImageNet-1k; 'dmae' D-MAE-Lite on ImageNet-1k (MAE-Base teacher,
-  `--config.teacher.init_from` required); 'demo' on the embedded digits; 'teacher_demo' a wider
-  vanilla MAE on digits to serve as the demo teacher; 'dmae_demo' = 'demo' + that teacher
-  (`--config.teacher.init_from=<teacher_demo workdir>`).
-  """
-  variant = (variant or '').strip()
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown config variant {variant!r}; known: '
-                     f'{", ".join(repr(v) for v in VARIANTS)}')
-  config = recipes.base(model_name)
-  config.task = 'mae'
-  config.model.mask_ratio = 0.75
-  config.norm_pix_loss = True
-  config.teacher = ml_collections.ConfigDict(dict(
-      model=ml_collections.FieldReference(None, field_type=str),
-      init_from=ml_collections.FieldReference(None, field_type=str),
-      overrides=ml_collections.ConfigDict(), kind='attention', pairs=((12, 12),), alpha=1.0,
-      hidden_alpha=0.0, decoder_layer=ml_collections.FieldReference(None, field_type=int)))
-  config.init_skip = r'^distill/'
-  config.reconstructions = 8
-  if variant in ('', 'dmae'):
-    _imagenet(config)
-    if variant == 'dmae':
-      config.teacher.model = 'mae_vit_base'
-  else:
-    _digits(config, variant)
-  del config.label_smoothing   # classification-only fields
-  del config.mixup
-  return config
-
-
-def _imagenet(config: ml_collections.ConfigDict) -> None:
-  """MAE-Lite (REFERENCE.md): 400 epochs, batch 4096, lr 1.5e-4 * 4096 / 256, AdamW (0.9,
-  0.95), wd 0.05, 40 warm-up epochs then cosine to 0; random-resized crop (0.08, 1), flip."""
-  config.data.image_size = 224
-  config.data.crop_scale = (0.08, 1.0)
-  config.data.flip = True
-  config.data.randaugment = None
-  config.data.color_jitter = 0.0
-  config.eval_batch_size = 1024
-  recipes.imagenet_schedule(config, epochs=400, batch_size=4096, lr=1.5e-4 * 4096 / 256,
-                            min_lr=0.0, warmup_epochs=40, weight_decay=0.05,
-                            eval_every_epochs=20)
-  config.optimizer.b1, config.optimizer.b2 = 0.9, 0.95
-  config.optimizer.layer_decay = None
-
-
-def _digits(config: ml_collections.ConfigDict, variant: str) -> None:
-  """A few minutes on 2 CPU cores: digits at 32x32, 4x4 patches, a narrow MAE.
-
-  Departures from MAE-Lite, for a short run on tiny images: a larger learning rate than
-  1.5e-4 * batch / 256, crops of at least 40% of the image and no flips (digits are not
-  symmetric, and the fixed evaluation images are whole digits).
-  """
-  model = DEMO_TEACHER if variant == 'teacher_demo' else DEMO_MODEL
-  for key, value in model.items():
-    config.model[key] = value
-  if variant == 'teacher_demo':
-    config.model.name = 'mae_vit_base'
-  recipes.digits_data(config)
-  config.data.crop_scale = (0.4, 1.0)
-  config.eval_batch_size = 120
-  config.optimizer.lr = 2e-3
-  config.optimizer.warmup_steps = 60
-  config.optimizer.b1, config.optimizer.b2 = 0.9, 0.95
-  config.log_every = 10
-  config.eval_every = 300
-  config.checkpoint_every = 300
-  if variant == 'dmae_demo':
-    config.teacher.model = 'mae_vit_base'
-    config.teacher.overrides = ml_collections.ConfigDict(dict(DEMO_TEACHER))
-    config.teacher.pairs = ((DEMO_MODEL['depth'], DEMO_TEACHER['depth']),)
-
-
-__all__ = ['MAETask', 'pixel_targets', 'masked_patch_loss', 'attention_distill_loss',
-           'hidden_distill_loss', 'g2sd_loss', 'image_grid', 'write_png', 'recipe']
+__all__ = ['MAETask', 'DISTILL', 'DISTILL_KINDS', 'EVAL_MASK_SEED']

@@ -36,9 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from repvit_jax.models.metaformer import AffineMixer, MetaFormer
-from repvit_jax.models.registry import create_model
-from repvit_jax.train import losses, pretrained
-from repvit_jax.train.classification import ClassificationTask, teacher_overrides
+from repvit_jax.train import losses
+from repvit_jax.train.classification import ClassificationTask
 from repvit_jax.train.state import model_variables
 
 MIXER_SKIP = r'(^|/)mixer/'
@@ -102,10 +101,9 @@ class ModuleImitationTask(ClassificationTask):
                        'feature_teacher.init_from (e.g. a trained poolformer_s12 workdir)')
     if not isinstance(self.model, MetaFormer) or self.model.mixer != 'affine':
       raise ValueError(f'module imitation trains a RIFormer (a MetaFormer with the affine '
-                       f'mixer), got {self.model_name}; use e.g. riformer_s12')
+                       f'mixer), got {self.spec.name}; use e.g. riformer_s12')
     self.feature_cfg = cfg
-    self.feature_teacher = create_model(cfg.model, num_classes=num_classes,
-                                        **teacher_overrides(cfg, self.overrides))
+    self.feature_teacher = self.teacher_spec(cfg, deploy=False).build()
     if not isinstance(self.feature_teacher, MetaFormer):
       raise ValueError(f'feature_teacher.model must be a MetaFormer (poolformer_* or '
                        f'riformer_*), got {cfg.model}')
@@ -138,13 +136,11 @@ class ModuleImitationTask(ClassificationTask):
   def load_frozen(self) -> Dict[str, Any]:
     """The logits teacher (if any) and the feature teacher's variables, as host arrays."""
     frozen = super().load_frozen()
-    path = self.feature_cfg.init_from
-    source = pretrained.read_variables(path)
     image_size = self.config.data.image_size
     sample = jnp.zeros((1, image_size, image_size, 3))
-    target = jax.eval_shape(lambda: self.feature_teacher.init(jax.random.PRNGKey(0), sample,
-                                                              train=False))
-    fitted, _ = pretrained.fit(target, source, what=f'feature teacher {path}')
+    init = lambda: self.feature_teacher.init(jax.random.PRNGKey(0), sample, train=False)
+    fitted = self.load_teacher(self.feature_cfg.init_from, init, what='feature teacher',
+                               fold=False)
     self._check_shapes(fitted, sample)
     frozen['feature_teacher'] = fitted
     return frozen

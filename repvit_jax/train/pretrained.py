@@ -1,20 +1,19 @@
 """Initialising from earlier work: read variables from a path and fit them into a model.
 
-`init_from` and `teacher.init_from` accept a training workdir (its latest checkpoint), a
-checkpoint directory or one step of it, or a model directory written by `repvit_jax.io`
-(for example `<workdir>/deploy`).
+`init_from` and `teacher.init_from` accept whatever `repvit_jax.io.open` reads: a training
+workdir (its latest checkpoint), a checkpoint directory or one step of it, or a model
+directory (for example `<workdir>/deploy`, or `python -m repvit_jax.convert`'s output).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from repvit_jax import io
-from repvit_jax.train import checkpoint
+from repvit_jax.treepath import flatten, unflatten
 
 
 def init_source(config) -> Optional[Tuple[str, str]]:
@@ -24,49 +23,13 @@ def init_source(config) -> Optional[Tuple[str, str]]:
   return (str(path), config.get('init_skip', r'^head/') or '') if path else None
 
 
-def read_variables(path: str) -> Dict[str, Any]:
-  """{'params': ..., 'batch_stats': ...} as host arrays from any accepted kind of path.
-
-  Raises:
-    FileNotFoundError: the path does not exist or holds neither a checkpoint nor a model.
-  """
-  path = os.path.expanduser(str(path))
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'init_from path {path} does not exist')
-  if io.is_model_dir(path):
-    variables = io.load_variables(path)
-  else:
-    try:
-      variables = checkpoint.restore_variables(path)
-    except FileNotFoundError:
-      raise FileNotFoundError(
-          f'{path} holds no checkpoint and no saved model: give a training workdir, its '
-          "'checkpoints' directory, or a model directory (model.json + variables.msgpack)"
-      ) from None
-  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
-  """{'a/b/c': leaf} for a nested mapping."""
-  out = {}
-  for key, value in tree.items():
-    path = f'{prefix}/{key}' if prefix else str(key)
-    if isinstance(value, Mapping):
-      out.update(flatten(value, path))
-    else:
-      out[path] = value
-  return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for path, value in flat.items():
-    node = out
-    *parents, leaf = path.split('/')
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return out
+def read(path: str, what: str = 'init_from') -> Tuple[Optional[Any], Dict[str, Any]]:
+  """(spec or None, {'params', 'batch_stats'}) of any path `repvit_jax.io.open` accepts; its
+  errors name `what` (the config field that gave the path)."""
+  try:
+    return io.open(path)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f'{what}: {e}') from None
 
 
 def fit(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: str = '',
@@ -110,4 +73,4 @@ def fit(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: str = '',
   return unflatten(out), unused
 
 
-__all__ = ['read_variables', 'fit', 'flatten', 'unflatten']
+__all__ = ['read', 'fit', 'init_source']

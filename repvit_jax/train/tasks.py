@@ -1,18 +1,134 @@
-"""Task registry: `config.task` -> the object that owns the model(s) and the loss."""
+"""The Task protocol the training loop calls, and `build(config, info)` for `config.task`.
+
+A task owns the model(s) and the loss. The loop calls its hooks in this order:
+
+    set-up, on every process:   task = build(config, info)
+                                frozen = task.load_frozen()
+                                task.init_variables(rng, images)        (inside jit)
+                                task.init_source(); task.adapt_pretrained(source)
+    every step (compiled):      task.loss(params, batch_stats, batch, rng, frozen)
+    every evaluation:           task.evaluate(variables, batch, frozen, deploy=...)  (compiled)
+                                task.summarize(sums, prefix)             (host)
+                                task.after_eval(variables, workdir, step)   COLLECTIVE
+
+A hook marked COLLECTIVE may gather across processes, so the loop calls it on every process
+(a task writes its files from process 0 only). The others are local and deterministic: every
+process computes the same thing. `Task` gives each hook its default; a task overrides what it
+needs.
+"""
 
 from __future__ import annotations
 
-from repvit_jax.train.classification import ClassificationTask
-from repvit_jax.train.mae import MAETask
-from repvit_jax.train.module_imitation import ModuleImitationTask
+from typing import Any, Callable, Dict, Optional, Tuple
 
-TASKS = {'classification': ClassificationTask, 'mae': MAETask,
-         'module_imitation': ModuleImitationTask}
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from repvit_jax.models.spec import ModelSpec
+from repvit_jax.reparam.tree import reparameterize
+from repvit_jax.train import pretrained
+
+TASKS = ('classification', 'mae', 'module_imitation')
 
 
-def build(config, info):
+class Task:
+  """Base class of the tasks: the models from `config.model`, and every hook's default.
+
+  Attributes:
+    config: the run's config. num_classes: classes of the data set.
+    spec, deploy_spec: the student's `ModelSpec` (training form, from `config.model` and
+      `config.data`) and that of its deploy form (what `workdir/deploy` holds).
+    model, deploy_model: the modules they build.
+    best_metric, best_mode: the eval metric that ranks checkpoints, and 'max' or 'min'.
+  """
+
+  best_metric: str = 'eval/accuracy'
+  best_mode: str = 'max'
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+    self.config = config
+    self.num_classes = num_classes
+    self.spec = ModelSpec.from_config(config, num_classes)
+    self.deploy_spec = self.spec.deploy_form()
+    self.model = self.spec.build()
+    self.deploy_model = self.deploy_spec.build()
+
+  # -- set-up (every process, outside the compiled steps) ---------------------------------
+
+  def init_source(self) -> Optional[Tuple[str, str]]:
+    """(path, skip regex) of the weights a fresh run starts from, or None."""
+    return pretrained.init_source(self.config)
+
+  def adapt_pretrained(self, source: Dict[str, Any]) -> Dict[str, Any]:
+    """Variables read from `init_source()`, renamed into this model's layout (default: as is)."""
+    return source
+
+  def init_variables(self, rng: jax.Array, images: jax.Array) -> Dict[str, Any]:
+    """The initial variables for (B, H, W, 3) images: {'params', 'batch_stats', ...}."""
+    return self.model.init(rng, images, train=False)
+
+  def load_frozen(self) -> Dict[str, Any]:
+    """Inputs of the loss that are never trained (teachers' variables, host arrays)."""
+    return {}
+
+  # -- compiled ---------------------------------------------------------------------------
+
+  def loss(self, params, batch_stats, batch, rng, frozen):
+    """Mean loss over the batch -> (loss, (new batch_stats, {'train/...': scalar}))."""
+    raise NotImplementedError
+
+  def evaluate(self, variables, batch, frozen, *, deploy: bool) -> Dict[str, jax.Array]:
+    """Sums over the real examples (batch['mask'] = 1) of one eval batch, incl. 'count'."""
+    raise NotImplementedError
+
+  # -- host ----------------------------------------------------------------------------------
+
+  def summarize(self, sums: Dict[str, Any], prefix: str) -> Dict[str, float]:
+    """Sums of one evaluation pass -> {'<prefix>metric': value}."""
+    raise NotImplementedError
+
+  def after_eval(self, variables, workdir: str, step: int) -> None:
+    """COLLECTIVE: runs on every process after each evaluation (pictures, say)."""
+    del variables, workdir, step
+
+  # -- shared by the tasks -----------------------------------------------------------------
+
+  def teacher_spec(self, teacher_config, *, deploy: bool = True) -> ModelSpec:
+    """The spec of a teacher block (`model`, `overrides`): the student's classes and input;
+    it computes in the student's dtype unless its overrides give one."""
+    overrides = teacher_config.get('overrides') or {}
+    overrides = dict(overrides.to_dict() if hasattr(overrides, 'to_dict') else overrides)
+    dtype = overrides.pop('dtype', self.spec.dtype)
+    return ModelSpec(name=teacher_config.model, num_classes=self.num_classes,
+                     overrides=overrides, deploy=deploy, input=self.spec.input, dtype=dtype,
+                     trained_dtype=dtype)
+
+  @staticmethod
+  def load_teacher(path: str, init: Callable[[], Dict[str, Any]], *, what: str,
+                   fold: bool = True) -> Dict[str, Any]:
+    """A frozen model's variables from `path`, fitted to the tree `init()` makes (evaluated
+    abstractly); `fold` reparameterizes a training-form source first (teachers run in deploy
+    form: cheaper, same outputs)."""
+    _, source = pretrained.read(path, what)
+    if fold:
+      source = reparameterize(jax.tree.map(jnp.asarray, source))
+    fitted, _ = pretrained.fit(jax.eval_shape(init), source, what=f'{what} {path}')
+    return fitted
+
+
+def build(config, info) -> Task:
   """The task for `config.task` on a data set described by `info` (a data.DatasetInfo)."""
+  # pylint: disable=import-outside-toplevel  (the tasks import this module for `Task`)
+  from repvit_jax.train.classification import ClassificationTask
+  from repvit_jax.train.mae import MAETask
+  from repvit_jax.train.module_imitation import ModuleImitationTask
+  classes = {'classification': ClassificationTask, 'mae': MAETask,
+             'module_imitation': ModuleImitationTask}
   name = config.get('task', 'classification')
-  if name not in TASKS:
-    raise ValueError(f'unknown task {name!r}; known tasks: {", ".join(sorted(TASKS))}')
-  return TASKS[name](config, info.num_classes)
+  if name not in classes:
+    raise ValueError(f'unknown task {name!r}; known tasks: {", ".join(sorted(classes))}')
+  return classes[name](config, info.num_classes)
+
+
+__all__ = ['Task', 'build', 'TASKS']

@@ -1,0 +1,153 @@
+"""What the config files share: variant parsing, epochs -> steps, and small block builders.
+
+Each config file states its recipe in full (model, data and augmentation, optimizer and
+schedule, task, teachers); this file only does the arithmetic and fills the fields a recipe
+does not choose (the run's plumbing: seed, checkpoints, devices) with their defaults.
+Import it as `from configs import common` (the repository root is on the path under
+`train.py`; elsewhere load configs with `repvit_jax.config_files.load`).
+"""
+
+import ml_collections
+
+from repvit_jax import data
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+DIGITS_TRAIN_EXAMPLES = 1_437
+
+
+def placeholder(field_type):
+  """A field that is None until set, typed so that `--config.x=...` parses."""
+  return ml_collections.config_dict.placeholder(field_type)
+
+
+def parse_arg(arg: str, *variants: str) -> str:
+  """The variant named after the ':' of `--config file.py:variant` ('' for none).
+
+  Raises:
+    ValueError: a variant this config does not have (the message lists them).
+  """
+  variant = (arg or '').strip()
+  if variant not in variants:
+    known = ', '.join(f'"{v}"' if v else '"" (ImageNet)' for v in variants)
+    raise ValueError(f'unknown config variant {variant!r}; known: {known}')
+  return variant
+
+
+def steps_for(epochs: float, examples: int, batch_size: int) -> int:
+  """Optimizer steps of `epochs` passes over `examples` at `batch_size` (at least 1)."""
+  return max(1, int(round(epochs * examples / batch_size)))
+
+
+def run_config(task: str) -> ml_collections.ConfigDict:
+  """A config with the task and the run's plumbing at its defaults: seed, batch sizes and
+  cadence (set by the recipe), checkpoints, resume, devices. The recipe adds the rest."""
+  config = ml_collections.ConfigDict()
+  config.task = task
+  config.seed = 0
+  config.batch_size = 256
+  config.eval_batch_size = placeholder(int)     # None: batch_size
+  config.total_steps = 1000
+  config.init_from = placeholder(str)           # a workdir, checkpoint or model directory
+  config.init_skip = r'^(head|fc_norm)/'        # params init_from may lack (a new head)
+  config.log_every = 50
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+  # Resume from this kept checkpoint instead of the latest (newer ones are set aside); the
+  # message after a divergence names the step to give here. 0 starts over.
+  config.resume_step = placeholder(int)
+  # Resume even though model, data or task fields differ from workdir/config.json.
+  config.allow_config_change = False
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # Multi-host: see repvit_jax/train/distributed.py (None: from JAX_* variables or detected).
+  config.distributed = ml_collections.ConfigDict(dict(
+      enabled=False, coordinator_address=placeholder(str), num_processes=placeholder(int),
+      process_id=placeholder(int)))
+  return config
+
+
+def data_config(**fields) -> ml_collections.ConfigDict:
+  """`repvit_jax.data.default_config()` with `fields` set (every field is documented in
+  repvit_jax/data/config.py); a field it does not have is an error."""
+  config = data.default_config()
+  for key, value in fields.items():
+    if key not in config:
+      raise KeyError(f'data config has no field {key!r}')
+    config[key] = value
+  return config
+
+
+def randaugment(num_layers: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5):
+  """timm's rand-m{magnitude}-mstd{magnitude_std} with `num_layers` ops per image."""
+  return ml_collections.ConfigDict(dict(num_layers=num_layers, magnitude=magnitude,
+                                        magnitude_std=magnitude_std))
+
+
+def adamw(*, lr: float, min_lr: float, warmup_steps: int, weight_decay: float,
+          b1: float = 0.9, b2: float = 0.999, layer_decay=None,
+          grad_clip=None) -> ml_collections.ConfigDict:
+  """AdamW with linear warm-up to `lr`, then cosine to `min_lr` (repvit_jax/train/optimizer.py);
+  `layer_decay` and `grad_clip` None are off (typed, so the command line can set them)."""
+  config = ml_collections.ConfigDict(dict(
+      lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, b1=b1, b2=b2, eps=1e-8,
+      weight_decay=weight_decay, layer_decay=placeholder(float), grad_clip=placeholder(float)))
+  config.layer_decay = layer_decay
+  config.grad_clip = grad_clip
+  return config
+
+
+def mixup(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, switch_prob: float = 0.5):
+  """Batch mixup / cutmix (0 is off); `switch_prob`: cutmix's share when both are on."""
+  return ml_collections.ConfigDict(dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                                        switch_prob=switch_prob))
+
+
+def teacher(*, kind: str, alpha: float, temperature: float = 1.0, model=None,
+            init_from=None, overrides=None) -> ml_collections.ConfigDict:
+  """A classification teacher block: off until `model` and `init_from` are set."""
+  config = ml_collections.ConfigDict(dict(
+      model=placeholder(str), init_from=placeholder(str), overrides=dict(overrides or {}),
+      kind=kind, temperature=temperature, alpha=alpha))
+  config.model = model
+  config.init_from = init_from
+  return config
+
+
+def imagenet_epochs(config: ml_collections.ConfigDict, *, epochs: float,
+                    eval_every_epochs: int = 10) -> int:
+  """Sets total_steps for `epochs` of ImageNet-1k at config.batch_size, logging every 100
+  steps, a checkpoint every epoch and an evaluation every `eval_every_epochs`; returns the
+  steps per epoch (for warm-ups given in epochs)."""
+  steps_per_epoch = steps_for(1, IMAGENET_TRAIN_EXAMPLES, config.batch_size)
+  config.total_steps = steps_for(epochs, IMAGENET_TRAIN_EXAMPLES, config.batch_size)
+  config.log_every = 100
+  config.eval_every = eval_every_epochs * steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+  return steps_per_epoch
+
+
+def digits_demo(config: ml_collections.ConfigDict, *, image_size: int = 32,
+                steps: int = 600) -> ml_collections.ConfigDict:
+  """The block every digits demo shares: minutes on 2 CPU cores, offline.
+
+  The embedded digits at `image_size`, light augmentation (no flips: digits are not
+  symmetric; no RandAugment), batch 64, `steps` steps of AdamW at lr 1e-3 with gradient
+  clipping, an evaluation and a checkpoint every 200 steps.
+  """
+  config.data = data_config(name='digits', image_size=image_size, crop_scale=(0.6, 1.0),
+                            flip=False, randaugment=None, color_jitter=0.0,
+                            eval_crop_fraction=1.0)
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.total_steps = steps
+  config.optimizer = adamw(lr=1e-3, min_lr=1e-5, warmup_steps=50, weight_decay=0.05,
+                           grad_clip=1.0)
+  config.log_every = 25
+  config.eval_every = 200
+  config.checkpoint_every = 200
+  return config
+
+
+#: The narrow MetaFormer of the digits demos, PoolFormer teacher and RIFormer student alike
+#: (module imitation needs one shape in both).
+METAFORMER_DEMO = dict(depths=(1, 1, 3, 1), dims=(32, 64, 96, 128))

@@ -1,0 +1,69 @@
+"""The input contract of a model: what images it expects and how to prepare them.
+
+A trained model only works on images prepared the way its training prepared them. This is
+that preparation, saved with every checkpoint and model directory (`ModelSpec.input`):
+
+    pixels in [pixel_range[0], pixel_range[1]] (RGB, HWC)
+      -> resize the shorter side to image_size / eval_crop_fraction (bilinear),
+         centre-crop image_size x image_size
+      -> x = ((pixels - low) / (high - low) - mean) / std   per channel
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Tuple
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  """How a model's input images are made (see the module docstring).
+
+  Attributes:
+    image_size: side of the square images the model sees.
+    mean, std: per-channel normalisation, in units of the [0, 1]-scaled pixels.
+    pixel_range: (low, high) of the raw pixel values the scaling maps to [0, 1].
+    eval_crop_fraction: evaluation resizes the shorter side to image_size / fraction and
+      takes the centre crop.
+    resize: the resize method of that step.
+  """
+  image_size: int = 224
+  mean: Tuple[float, float, float] = IMAGENET_MEAN
+  std: Tuple[float, float, float] = IMAGENET_STD
+  pixel_range: Tuple[float, float] = (0.0, 255.0)
+  eval_crop_fraction: float = 0.875
+  resize: str = 'bilinear'
+
+  def normalize(self, pixels) -> np.ndarray:
+    """(..., 3) raw pixels in `pixel_range` -> float32 model inputs (no resizing)."""
+    low, high = self.pixel_range
+    x = (np.asarray(pixels, np.float32) - low) / (high - low)
+    return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32))
+
+  def to_json(self) -> dict:
+    return {'image_size': int(self.image_size), 'mean': [float(v) for v in self.mean],
+            'std': [float(v) for v in self.std],
+            'pixel_range': [float(v) for v in self.pixel_range],
+            'eval_crop_fraction': float(self.eval_crop_fraction), 'resize': self.resize}
+
+  @classmethod
+  def from_json(cls, record: Mapping[str, Any]) -> 'InputSpec':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(record) - known)
+    if unknown:
+      raise ValueError(f'unknown input contract field(s) {unknown}; known: {sorted(known)}')
+    values = dict(record)
+    for key in ('mean', 'std', 'pixel_range'):
+      if key in values:
+        values[key] = tuple(float(v) for v in values[key])
+    if 'image_size' in values:
+      values['image_size'] = int(values['image_size'])
+    return cls(**values)
+
+
+__all__ = ['InputSpec', 'IMAGENET_MEAN', 'IMAGENET_STD']
