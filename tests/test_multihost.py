@@ -1,8 +1,7 @@
 """Pre-emption and several processes, end to end through train.py.
 
 Two processes on one machine, joined without a cluster manager (gloo over 127.0.0.1), train as
-one process with two devices does, and that as one device does (BatchNorm statistics are
-global); SIGTERM to one of the two stops both with a checkpoint, and rerunning resumes exactly
+one process with two devices does (BatchNorm statistics are global); SIGTERM to one of the two stops both with a checkpoint, and rerunning resumes exactly
 where an uninterrupted run would be. MAE's evaluation (whose reconstructions gather the weights
 from every process) completes on two processes."""
 
@@ -107,9 +106,9 @@ def resume(processes, workdir, stopped):
 
 
 def test_two_processes_train_as_one_stop_together_on_sigterm_and_resume_exactly(tmp_path):
-  finish(start(tmp_path / 'single', CLASSIFICATION, devices=1))
+  # (One device against several, for the TDRL statistics: test_collapse's 8-device mesh.)
   finish(start(tmp_path / 'one', CLASSIFICATION, devices=2))
-  single, one = train_losses(tmp_path / 'single'), train_losses(tmp_path / 'one')
+  one = train_losses(tmp_path / 'one')
 
   # Two processes: SIGTERM to the non-chief one stops both at the same step.
   workdir = tmp_path / 'two'
@@ -119,7 +118,6 @@ def test_two_processes_train_as_one_stop_together_on_sigterm_and_resume_exactly(
   # Interrupted and resumed on two processes = uninterrupted on one process with two devices.
   for step in one:
     assert abs(one[step] - two[step]) <= 1e-6 * abs(one[step]), (step, one[step], two[step])
-    assert abs(one[step] - single[step]) <= 1e-4 * abs(one[step]), (step, single[step])
   final = rows(workdir)[-1]
   assert abs(final['eval/accuracy'] - final['eval/deploy_accuracy']) <= 1 / 360
 
