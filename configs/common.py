@@ -104,10 +104,11 @@ def mixup(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, switch_prob: floa
 
 def teacher(*, kind: str, alpha: float, temperature: float = 1.0, model=None,
             init_from=None, overrides=None) -> ml_collections.ConfigDict:
-  """A classification teacher block: off until `model` and `init_from` are set."""
+  """A classification teacher block: off until `model` and `init_from` are set. The teacher
+  sees each batch resized to its own saved input size (or `image_size`, when set)."""
   config = ml_collections.ConfigDict(dict(
       model=placeholder(str), init_from=placeholder(str), overrides=dict(overrides or {}),
-      kind=kind, temperature=temperature, alpha=alpha))
+      kind=kind, temperature=temperature, alpha=alpha, image_size=placeholder(int)))
   config.model = model
   config.init_from = init_from
   return config

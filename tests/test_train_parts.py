@@ -67,12 +67,16 @@ def test_mesh_errors():
   assert mesh.shape == {'data': len(jax.devices()), 'fsdp': 1}
 
 
-def test_soft_distillation_loss_in_the_task(tmp_path):
+def test_soft_distillation_feeds_the_teacher_at_its_own_size(tmp_path, capsys):
+  """A teacher trained at 16x16 with its own mean/std gets the student's 32x32 batch resized
+  and re-normalised to that; a teacher near chance on the first eval batch is a warning."""
   teacher = rj.create_model('vit_tiny', num_classes=10, **TINY_VIT)
-  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  teacher_variables = nontrivial_variables(teacher, images)
-  rj.save_model(str(tmp_path), teacher_variables, name='vit_tiny', num_classes=10, deploy=True,
-                overrides=TINY_VIT)
+  small = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  teacher_variables = nontrivial_variables(teacher, small)
+  contract = rj.InputSpec(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+  rj.save_model(str(tmp_path), teacher_variables,
+                rj.ModelSpec.registered('vit_tiny', num_classes=10, deploy=True,
+                                        overrides=TINY_VIT, input=contract))
 
   config = load_config('tdrl_vit_tiny.py:demo')
   config.model.update(TINY_VIT)
@@ -84,13 +88,20 @@ def test_soft_distillation_loss_in_the_task(tmp_path):
   config.label_smoothing = 0.0
   task = ClassificationTask(config, num_classes=10)
   frozen = task.load_frozen()
+  assert task.teacher_input == contract
+  assert 'warning: the teacher (vit_tiny' in capsys.readouterr().err   # random weights
+  images = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
   variables = task.init_variables(jax.random.key(1), images)
   labels = jnp.arange(4) % 10
   loss, (_, metrics) = task.loss(variables['params'], variables['batch_stats'],
                                  {'image': images, 'label': labels}, jax.random.key(2), frozen)
 
   logits, _ = task.model.apply(variables, images, train=True, mutable=['batch_stats'])
-  teacher_logits = teacher.apply(teacher_variables, images, train=False)
+  # What the teacher must see: the pixels the student's images stand for, in its own units,
+  # at 16x16 (antialiased bilinear).
+  pixels = images * np.asarray(config.data.std) + np.asarray(config.data.mean)
+  seen = jax.image.resize((pixels - 0.5) / 0.25, (4, 16, 16, 3), 'bilinear', antialias=True)
+  teacher_logits = teacher.apply(teacher_variables, seen, train=False)
   ce = losses.softmax_cross_entropy(logits, losses.onehot(labels, 10)).mean()
   p = jax.nn.softmax(teacher_logits / 2.0)
   kl = jnp.sum(p * (jnp.log(p) - jax.nn.log_softmax(logits / 2.0)), axis=-1).mean() * 4.0

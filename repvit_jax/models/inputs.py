@@ -45,6 +45,26 @@ class InputSpec:
     x = (np.asarray(pixels, np.float32) - low) / (high - low)
     return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32))
 
+  def adapt(self, images, target: 'InputSpec'):
+    """Model inputs made under this contract -> the same images under `target`'s.
+
+    (B, H, W, 3) normalised images are re-normalised with `target`'s mean/std (exact: both
+    are affine in the [0, 1] pixels) and resized to `target.image_size` (bilinear,
+    antialiased when shrinking). Identity when the two agree. Used to show a teacher the
+    student's batch at the teacher's own size.
+    """
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    x = images
+    if (tuple(self.mean), tuple(self.std)) != (tuple(target.mean), tuple(target.std)):
+      const = lambda v: jnp.asarray(v, x.dtype)
+      x = (x * const(self.std) + const(self.mean) - const(target.mean)) / const(target.std)
+    size = int(target.image_size)
+    if tuple(x.shape[1:3]) != (size, size):
+      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method='bilinear',
+                           antialias=True)
+    return x
+
   def to_json(self) -> dict:
     return {'image_size': int(self.image_size), 'mean': [float(v) for v in self.mean],
             'std': [float(v) for v in self.std],

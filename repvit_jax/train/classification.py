@@ -7,11 +7,13 @@ cutmix_alpha, switch_prob}`, `teacher.{model, init_from, kind, temperature, alph
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import losses
@@ -26,12 +28,14 @@ class ClassificationTask(Task):
 
   Attributes (besides `Task`'s):
     teacher: the teacher's deploy-form module, or None.
+    teacher_input: the input contract the teacher is fed with (after `load_frozen`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
     super().__init__(config, num_classes)
     teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
     self.teacher = None
+    self.teacher_input = None   # the teacher's input contract, known once load_frozen ran
     self.teacher_cfg = teacher_cfg
     if teacher_cfg.get('model'):
       if teacher_cfg.get('kind', 'soft') not in DISTILL_KINDS:
@@ -61,13 +65,44 @@ class ClassificationTask(Task):
     return mae.to_classifier(source, num_patches=num_patches)
 
   def load_frozen(self) -> Dict[str, Any]:
-    """Frozen inputs of the loss: the teacher's deploy variables (host arrays), or {}."""
+    """Frozen inputs of the loss: the teacher's deploy variables (host arrays), or {}.
+
+    The teacher is fed at its own input contract (`teacher_input`: its saved image size and
+    mean/std, or `teacher.image_size`); a teacher near chance on the first eval batch is a
+    warning line.
+    """
     if self.teacher is None:
       return {}
-    size = self.config.data.image_size
-    init = lambda: self.teacher.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
-                                     train=False)
-    return {'teacher': self.load_teacher(self.teacher_cfg.init_from, init, what='teacher')}
+    init = lambda size: self.teacher.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
+                                          train=False)
+    variables, self.teacher_input = self.load_teacher(
+        self.teacher_cfg.init_from, init, what='teacher',
+        image_size=self.teacher_cfg.get('image_size'))
+    self._check_teacher(variables)
+    return {'teacher': variables}
+
+  def teacher_logits(self, frozen, images) -> jax.Array:
+    """The frozen teacher's logits for the student's (B, H, W, 3) batch, resized and
+    re-normalised to the teacher's own input contract."""
+    images = self.spec.input.adapt(images, self.teacher_input or self.spec.input)
+    return jax.lax.stop_gradient(self.teacher.apply(frozen['teacher'], images, train=False))
+
+  def _check_teacher(self, variables) -> None:
+    """One warning line when the teacher is near chance (<= 2 / classes) on the first eval
+    batch: wrong weights, size or normalisation teach the student noise."""
+    from repvit_jax import data  # pylint: disable=import-outside-toplevel
+    batch_size = int(self.config.get('eval_batch_size') or self.config.batch_size)
+    batch = next(iter(data.make_eval_iterator(self.config.data, global_batch_size=batch_size)))
+    logits = jax.jit(self.teacher_logits)({'teacher': variables}, jnp.asarray(batch['image']))
+    mask = np.asarray(batch['mask'])
+    right = np.asarray(losses.accuracy(logits, jnp.asarray(batch['label'])))
+    accuracy = float(np.sum(right * mask) / max(np.sum(mask), 1.0))
+    if accuracy <= 2.0 / self.num_classes and jax.process_index() == 0:
+      print(f'warning: the teacher ({self.teacher_cfg.model}, {self.teacher_cfg.init_from}) is '
+            f'right on {accuracy:.1%} of the first eval batch (chance: {1 / self.num_classes:.1%}),'
+            f' fed at {self.teacher_input.image_size}x{self.teacher_input.image_size}: check '
+            'teacher.init_from, teacher.image_size and the data set', file=sys.stderr,
+            flush=True)
 
   def training_inputs(self, batch, rng):
     """(images, soft targets, dropout rng) of a train batch: label smoothing and on-device
@@ -101,8 +136,7 @@ class ClassificationTask(Task):
                'train/accuracy': losses.accuracy(mean_logits, batch['label']).mean()}
     loss = ce
     if self.teacher is not None:
-      teacher_logits = jax.lax.stop_gradient(
-          self.teacher.apply(frozen['teacher'], images, train=False))
+      teacher_logits = self.teacher_logits(frozen, images)
       distill = self.distill_loss(logits if dist_logits is None else dist_logits,
                                   teacher_logits)
       alpha = self.teacher_cfg.get('alpha', 0.5)

@@ -165,10 +165,13 @@ class MAETask(Task):
       return {}
     size = int(self.config.data.image_size)
     decode = self.kind == 'g2sd'
-    init = lambda: self.teacher.init(
+    # The teacher sees the student's visible tokens: the student's images, as they are.
+    init = lambda _: self.teacher.init(
         {'params': jax.random.PRNGKey(0), 'mask': jax.random.PRNGKey(1)},
         jnp.zeros((1, size, size, 3)), train=False, decode=decode)
-    return {'teacher': self.load_teacher(self.teacher_cfg.init_from, init, what='teacher')}
+    variables, _ = self.load_teacher(self.teacher_cfg.init_from, init, what='teacher',
+                                     own_input=False)
+    return {'teacher': variables}
 
   # -- the trainer's interface ---------------------------------------------------------------
 

@@ -138,9 +138,10 @@ class ModuleImitationTask(ClassificationTask):
     frozen = super().load_frozen()
     image_size = self.config.data.image_size
     sample = jnp.zeros((1, image_size, image_size, 3))
-    init = lambda: self.feature_teacher.init(jax.random.PRNGKey(0), sample, train=False)
-    fitted = self.load_teacher(self.feature_cfg.init_from, init, what='feature teacher',
-                               fold=False)
+    # It must see the student's own images: its features are compared block by block.
+    init = lambda _: self.feature_teacher.init(jax.random.PRNGKey(0), sample, train=False)
+    fitted, _ = self.load_teacher(self.feature_cfg.init_from, init, what='feature teacher',
+                                  fold=False, own_input=False)
     self._check_shapes(fitted, sample)
     frozen['feature_teacher'] = fitted
     return frozen
@@ -176,8 +177,7 @@ class ModuleImitationTask(ClassificationTask):
     teacher_logits, teacher = jax.lax.stop_gradient(
         (teacher_logits, teacher_state['intermediates']))
     if self.teacher is not None:
-      teacher_logits = jax.lax.stop_gradient(
-          self.teacher.apply(frozen['teacher'], images, train=False))
+      teacher_logits = self.teacher_logits(frozen, images)
 
     ce = losses.softmax_cross_entropy(logits, targets).mean()
     soft = self.distill_loss(logits, teacher_logits)

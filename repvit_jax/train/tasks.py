@@ -19,12 +19,14 @@ needs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from repvit_jax.models.inputs import InputSpec
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import pretrained
@@ -104,17 +106,37 @@ class Task:
                      overrides=overrides, deploy=deploy, input=self.spec.input, dtype=dtype,
                      trained_dtype=dtype)
 
-  @staticmethod
-  def load_teacher(path: str, init: Callable[[], Dict[str, Any]], *, what: str,
-                   fold: bool = True) -> Dict[str, Any]:
-    """A frozen model's variables from `path`, fitted to the tree `init()` makes (evaluated
-    abstractly); `fold` reparameterizes a training-form source first (teachers run in deploy
-    form: cheaper, same outputs)."""
-    _, source = pretrained.read(path, what)
+  def load_teacher(self, path: str, init: Callable[[int], Dict[str, Any]], *, what: str,
+                   fold: bool = True, own_input: bool = True,
+                   image_size: Optional[int] = None) -> Tuple[Dict[str, Any], InputSpec]:
+    """A frozen model's variables from `path` and the input contract it is fed with.
+
+    Args:
+      path: anything `repvit_jax.io.open` reads.
+      init: image side -> the variable tree of the module (evaluated abstractly); the loaded
+        variables are fitted to it.
+      what: how the config calls it, for messages ('teacher', 'feature teacher').
+      fold: reparameterize a training-form source first (teachers run in deploy form:
+        cheaper, same outputs).
+      own_input: feed it images as its own saved input contract says (size, mean/std; the
+        student's when the source records none); False for teachers that must see exactly
+        the student's images (feature and token-level distillation).
+      image_size: overrides the contract's size (config `teacher.image_size`).
+
+    Returns:
+      (variables as host-side arrays, the input contract to give it).
+    """
+    saved, source = pretrained.read(path, what)
+    contract = self.spec.input
+    if own_input and saved is not None:
+      contract = saved.input
+    if own_input and image_size:
+      contract = dataclasses.replace(contract, image_size=int(image_size))
     if fold:
       source = reparameterize(jax.tree.map(jnp.asarray, source))
-    fitted, _ = pretrained.fit(jax.eval_shape(init), source, what=f'{what} {path}')
-    return fitted
+    target = jax.eval_shape(lambda: init(contract.image_size))
+    fitted, _ = pretrained.fit(target, source, what=f'{what} {path}')
+    return fitted, contract
 
 
 def build(config, info) -> Task:
