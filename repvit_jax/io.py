@@ -116,8 +116,9 @@ def open(path: str) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:  # pylint: di
     raise FileNotFoundError(f'{path} does not exist: give a training workdir, a checkpoint '
                             'directory or step, or a model directory')
   if is_model_dir(path):
-    spec = read_spec(path)
-    return spec, load_variables(path)
+    record = _read_model_record(path)     # model.json first: it says what the rest is
+    variables = load_variables(path)
+    return _spec_from_record(path, record, variables), variables
   present = [name for name in (MODEL_FILE, VARIABLES_FILE)
              if os.path.isfile(os.path.join(path, name))]
   if len(present) == 1:
@@ -146,30 +147,45 @@ def open(path: str) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:  # pylint: di
   return ModelSpec.from_config(config, head_rows(variables)), variables
 
 
-def read_spec(directory: str, variables: Optional[Mapping[str, Any]] = None) -> ModelSpec:
+def read_spec(directory: str) -> ModelSpec:
   """The `ModelSpec` of a model directory. v1's model.json has no input contract: its size
-  then comes from the tables of `variables` (read from the directory when not given).
+  then comes from the position/bias tables of the directory's variables.
 
   Raises:
     ValueError: model.json is unreadable or not a model description.
   """
+  record = _read_model_record(directory)
+  variables = None if 'input' in record else load_variables(directory)
+  return _spec_from_record(directory, record, variables)
+
+
+def _read_model_record(directory: str) -> Dict[str, Any]:
   path = os.path.join(directory, MODEL_FILE)
   try:
     with builtins.open(path, encoding='utf-8') as f:
       record = json.load(f)
-    if not isinstance(record, dict):
-      raise ValueError(f'a JSON {type(record).__name__}, not an object')
+  except ValueError as e:
+    raise _not_a_description(path, e) from None
+  if not isinstance(record, dict):
+    raise _not_a_description(path, f'a JSON {type(record).__name__}, not an object')
+  return record
+
+
+def _spec_from_record(directory: str, record: Mapping[str, Any],
+                      variables: Optional[Mapping[str, Any]]) -> ModelSpec:
+  try:
     image_size = None
-    if 'input' not in record:
-      variables = load_variables(directory) if variables is None else variables
+    if 'input' not in record and variables is not None:
       image_size = table_image_size(str(record.get('name', '')), variables,
                                     record.get('overrides') or {})
     return ModelSpec.from_json(record, image_size=image_size)
   except ValueError as e:
-    if str(e).startswith(os.path.join(directory, VARIABLES_FILE)):
-      raise
-    raise ValueError(f'{path} is not a model description written by save_model ({e}); '
-                     're-export the model') from None
+    raise _not_a_description(os.path.join(directory, MODEL_FILE), e) from None
+
+
+def _not_a_description(path: str, reason) -> ValueError:
+  return ValueError(f'{path} is not a model description written by save_model ({reason}); '
+                    're-export the model')
 
 
 def run_config(path: str) -> Optional[Dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Pictures: image grids and PNG files (MAE reconstructions, analysis figures).
+"""Pictures: image grids and PNG files (the MAE task's reconstructions).
 
 Plain numpy in, uint8 PNG out; Pillow when installed, else TensorFlow's PNG encoder.
 """
