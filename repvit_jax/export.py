@@ -81,7 +81,7 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
     spec: replaces the saved spec (e.g. `ModelSpec.from_config` of a training config).
     model, num_classes, overrides: replace the saved spec's (a checkpoint that records no
       spec needs `model`; `num_classes` then defaults to the head's rows).
-    image_size: replaces the input side of the spec's input contract.
+    image_size: another input side (`io.at_image_size`: learned position tables resampled).
 
   Raises:
     FileNotFoundError: nothing loadable at `source`. ValueError: unreadable files, or no spec
@@ -102,9 +102,9 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
         deploy=base.deploy if base is not None else False,
         overrides={**(dict(base.overrides) if base is not None else {}), **(overrides or {})},
         input=base.input if base is not None else None)
-  if image_size:
-    spec = spec.replace(input=dataclasses.replace(spec.input, image_size=int(image_size)))
   variables = {k: v for k, v in variables.items() if v}
+  if image_size:
+    spec, variables = io.at_image_size(spec, variables, image_size)
   # Compiled once as a whole: much faster than folding op by op.
   deploy = jax.tree.map(np.asarray, jax.jit(reparameterize)(variables))
   spec = spec.deploy_form()

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from repvit_jax.layers.posemb import resample_posemb
 from repvit_jax.models.registry import get_registration
 from repvit_jax.models.spec import ModelSpec
 
@@ -72,7 +73,8 @@ def save_model(directory: str, variables: Mapping[str, Any], spec: ModelSpec | N
   return directory
 
 
-def load_model(path: str, *, dtype: str | None = None) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_model(path: str, *, dtype: str | None = None,
+               image_size: int | None = None) -> Tuple[nn.Module, Dict[str, Any]]:
   """The module and variables at `path` (a model directory such as `workdir/deploy`, or any
   path `open` reads).
 
@@ -80,6 +82,7 @@ def load_model(path: str, *, dtype: str | None = None) -> Tuple[nn.Module, Dict[
     path: the model directory, workdir or checkpoint.
     dtype: compute dtype of the module ('float32' when None, whatever it was trained in;
       'bfloat16' for mixed-precision inference).
+    image_size: another input size (`at_image_size`: learned position tables resampled).
 
   Returns:
     (module, variables): call `module.apply(variables, images, train=False)`.
@@ -95,7 +98,38 @@ def load_model(path: str, *, dtype: str | None = None) -> Tuple[nn.Module, Dict[
                      'repvit_jax.io.open and build the model with repvit_jax.create_model')
   if dtype is not None:
     spec = spec.replace(dtype=dtype)
+  if image_size is not None:
+    spec, variables = at_image_size(spec, variables, image_size)
   return spec.build(), variables
+
+
+def at_image_size(spec: ModelSpec, variables: Mapping[str, Any],
+                  image_size: int) -> Tuple[ModelSpec, Dict[str, Any]]:
+  """A model moved to another input size: its spec's contract says `image_size`, and a
+  learned ViT position table is resampled to the new patch grid (`resample_posemb`:
+  bicubic, class token kept). Families without resolution-dependent parameters (sin-cos
+  ViTs, MobileViT, MetaFormer) only change the contract; the same size changes nothing.
+
+  Raises:
+    ValueError: LeViT, whose attention-bias tables are tied to the input size.
+  """
+  image_size = int(image_size)
+  if image_size == spec.input.image_size:
+    return spec, dict(variables)
+  params = variables.get('params', {})
+  if _attention_bias_table(params) is not None:
+    raise ValueError(f'{spec.name} has attention-bias tables made for '
+                     f'{spec.input.image_size}x{spec.input.image_size} inputs; it cannot be '
+                     f'moved to {image_size}x{image_size}')
+  variables = dict(variables)
+  if isinstance(params, Mapping) and 'pos_embed' in params:
+    patch = int(spec.build().patch_size)
+    if image_size % patch:
+      raise ValueError(f'image size {image_size} is not a multiple of the patch size {patch}')
+    variables['params'] = dict(params, pos_embed=resample_posemb(params['pos_embed'],
+                                                                 image_size // patch))
+  contract = dataclasses.replace(spec.input, image_size=image_size)
+  return spec.replace(input=contract), variables
 
 
 def open(path: str) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:  # pylint: disable=redefined-builtin
@@ -254,9 +288,14 @@ def table_image_size(name: str, variables: Mapping[str, Any],
     grid = int(round(math.sqrt(np.shape(pos)[1] - 1)))
     patch = overrides.get('patch_size', get_registration(name).kwargs.get('patch_size', 16))
     return grid * int(patch)
+  bias = _attention_bias_table(params)
+  return None if bias is None else int(round(math.sqrt(np.shape(bias)[1]))) * 16
+
+
+def _attention_bias_table(params) -> Optional[Any]:
+  """LeViT's first attention-bias table (heads, R*R), or None for other families."""
   try:
-    bias = params['stages_0']['blocks_0']['attn']['attention_biases']
-    return int(round(math.sqrt(np.shape(bias)[1]))) * 16
+    return params['stages_0']['blocks_0']['attn']['attention_biases']
   except (KeyError, TypeError):
     return None
 
@@ -268,5 +307,5 @@ def _atomic_write(path: str, payload: bytes) -> None:
   os.replace(tmp, path)
 
 
-__all__ = ['save_model', 'load_model', 'open', 'read_spec', 'run_config', 'load_variables',
+__all__ = ['save_model', 'load_model', 'open', 'at_image_size', 'read_spec', 'run_config', 'load_variables',
            'is_model_dir', 'head_rows', 'MODEL_FILE', 'VARIABLES_FILE', 'DEPLOY_DIR']

@@ -114,3 +114,34 @@ def test_teacher_without_weights_is_an_error():
   config.teacher.model = 'vit_tiny'
   with pytest.raises(ValueError, match='teacher.init_from is not'):
     ClassificationTask(config, num_classes=10)
+
+
+def test_position_tables_follow_the_resolution(tmp_path):
+  """Same grid: the table as it is. Another grid: class token kept, a constant table stays
+  constant (the bicubic weights sum to 1); load_model(image_size=) and init_from both use it."""
+  from repvit_jax.layers import resample_posemb  # pylint: disable=import-outside-toplevel
+  table = np.random.default_rng(0).normal(size=(1, 17, 8)).astype(np.float32)
+  np.testing.assert_array_equal(resample_posemb(table, 4), table)
+  flat = np.concatenate([table[:, :1], np.full((1, 16, 8), 0.3, np.float32)], axis=1)
+  bigger = resample_posemb(flat, 8)
+  assert bigger.shape == (1, 65, 8) and bigger.dtype == np.float32
+  np.testing.assert_array_equal(bigger[:, :1], table[:, :1])
+  np.testing.assert_allclose(bigger[:, 1:], 0.3, rtol=1e-6)
+  with pytest.raises(ValueError, match='not a square grid'):
+    resample_posemb(table[:, :15], 4)
+
+  model = rj.create_model('vit_tiny', num_classes=3, **TINY_VIT)
+  variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
+  rj.save_model(str(tmp_path), variables, rj.ModelSpec.registered(
+      'vit_tiny', num_classes=3, deploy=True, overrides=TINY_VIT, input=rj.InputSpec(32)))
+  big_model, big = rj.load_model(str(tmp_path), image_size=64)
+  assert big['params']['pos_embed'].shape == (1, 65, 16)
+  assert big_model.apply(big, jnp.zeros((2, 64, 64, 3)), train=False).shape == (2, 3)
+  same_model, same = rj.load_model(str(tmp_path), image_size=32)
+  np.testing.assert_array_equal(same['params']['pos_embed'], variables['params']['pos_embed'])
+
+  config = load_config('vit_tiny.py:demo')
+  config.model.update(TINY_VIT)
+  config.data.image_size = 64
+  adapted = ClassificationTask(config, num_classes=3).adapt_pretrained(dict(variables))
+  np.testing.assert_array_equal(adapted['params']['pos_embed'], big['params']['pos_embed'])

@@ -35,3 +35,37 @@ def sincos_2d(grid_size: int, width: int, *, cls_token: bool = False) -> np.ndar
   if cls_token:
     table = np.concatenate([np.zeros((1, width)), table], axis=0)
   return table.astype(np.float32)
+
+
+def resample_posemb(posemb, grid_size: int, *, prefix_tokens: int = 1) -> np.ndarray:
+  """A learned position table for another patch grid (fine-tuning at another resolution).
+
+  The patch rows are treated as a square (g, g, D) image and resized bicubically to
+  (grid_size, grid_size, D), antialiased when shrinking (as timm's `resample_abs_pos_embed`
+  and big_vision's `resample_posemb`); the prefix rows (class token) are kept as they are.
+  The same grid returns the table unchanged.
+
+  Args:
+    posemb: (1, prefix + g*g, D) or (prefix + g*g, D).
+    grid_size: patches per side of the new grid.
+    prefix_tokens: rows before the patches.
+
+  Returns:
+    float array of the input's rank and dtype, (..., prefix + grid_size**2, D).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  table = np.asarray(posemb)
+  batched = table.ndim == 3
+  rows = table[0] if batched else table
+  prefix, patches = rows[:prefix_tokens], rows[prefix_tokens:]
+  old = int(round(np.sqrt(len(patches))))
+  if old * old != len(patches):
+    raise ValueError(f'position table of {len(rows)} rows with {prefix_tokens} prefix '
+                     'token(s) is not a square grid')
+  if old != grid_size:
+    square = patches.reshape(old, old, -1).astype(np.float32)
+    square = jax.image.resize(square, (grid_size, grid_size, square.shape[-1]), 'cubic',
+                              antialias=True)
+    patches = np.asarray(square).reshape(grid_size * grid_size, -1).astype(rows.dtype)
+    rows = np.concatenate([prefix, patches], axis=0)
+  return rows[None] if batched else rows

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from repvit_jax.layers.posemb import resample_posemb
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import losses
 from repvit_jax.train.state import model_variables
@@ -49,20 +50,29 @@ class ClassificationTask(Task):
   def adapt_pretrained(self, source: Dict[str, Any]) -> Dict[str, Any]:
     """Variables read from `init_from`, renamed into this model's layout.
 
-    A classifier tree is used as it is. An MAE pre-training tree (decoder_*, mask_token)
-    becomes its encoder: decoder and distillation params are dropped, a learned `pos_embed`
-    starts from the sin-cos table the encoder was trained with, TDRL branches are kept (or
-    folded, for a classifier without TDRL); `head`/`fc_norm` stay fresh (`init_skip`).
+    A classifier tree is used as it is, except that a learned `pos_embed` made for another
+    patch grid is resampled to this run's (`resample_posemb`: fine-tuning at another
+    resolution). An MAE pre-training tree (decoder_*, mask_token) becomes its encoder:
+    decoder and distillation params are dropped, a learned `pos_embed` starts from the sin-cos
+    table the encoder was trained with, TDRL branches are kept (or folded, for a classifier
+    without TDRL); `head`/`fc_norm` stay fresh (`init_skip`).
     """
     from repvit_jax.models import mae  # pylint: disable=import-outside-toplevel
-    if not mae.is_mae_tree(source.get('params', {})):
-      return source
-    if getattr(self.model, 'tdrl', True) is None:
-      source = reparameterize(source)
-    num_patches = None
-    if getattr(self.model, 'pos_embed', None) == 'learn':
-      num_patches = (int(self.config.data.image_size) // self.model.patch_size) ** 2
-    return mae.to_classifier(source, num_patches=num_patches)
+    learned = getattr(self.model, 'pos_embed', None) == 'learn'
+    grid = int(self.config.data.image_size) // self.model.patch_size if learned else None
+    if mae.is_mae_tree(source.get('params', {})):
+      if getattr(self.model, 'tdrl', True) is None:
+        source = reparameterize(source)
+      return mae.to_classifier(source, num_patches=grid * grid if learned else None)
+    table = source.get('params', {}).get('pos_embed')
+    if learned and table is not None and np.shape(table)[1] != 1 + grid * grid:
+      old = int(round((np.shape(table)[1] - 1) ** 0.5))
+      if jax.process_index() == 0:
+        print(f'init_from: position embeddings resampled from a {old}x{old} to a {grid}x{grid} '
+              'patch grid (bicubic)', flush=True)
+      source = dict(source, params=dict(source['params'],
+                                        pos_embed=resample_posemb(table, grid)))
+    return source
 
   def load_frozen(self) -> Dict[str, Any]:
     """Frozen inputs of the loss: the teacher's deploy variables (host arrays), or {}.
