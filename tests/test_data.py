@@ -84,7 +84,8 @@ def test_default_config_has_every_field():
 def test_digits_info():
   info = data.get_dataset_info(data.default_config())
   assert info == data.DatasetInfo(num_classes=10, num_train=1437, num_eval=360,
-                                  train_split='train', eval_split='test', name='digits')
+                                  train_split='train', eval_split='test', name='digits',
+                                  class_names=tuple('0123456789'))
   train_images, train_labels = digits.load_split('train')
   test_images, test_labels = digits.load_split('test')
   assert train_images.shape == (1437, 8, 8) and test_images.shape == (360, 8, 8)
@@ -427,7 +428,7 @@ def test_tfds_info(tiny_tfds):
   info = data.get_dataset_info(tiny_config(tiny_tfds))
   assert info == data.DatasetInfo(num_classes=3, num_train=TINY_TRAIN, num_eval=TINY_TEST,
                                   train_split='train', eval_split='test',
-                                  name='repvit_data_tiny')
+                                  name='repvit_data_tiny', class_names=('0', '1', '2'))
   with pytest.raises(data.DataError, match="no split 'validation'"):
     data.get_dataset_info(tiny_config(tiny_tfds, eval_split='validation'))
 

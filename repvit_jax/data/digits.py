@@ -45,6 +45,7 @@ class DigitsSource:
 
   name = NAME
   num_classes = NUM_CLASSES
+  classes = tuple(str(i) for i in range(NUM_CLASSES))
   default_train_split = 'train'
   default_eval_split = 'test'
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 from repvit_jax.data import config as config_lib
 from repvit_jax.data import sources
@@ -19,6 +19,7 @@ class DatasetInfo:
     num_eval: examples in the eval split; 0 when there is none.
     train_split, eval_split: the split names in use (eval_split None when there is none).
     name: `data.name`.
+    class_names: the name of each label, or () when the data set has none.
   """
   num_classes: int
   num_train: int
@@ -26,6 +27,7 @@ class DatasetInfo:
   train_split: str
   eval_split: Optional[str]
   name: str
+  class_names: Tuple[str, ...] = ()
 
 
 def get_dataset_info(data_config) -> DatasetInfo:
@@ -44,4 +46,5 @@ def get_dataset_info(data_config) -> DatasetInfo:
       train_split=train,
       eval_split=evaluation,
       name=config.name,
+      class_names=tuple(str(c) for c in getattr(source, 'classes', ()) or ()),
   )

@@ -1,6 +1,6 @@
 """From `data.name` to the source that reads it: digits, an image folder, or a TFDS data set.
 
-A source has `name`, `num_classes`, `default_train_split`, `default_eval_split` (None when
+A source has `name`, `num_classes`, `classes` (label names, or () when it has none), `default_train_split`, `default_eval_split` (None when
 the data set has no evaluation split), `num_examples(split)` and `split(split, config)`, which
 returns the `Split` the pipeline reads.
 """

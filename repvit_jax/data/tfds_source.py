@@ -101,6 +101,7 @@ class TfdsSource:
     self.builder = open_builder(name, data_dir)
     info = self.builder.info
     self.num_classes = int(info.features['label'].num_classes)
+    self.classes = tuple(info.features['label'].names or ())
     self.splits = tuple(info.splits.keys())
     self.default_train_split = 'train'
     self.default_eval_split = next((s for s in EVAL_SPLIT_CANDIDATES if s in self.splits), None)

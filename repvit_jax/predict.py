@@ -1,0 +1,98 @@
+"""Top-k labels of image files: `python -m repvit_jax.predict MODEL IMAGE... [--top-k 5]`.
+
+MODEL is anything `repvit_jax.io.open` reads; it runs in its deploy form. Each image is
+prepared as the model's saved input contract says, by the same code as training's evaluation
+(shorter side to image_size / eval_crop_fraction, centre crop, mean/std). Class names come
+from the data set the run trained on, when it has them and is available here.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from repvit_jax import io
+from repvit_jax.models.inputs import InputSpec
+
+Prediction = Tuple[str, List[Tuple[int, str, float]]]
+
+
+def prepare(paths: Sequence[str], contract: InputSpec) -> np.ndarray:
+  """Image files (JPEG, PNG, BMP, GIF) -> (N, S, S, 3) float32 model inputs."""
+  from repvit_jax import data  # pylint: disable=import-outside-toplevel
+  from repvit_jax.data import config as data_config  # pylint: disable=import-outside-toplevel
+  from repvit_jax.data import preprocess  # pylint: disable=import-outside-toplevel
+  from repvit_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
+  from repvit_jax.data.decode import decode_encoded_crop  # pylint: disable=import-outside-toplevel
+  config = data.default_config()
+  for key in ('image_size', 'mean', 'std', 'eval_crop_fraction'):
+    config[key] = getattr(contract, key)
+  resolved = data_config.resolve(config)
+  images = []
+  for path in paths:
+    try:
+      raw = tf.io.read_file(path)
+      images.append(preprocess.eval_image(raw, decode_encoded_crop, resolved).numpy())
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+      raise ValueError(f'{path}: cannot read it as an image ({e.message.splitlines()[0]})') \
+          from None
+  return np.stack(images)
+
+
+def class_names(path: str) -> Tuple[str, ...]:
+  """Label names of the data set the run at `path` trained on; () when unknown here."""
+  from repvit_jax import data  # pylint: disable=import-outside-toplevel
+  recorded = io.run_config(path)
+  if recorded is None:
+    return ()
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  try:
+    return data.get_dataset_info(ml_collections.ConfigDict(recorded['data'])).class_names
+  except data.DataError:
+    return ()
+
+
+def predict(model: str, paths: Sequence[str], *, top_k: int = 5) -> List[Prediction]:
+  """[(image path, [(label, name, probability)] best first)] for each image file."""
+  from repvit_jax import export  # pylint: disable=import-outside-toplevel
+  exported = export.load_for_export(model)
+  images = prepare(paths, exported.spec.input)
+  logits = np.concatenate([np.asarray(exported.apply(images[i:i + 64]))
+                           for i in range(0, len(images), 64)])
+  probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
+  names = class_names(model)
+  out = []
+  for path, p in zip(paths, probabilities):
+    best = np.argsort(-p)[:top_k]
+    out.append((path, [(int(k), names[k] if k < len(names) else str(k), float(p[k]))
+                       for k in best]))
+  return out
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=import-outside-toplevel
+  from repvit_jax import data  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog='python -m repvit_jax.predict',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('model', help='workdir, checkpoint or model directory')
+  parser.add_argument('images', nargs='+', help='image files')
+  parser.add_argument('--top-k', type=int, default=5)
+  args = parser.parse_args(argv)
+  try:
+    results = predict(args.model, args.images, top_k=args.top_k)
+  except (ValueError, FileNotFoundError, data.DataError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  for path, best in results:
+    shown = ', '.join(f'{name} {p:.3f}' for _, name, p in best)
+    print(f'{path}: {shown}')
+  return 0
+
+
+__all__ = ['predict', 'prepare', 'class_names', 'main']
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,72 @@
+"""repvit_jax.evaluate and repvit_jax.predict on a tiny TDRL ViT saved inside a workdir."""
+
+import json
+import jax
+import numpy as np
+import pytest
+
+import repvit_jax as rj
+from repvit_jax import evaluate, export, pictures, predict
+from repvit_jax.data import digits
+from repvit_jax.reparam import check
+from repvit_jax.train import config_record
+
+from conftest import TINY_VIT, load_config
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A workdir: config.json (digits) and a training-form TDRL model in deploy/."""
+  root = tmp_path_factory.mktemp('run')
+  config = load_config('tdrl_vit_tiny.py:demo')
+  config.model.update(TINY_VIT)
+  config_record.write(str(root), config)
+  spec = rj.ModelSpec.from_config(config, num_classes=10)
+  model = spec.build()
+  variables = jax.jit(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32),
+                                         train=False))()
+  variables = check.randomize_batch_stats(check.perturb_params(variables, 0), 1)
+  rj.save_model(str(root / 'deploy'), variables, spec)
+  return root, model, variables
+
+
+@pytest.fixture(scope='module')
+def reference(workdir):
+  """The eval split through the data pipeline, and the model's logits on it."""
+  _, model, variables = workdir
+  images, labels = export.eval_split(load_config('tdrl_vit_tiny.py:demo').data)
+  return labels, np.asarray(jax.jit(lambda x: model.apply(variables, x, train=False))(images))
+
+
+def test_evaluate_reports_both_forms_as_computed_directly(workdir, reference, tmp_path):
+  root = workdir[0]
+  labels, logits = reference
+  out = str(tmp_path / 'eval.json')
+  assert evaluate.main([str(root / 'deploy'), '--json', out, '--batch-size', '100']) == 0
+  record = json.load(open(out))
+  assert record['images'] == 360 and set(record['forms']) == {'training', 'deploy'}
+  top5 = np.mean([l in np.argsort(-row)[:5] for row, l in zip(logits, labels)])
+  for form in ('training', 'deploy'):
+    assert record['forms'][form]['top1'] == pytest.approx(export.accuracy(logits, labels),
+                                                          abs=1.5 / 360)
+    assert record['forms'][form]['top5'] == pytest.approx(top5, abs=1.5 / 360)
+  assert evaluate.main([str(root / 'deploy'), '--config.data.nope=1']) == 1
+
+
+def test_predict_reads_image_files_with_the_saved_contract(workdir, reference, tmp_path,
+                                                          capsys):
+  root = workdir[0]
+  test_images, _ = digits.load_split('test')
+  paths = []
+  for i in range(3):
+    pixels = np.repeat(np.round(test_images[i] * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    paths.append(str(tmp_path / f'{i}.png'))
+    pictures.write_png(paths[-1], pixels)
+  results = predict.predict(str(root / 'deploy'), paths, top_k=3)
+  for (path, best), row in zip(results, reference[1][:3]):
+    assert [label for label, _, _ in best] == list(np.argsort(-row)[:3])
+    assert best[0][1] == str(best[0][0])                  # digits' class names are '0'..'9'
+  assert predict.main([str(root / 'deploy'), paths[0]]) == 0
+  assert capsys.readouterr().out.startswith(f'{paths[0]}: ')
+  assert predict.main([str(root / 'deploy'), str(tmp_path / 'missing.png')]) == 1
+  assert 'cannot read it as an image' in capsys.readouterr().err
