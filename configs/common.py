@@ -45,6 +45,9 @@ def run_config(task: str) -> ml_collections.ConfigDict:
   config.task = task
   config.seed = 0
   config.batch_size = 256
+  # batch_size is the batch of one update; k > 1 computes it as k micro-batches in sequence
+  # (a k-th of the activation memory; BatchNorm statistics per micro-batch).
+  config.grad_accum_steps = 1
   config.eval_batch_size = placeholder(int)     # None: batch_size
   config.total_steps = 1000
   config.init_from = placeholder(str)           # a workdir, checkpoint or model directory

@@ -145,3 +145,26 @@ def test_position_tables_follow_the_resolution(tmp_path):
   config.data.image_size = 64
   adapted = ClassificationTask(config, num_classes=3).adapt_pretrained(dict(variables))
   np.testing.assert_array_equal(adapted['params']['pos_embed'], big['params']['pos_embed'])
+
+
+def test_gradient_accumulation_equals_the_large_batch_update():
+  """4 micro-batches of 8 accumulated = one batch of 32 (a ViT without BatchNorm or dropout)."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from repvit_jax.train.state import create_state  # pylint: disable=import-outside-toplevel
+  from repvit_jax.train.step import make_train_step  # pylint: disable=import-outside-toplevel
+  config = load_config('vit_tiny.py:demo')
+  config.model.update(dict(TINY_VIT, depth=1))
+  task = ClassificationTask(config, num_classes=10)
+  batch = {'image': jax.random.normal(jax.random.key(0), (32, 32, 32, 3)),
+           'label': jnp.arange(32) % 10}
+  tx = optax.sgd(0.5)
+  state = create_state(lambda rng: task.init_variables(rng, batch['image'][:1]), tx, 0)
+  whole, whole_metrics = jax.jit(make_train_step(task, tx))(state, batch, {})
+  accumulated, metrics = jax.jit(make_train_step(task, tx, accum_steps=4))(state, batch, {})
+  moved = rj.reparam.check.relative_error
+  assert moved(jax.tree.leaves(whole['params'])[0], jax.tree.leaves(state['params'])[0]) > 1e-3
+  for a, b in zip(jax.tree.leaves(accumulated['params']), jax.tree.leaves(whole['params'])):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(float(jnp.max(jnp.abs(b))), 1.0))
+  np.testing.assert_allclose(metrics['train/loss'], whole_metrics['train/loss'], rtol=1e-5)
+  with pytest.raises(ValueError, match='does not split into grad_accum_steps=5'):
+    jax.jit(make_train_step(task, tx, accum_steps=5))(state, batch, {})

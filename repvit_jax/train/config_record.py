@@ -20,9 +20,9 @@ NOT_COMPARED = ('resume_step', 'allow_config_change')
 # Top-level fields that may change on resume with a warning only; every other field (model,
 # data, task, teacher, losses, augmentation) defines what is trained.
 ADJUSTABLE = frozenset({
-    'optimizer', 'total_steps', 'batch_size', 'eval_batch_size', 'seed', 'log_every',
-    'eval_every', 'checkpoint_every', 'keep_checkpoints', 'mesh', 'distributed', 'init_from',
-    'init_skip', 'reconstructions',
+    'optimizer', 'total_steps', 'batch_size', 'grad_accum_steps', 'eval_batch_size', 'seed',
+    'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'mesh', 'distributed',
+    'init_from', 'init_skip', 'reconstructions',
 })
 
 

@@ -99,6 +99,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
   mesh = sharding.make_mesh(config.get('mesh'))
   sharding.check_batch_size(config.batch_size, mesh)
+  accum_steps = int(config.get('grad_accum_steps', 1) or 1)
+  if accum_steps < 1 or config.batch_size % accum_steps:
+    raise ValueError(f'config.grad_accum_steps={accum_steps} must be >= 1 and divide '
+                     f'batch_size {config.batch_size}')
+  sharding.check_batch_size(config.batch_size // accum_steps, mesh,
+                            name='batch_size / grad_accum_steps')
   eval_batch_size = int(config.get('eval_batch_size') or config.batch_size)
   sharding.check_batch_size(eval_batch_size, mesh, name='eval_batch_size')
   info = data.get_dataset_info(config.data)
@@ -134,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     config_record.write(workdir, config)
   health.start(start_step)
 
-  train_step = jax.jit(make_train_step(task, tx), donate_argnums=(0,),
+  train_step = jax.jit(make_train_step(task, tx, accum_steps), donate_argnums=(0,),
                        in_shardings=(state_sharding, batch_sharding, None),
                        out_shardings=(state_sharding, None))
   evaluator = _Evaluator(config, task, mesh, eval_batch_size, frozen)

@@ -11,17 +11,52 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
-def make_train_step(task, tx: optax.GradientTransformation):
-  """(state, batch, frozen) -> (state, metrics); jit it with shardings and donated state."""
+def make_train_step(task, tx: optax.GradientTransformation, accum_steps: int = 1):
+  """(state, batch, frozen) -> (state, metrics); jit it with shardings and donated state.
+
+  With `accum_steps` k > 1 the batch of B examples is cut into k micro-batches of B / k (the
+  examples j, j + k, j + 2k, ...: each micro-batch spans every device of the data axis), run
+  one after the other in a `lax.scan`, and their mean gradient makes one update: the update of
+  the whole batch for models without BatchNorm, in a k-th of the activation memory. BatchNorm
+  statistics are those of each micro-batch, updated k times (as PyTorch's `accum_iter`).
+  """
+  if accum_steps < 1:
+    raise ValueError(f'grad_accum_steps must be >= 1, got {accum_steps}')
+
+  def gradients(params, batch_stats, batch, rng, frozen):
+    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+    if accum_steps == 1:
+      return grad_fn(params, batch_stats, batch, rng, frozen)
+    size = next(iter(batch.values())).shape[0]
+    if size % accum_steps:
+      raise ValueError(f'a batch of {size} does not split into grad_accum_steps={accum_steps} '
+                       'micro-batches; make batch_size a multiple of it')
+    micro = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape((size // accum_steps, accum_steps) + x.shape[1:]),
+                               0, 1), batch)
+
+    def one(carry, inputs):
+      stats, grad_sum = carry
+      index, micro_batch = inputs
+      (loss, (stats, metrics)), grads = grad_fn(params, stats, micro_batch,
+                                                jax.random.fold_in(rng, index), frozen)
+      return (stats, jax.tree.map(jnp.add, grad_sum, grads)), (loss, metrics)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (batch_stats, grad_sum), (losses, metrics) = jax.lax.scan(
+        one, (batch_stats, zeros), (jnp.arange(accum_steps), micro))
+    grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
+    mean = lambda x: jnp.mean(x, axis=0)
+    return (mean(losses), (batch_stats, jax.tree.map(mean, metrics))), grads
 
   def train_step(state: Dict[str, Any], batch: Dict[str, jax.Array], frozen: Any):
     rng = jax.random.fold_in(state['rng'], state['step'])
-    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-    (loss, (batch_stats, metrics)), grads = grad_fn(state['params'], state['batch_stats'],
-                                                    batch, rng, frozen)
+    (loss, (batch_stats, metrics)), grads = gradients(state['params'], state['batch_stats'],
+                                                      batch, rng, frozen)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics)
