@@ -48,6 +48,9 @@ def run_config(task: str) -> ml_collections.ConfigDict:
   # batch_size is the batch of one update; k > 1 computes it as k micro-batches in sequence
   # (a k-th of the activation memory; BatchNorm statistics per micro-batch).
   config.grad_accum_steps = 1
+  # An exponential moving average of the weights (decay 0: off), evaluated beside them
+  # (eval/ema_accuracy); ema.deploy=True exports it. See repvit_jax/train/ema.py.
+  config.ema = ema()
   config.eval_batch_size = placeholder(int)     # None: batch_size
   config.total_steps = 1000
   config.init_from = placeholder(str)           # a workdir, checkpoint or model directory
@@ -86,17 +89,28 @@ def randaugment(num_layers: int = 2, magnitude: float = 9.0, magnitude_std: floa
                                         magnitude_std=magnitude_std))
 
 
-def adamw(*, lr: float, min_lr: float, warmup_steps: int, weight_decay: float,
+def adamw(*, base_lr: float, min_lr: float, warmup_steps: int, weight_decay: float,
           b1: float = 0.9, b2: float = 0.999, layer_decay=None,
           grad_clip=None) -> ml_collections.ConfigDict:
-  """AdamW with linear warm-up to `lr`, then cosine to `min_lr` (repvit_jax/train/optimizer.py);
-  `layer_decay` and `grad_clip` None are off (typed, so the command line can set them)."""
+  """AdamW with linear warm-up to lr = `base_lr` * batch_size / 256, then cosine to `min_lr`
+  (repvit_jax/train/optimizer.py). `lr` (None) overrides the rule when set; `layer_decay` and
+  `grad_clip` None are off (all typed, so the command line can set them)."""
   config = ml_collections.ConfigDict(dict(
-      lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, b1=b1, b2=b2, eps=1e-8,
-      weight_decay=weight_decay, layer_decay=placeholder(float), grad_clip=placeholder(float)))
+      lr=placeholder(float), base_lr=base_lr, min_lr=min_lr, warmup_steps=warmup_steps, b1=b1,
+      b2=b2, eps=1e-8, weight_decay=weight_decay, layer_decay=placeholder(float),
+      grad_clip=placeholder(float)))
   config.layer_decay = layer_decay
   config.grad_clip = grad_clip
   return config
+
+
+def ema(decay: float = 0.0, *, warmup: bool = True, deploy: bool = False):
+  """An EMA of the weights (repvit_jax/train/ema.py); decay 0 is off. timm's ModelEmaV3
+  defaults: the warm-up decay 1 - (1 + s / warmup_gamma) ** -warmup_power (s: updates after
+  the first), at most `decay`, from the first update on (update_after_step 0)."""
+  return ml_collections.ConfigDict(dict(
+      decay=decay, warmup=warmup, warmup_gamma=1.0, warmup_power=2 / 3, min_decay=0.0,
+      update_after_step=0, deploy=deploy))
 
 
 def mixup(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, switch_prob: float = 0.5):
@@ -135,8 +149,8 @@ def digits_demo(config: ml_collections.ConfigDict, *, image_size: int = 32,
   """The block every digits demo shares: minutes on 2 CPU cores, offline.
 
   The embedded digits at `image_size`, light augmentation (no flips: digits are not
-  symmetric; no RandAugment), batch 64, `steps` steps of AdamW at lr 1e-3 with gradient
-  clipping, an evaluation and a checkpoint every 200 steps.
+  symmetric; no RandAugment), batch 64, `steps` steps of AdamW at lr 1e-3 (base_lr 4e-3 per
+  256 images) with gradient clipping, an evaluation and a checkpoint every 200 steps.
   """
   config.data = data_config(name='digits', image_size=image_size, crop_scale=(0.6, 1.0),
                             flip=False, randaugment=None, color_jitter=0.0,
@@ -144,7 +158,7 @@ def digits_demo(config: ml_collections.ConfigDict, *, image_size: int = 32,
   config.batch_size = 64
   config.eval_batch_size = 128
   config.total_steps = steps
-  config.optimizer = adamw(lr=1e-3, min_lr=1e-5, warmup_steps=50, weight_decay=0.05,
+  config.optimizer = adamw(base_lr=4e-3, min_lr=1e-5, warmup_steps=50, weight_decay=0.05,
                            grad_clip=1.0)
   config.log_every = 25
   config.eval_every = 200

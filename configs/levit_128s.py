@@ -38,7 +38,7 @@ def imagenet():
       color_jitter=0.0, random_erasing=0.25, repeated_augmentation=3, eval_crop_fraction=0.9)
   config.batch_size = 2048
   steps_per_epoch = common.imagenet_epochs(config, epochs=1000, eval_every_epochs=10)
-  config.optimizer = common.adamw(lr=5e-4 * 2048 / 512, min_lr=1e-5,
+  config.optimizer = common.adamw(base_lr=5e-4 * 256 / 512, min_lr=1e-5,
                                   warmup_steps=5 * steps_per_epoch, weight_decay=0.025)
   config.label_smoothing = 0.1
   config.mixup = common.mixup(mixup_alpha=0.8, cutmix_alpha=1.0)

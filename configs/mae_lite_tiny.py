@@ -59,7 +59,7 @@ def imagenet(model_name: str, teacher_model=None):
   config.batch_size = 4096
   config.eval_batch_size = 1024
   steps_per_epoch = common.imagenet_epochs(config, epochs=400, eval_every_epochs=20)
-  config.optimizer = common.adamw(lr=1.5e-4 * 4096 / 256, min_lr=0.0,
+  config.optimizer = common.adamw(base_lr=1.5e-4, min_lr=0.0,
                                   warmup_steps=40 * steps_per_epoch, weight_decay=0.05,
                                   b1=0.9, b2=0.95)
   return config
@@ -79,8 +79,8 @@ def demo(model_name: str, variant: str):
   common.digits_demo(config, image_size=32, steps=600)
   config.data.crop_scale = (0.4, 1.0)
   config.eval_batch_size = 120
-  config.optimizer = common.adamw(lr=2e-3, min_lr=1e-5, warmup_steps=60, weight_decay=0.05,
-                                  b1=0.9, b2=0.95, grad_clip=1.0)
+  config.optimizer = common.adamw(base_lr=2e-3 * 256 / 64, min_lr=1e-5, warmup_steps=60,
+                                  weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=1.0)
   config.log_every = 10
   config.eval_every = 300
   config.checkpoint_every = 300

@@ -31,7 +31,8 @@ def imagenet():
       eval_crop_fraction=256 / 288)
   config.batch_size = 1024
   common.imagenet_epochs(config, epochs=300, eval_every_epochs=10)
-  config.optimizer = common.adamw(lr=2e-3, min_lr=2e-4, warmup_steps=3000, weight_decay=0.01)
+  config.optimizer = common.adamw(base_lr=2e-3 * 256 / 1024, min_lr=2e-4, warmup_steps=3000,
+                                  weight_decay=0.01)
   config.label_smoothing = 0.1
   config.mixup = common.mixup(mixup_alpha=0.0, cutmix_alpha=0.0)
   config.teacher = common.teacher(kind='soft', alpha=0.5)   # off unless model/init_from set

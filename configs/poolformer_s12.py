@@ -32,8 +32,8 @@ def imagenet(model_name: str = 'poolformer_s12'):
       color_jitter=0.0, random_erasing=0.25, eval_crop_fraction=0.9)
   config.batch_size = 1024
   steps_per_epoch = common.imagenet_epochs(config, epochs=300, eval_every_epochs=10)
-  config.optimizer = common.adamw(lr=1e-3, min_lr=1e-5, warmup_steps=5 * steps_per_epoch,
-                                  weight_decay=0.05)
+  config.optimizer = common.adamw(base_lr=1e-3 * 256 / 1024, min_lr=1e-5,
+                                  warmup_steps=5 * steps_per_epoch, weight_decay=0.05)
   config.label_smoothing = 0.1
   config.mixup = common.mixup(mixup_alpha=0.8, cutmix_alpha=1.0)
   config.teacher = common.teacher(kind='soft', alpha=0.5)   # off unless model/init_from set

@@ -38,7 +38,7 @@ def imagenet():
       color_jitter=0.3, random_erasing=0.0, eval_crop_fraction=0.875)
   config.batch_size = 1024
   steps_per_epoch = common.imagenet_epochs(config, epochs=300, eval_every_epochs=10)
-  config.optimizer = common.adamw(lr=1e-3 * 1024 / 256, min_lr=1e-6,
+  config.optimizer = common.adamw(base_lr=1e-3, min_lr=1e-6,
                                   warmup_steps=5 * steps_per_epoch, weight_decay=0.05,
                                   b1=0.9, b2=0.999, layer_decay=0.85)
   config.label_smoothing = 0.0

@@ -59,7 +59,7 @@ def forms(spec: ModelSpec, variables) -> Dict[str, Any]:
 
 
 def evaluate(path: str, data_config=None, *, changes: Optional[Dict[str, Any]] = None,
-             batch_size: int = 128) -> Dict[str, Any]:
+             batch_size: int = 128, ema: bool = False) -> Dict[str, Any]:
   """Evaluates every form of the model at `path` on the eval split.
 
   Args:
@@ -67,6 +67,7 @@ def evaluate(path: str, data_config=None, *, changes: Optional[Dict[str, Any]] =
     data_config: the data set (None: the one the run at `path` trained on).
     changes: data fields to change (`image_size`, `data_dir`, `eval_split`, ...).
     batch_size: images per evaluation batch.
+    ema: evaluate the EMA of the weights a checkpoint holds instead of the weights.
 
   Returns:
     {'path', 'model', 'data', 'split', 'images', 'forms': {form: {'top1', 'top5', 'loss'}}}.
@@ -76,7 +77,7 @@ def evaluate(path: str, data_config=None, *, changes: Optional[Dict[str, Any]] =
   """
   from repvit_jax import data  # pylint: disable=import-outside-toplevel
   from repvit_jax.models.mae import MaskedAutoencoder  # pylint: disable=import-outside-toplevel
-  spec, variables = io.open(path)
+  spec, variables = io.open(path, ema=ema)
   if spec is None:
     raise ValueError(f'{path} does not say which model it holds (a checkpoint from before model '
                      'specs); load it with repvit_jax.io.open and evaluate it yourself')
@@ -122,12 +123,13 @@ def evaluate(path: str, data_config=None, *, changes: Optional[Dict[str, Any]] =
     count = max(float(total['count']), 1.0)
     results[form] = {k: float(total[k]) / count for k in ('top1', 'top5', 'loss')}
   images = int(jax.device_get(next(iter(totals.values())))['count'])
-  return {'path': str(path), 'model': spec.name, 'data': info.name, 'split': info.eval_split,
+  return {'path': str(path), 'weights': 'ema' if ema else 'raw', 'model': spec.name, 'data': info.name, 'split': info.eval_split,
           'image_size': int(config.image_size), 'images': images, 'forms': results}
 
 
 def table(record: Dict[str, Any]) -> str:
-  lines = [f'{record["path"]}: {record["model"]} on {record["images"]} images of '
+  of = ' (EMA weights)' if record.get('weights') == 'ema' else ''
+  lines = [f'{record["path"]}{of}: {record["model"]} on {record["images"]} images of '
            f'{record["data"]} {record["split"]} at {record["image_size"]}x'
            f'{record["image_size"]}',
            f'{"form":10s} {"top-1":>7s} {"top-5":>7s} {"loss":>7s}']
@@ -149,6 +151,8 @@ def main(argv=None) -> int:
   parser.add_argument('--config', default=None, metavar='FILE[:ARG]',
                       help="take the data set from this config (default: the run's own)")
   parser.add_argument('--batch-size', type=int, default=128)
+  parser.add_argument('--ema', action='store_true',
+                      help="the EMA of the weights (a checkpoint of a run with config.ema)")
   parser.add_argument('--json', default=None, metavar='FILE', help='also write the results')
   args, rest = parser.parse_known_args(argv)
   bad = [a for a in rest if not _DATA_FLAG.match(a)]
@@ -157,7 +161,8 @@ def main(argv=None) -> int:
   changes = parse_overrides([f'{m.group(1)}={m.group(2)}' for m in map(_DATA_FLAG.match, rest)])
   try:
     data_config = config_files.load(args.config).data if args.config else None
-    record = evaluate(args.path, data_config, changes=changes, batch_size=args.batch_size)
+    record = evaluate(args.path, data_config, changes=changes, batch_size=args.batch_size,
+                      ema=args.ema)
   except (ValueError, FileNotFoundError, data.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

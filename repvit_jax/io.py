@@ -132,7 +132,8 @@ def at_image_size(spec: ModelSpec, variables: Mapping[str, Any],
   return spec.replace(input=contract), variables
 
 
-def open(path: str) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:  # pylint: disable=redefined-builtin
+def open(path: str, *, ema: bool = False  # pylint: disable=redefined-builtin
+         ) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:
   """(spec or None, variables) of whatever `path` holds.
 
   Accepted: a model directory (`save_model`'s, `python -m repvit_jax.convert`'s output, a
@@ -140,16 +141,21 @@ def open(path: str) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:  # pylint: di
   checkpoint left), a checkpoint directory, or one step of it. Variables are
   {'params': ..., 'batch_stats': ...} host arrays, in the form the spec says (a checkpoint
   holds the training form). The spec is None only for a checkpoint that records none.
+  `ema=True` gives the EMA of the weights a checkpoint holds (trained with `config.ema`).
 
   Raises:
     FileNotFoundError: the path does not exist or holds neither a checkpoint nor a model.
-    ValueError: a file is unreadable (the message names it).
+    ValueError: a file is unreadable (the message names it), or `ema` and it holds no EMA.
   """
   path = os.path.expanduser(os.fspath(path))
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: give a training workdir, a checkpoint '
                             'directory or step, or a model directory')
   if is_model_dir(path):
+    if ema:
+      raise ValueError(f'{path} is a model directory, which holds one set of weights: give a '
+                       'checkpoint for its EMA (a run with --config.ema.deploy=True saves the '
+                       "EMA's deploy form as <workdir>/deploy)")
     record = _read_model_record(path)     # model.json first: it says what the rest is
     variables = load_variables(path)
     return _spec_from_record(path, record, variables), variables
@@ -165,12 +171,17 @@ def open(path: str) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:  # pylint: di
     step_dir = checkpoint.find_step_dir(path)
   except FileNotFoundError:
     if is_model_dir(os.path.join(path, DEPLOY_DIR)):
-      return open(os.path.join(path, DEPLOY_DIR))
+      return open(os.path.join(path, DEPLOY_DIR), ema=ema)
     raise FileNotFoundError(
         f'{path} holds no checkpoint and no saved model: give a training workdir, its '
         "'checkpoints' directory or one step of it, or a model directory (model.json + "
         'variables.msgpack)') from None
   state = checkpoint.restore_variables(step_dir)
+  if ema:
+    if 'ema' not in state:
+      raise ValueError(f'{step_dir} holds no EMA of the weights (trained without '
+                       '--config.ema.decay); leave out the EMA option')
+    state = state['ema']
   variables = {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
   record = checkpoint.step_metadata(step_dir).get('model')
   if record is not None:

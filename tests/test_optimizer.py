@@ -25,6 +25,25 @@ def test_default_config_fields():
   assert cfg.layer_decay == 0.85
 
 
+def test_the_recipe_lr_follows_the_batch_size():
+  """base_lr is per 256 images (MAE's --blr); an explicit lr wins; the rule is logged."""
+  from tests.conftest import load_config  # pylint: disable=import-outside-toplevel
+  recipe = load_config("tdrl_vit_tiny.py").optimizer        # base_lr 1e-3 at batch 1024
+  assert recipe.lr is None and recipe.base_lr == 1e-3
+  cfg, how = opt_lib.with_peak_lr(recipe, 1024)
+  assert cfg.lr == pytest.approx(4e-3) and how == "lr 0.004 = base_lr 0.001 x batch 1024 / 256"
+  assert opt_lib.with_peak_lr(recipe, 256)[0].lr == pytest.approx(1e-3)
+  assert recipe.lr is None                                    # the config is not changed
+  recipe.lr = 5e-4
+  assert opt_lib.with_peak_lr(recipe, 1024) == (recipe, "lr 0.0005 (config.optimizer.lr)")
+  recipe.lr = recipe.base_lr = None
+  with pytest.raises(ValueError, match="set --config.optimizer.base_lr"):
+    opt_lib.with_peak_lr(recipe, 1024)
+  # The demos keep their lr at their batch: 1e-3 at 64 (digits), 2e-3 at 2048 (LeViT).
+  assert opt_lib.with_peak_lr(load_config("vit_tiny.py:demo").optimizer, 64)[0].lr == 1e-3
+  assert opt_lib.with_peak_lr(load_config("levit_128s.py").optimizer, 2048)[0].lr == 2e-3
+
+
 def test_schedule_values():
   sched = opt_lib.make_schedule(_cfg(lr=1.0, min_lr=0.1, warmup_steps=10), total_steps=110)
   np.testing.assert_allclose(sched(0), 0.0, atol=1e-7)

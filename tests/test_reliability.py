@@ -63,14 +63,14 @@ def test_config_drift_errors_on_what_is_trained_and_warns_on_the_rest(tmp_path):
   warnings = []
   with pytest.raises(ValueError) as error:
     config_record.check_resume(str(tmp_path), _config(**{'model.num_heads': 6,
-                                                         'optimizer.lr': 0.5}), warnings.append)
+                                                         'optimizer.base_lr': 0.5}), warnings.append)
   message = str(error.value)
   assert 'model.num_heads: 3 -> 6' in message and 'optimizer' not in message
   assert 'allow_config_change=True' in message and '\n' not in message
   config_record.check_resume(
-      str(tmp_path), _config(**{'model.num_heads': 3, 'optimizer.lr': 0.5, 'resume_step': 4}),
+      str(tmp_path), _config(**{'model.num_heads': 3, 'optimizer.base_lr': 0.5, 'resume_step': 4}),
       warnings.append)
-  assert len(warnings) == 1 and 'optimizer.lr: 0.001 -> 0.5' in warnings[0]
+  assert len(warnings) == 1 and 'optimizer.base_lr: 0.004 -> 0.5' in warnings[0]
   warnings.clear()
   config_record.check_resume(
       str(tmp_path), _config(**{'model.num_heads': 6, 'allow_config_change': True}),

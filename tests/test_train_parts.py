@@ -158,7 +158,8 @@ def test_gradient_accumulation_equals_the_large_batch_update():
   batch = {'image': jax.random.normal(jax.random.key(0), (32, 32, 32, 3)),
            'label': jnp.arange(32) % 10}
   tx = optax.sgd(0.5)
-  state = create_state(lambda rng: task.init_variables(rng, batch['image'][:1]), tx, 0)
+  state = jax.jit(lambda: create_state(lambda rng: task.init_variables(rng, batch['image'][:1]),
+                                       tx, 0))()
   whole, whole_metrics = jax.jit(make_train_step(task, tx))(state, batch, {})
   accumulated, metrics = jax.jit(make_train_step(task, tx, accum_steps=4))(state, batch, {})
   moved = rj.reparam.check.relative_error

@@ -5,7 +5,8 @@ a checkpoint (the newest that reads back, unreadable ones set aside; or `config.
 after comparing the config with `workdir/config.json`; SIGTERM saves and returns; a
 non-finite loss stops the run (`TrainingError`) without saving, naming the latest checkpoint
 from before the divergence (`checkpoints/health.json`); evaluates the training form and the
-reparameterized deploy form; at the end exports the deploy model to `workdir/deploy` (load it
+reparameterized deploy form (and both forms of the EMA of the weights, with `config.ema`); at
+the end exports the deploy model to `workdir/deploy` (load it
 with `repvit_jax.load_model`). Every process runs every step, evaluation and collective; only
 process 0 writes files.
 """
@@ -29,6 +30,7 @@ from repvit_jax import data, io
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import optimizer as optimizer_lib
 from repvit_jax.train import config_record, distributed, pretrained, sharding, tasks
+from repvit_jax.train import ema as ema_lib
 from repvit_jax.train.checkpoint import Checkpointer
 from repvit_jax.train.health import HealthLog
 from repvit_jax.train.metrics import MetricWriter, Progress
@@ -113,11 +115,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
   total_steps = int(config.total_steps)
   image_size = int(config.data.image_size)
-  tx, schedule = _optimizer(config, task, image_size, total_steps)
+  tx, schedule, lr_rule = _optimizer(config, task, image_size, total_steps)
+  _info(is_chief, f'{task.spec.name}: batch {config.batch_size}, {total_steps} steps, {lr_rule}')
+  ema_config = config.get('ema')
+  with_ema = ema_lib.enabled(ema_config)
 
   def init_state():
     sample = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return create_state(lambda rng: task.init_variables(rng, sample), tx, int(config.seed))
+    return create_state(lambda rng: task.init_variables(rng, sample), tx, int(config.seed),
+                        with_ema=with_ema)
 
   abstract = jax.eval_shape(init_state)
   state_sharding = sharding.state_shardings(mesh, abstract)
@@ -140,7 +146,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     config_record.write(workdir, config)
   health.start(start_step)
 
-  train_step = jax.jit(make_train_step(task, tx, accum_steps), donate_argnums=(0,),
+  train_step = jax.jit(make_train_step(task, tx, accum_steps,
+                                       ema_config if with_ema else None), donate_argnums=(0,),
                        in_shardings=(state_sharding, batch_sharding, None),
                        out_shardings=(state_sharding, None))
   evaluator = _Evaluator(config, task, mesh, eval_batch_size, frozen)
@@ -195,9 +202,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           break
     if not preempted:
       # Every process runs the compiled fold (its inputs span all of them); the chief saves.
-      deploy_variables = evaluator.reparameterize(model_variables(state))
+      exported = state['ema'] if with_ema and ema_config.get('deploy') else state
+      deploy_variables = evaluator.reparameterize(model_variables(exported))
       if is_chief:
-        _export(task, deploy_variables, workdir)
+        _export(task, deploy_variables, workdir, ema=exported is not state)
   finally:
     checkpointer.close()
     writer.close()
@@ -205,9 +213,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
 
 def _optimizer(config, task, image_size: int, total_steps: int):
+  """(optimizer, schedule, the lr rule as a log line)."""
   sample = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   params = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), sample))['params']
-  return optimizer_lib.make_optimizer(config.optimizer, params, total_steps)
+  cfg, lr_rule = optimizer_lib.with_peak_lr(config.optimizer, int(config.batch_size))
+  return (*optimizer_lib.make_optimizer(cfg, params, total_steps), lr_rule)
 
 
 def _summarize(pending, step: int, checkpointer: Checkpointer, health: HealthLog,
@@ -233,8 +243,13 @@ def _divergence_advice(checkpointer: Checkpointer, health: HealthLog, config) ->
   """Which kept checkpoint predates the divergence, and the flags that resume from it."""
   checkpointer.wait_until_finished()
   kept = checkpointer.all_steps()
-  lr = config.optimizer.get('lr')
-  lower = f'a lower --config.optimizer.lr (now {lr:g})' if lr is not None else 'a lower lr'
+  lr, base_lr = config.optimizer.get('lr'), config.optimizer.get('base_lr')
+  if lr is not None:
+    lower = f'a lower --config.optimizer.lr (now {lr:g})'
+  elif base_lr is not None:
+    lower = f'a lower --config.optimizer.base_lr (now {base_lr:g}, per 256 images)'
+  else:
+    lower = 'a lower lr'
   remedy = (f'{lower}, or set --config.optimizer.grad_clip, or check the data')
   good = health.latest_healthy(kept)
   after = [health.describe(s) for s in kept if good is None or s > good]
@@ -308,7 +323,14 @@ class _Evaluator:
     self.reparameterize = jax.jit(reparameterize, out_shardings=self.replicated)
 
   def __call__(self, state) -> Dict[str, float]:
-    variables = model_variables(state)
+    """eval/<metric> and eval/deploy_<metric>; eval/ema_<metric> and eval/ema_deploy_<metric>
+    too when the state has an EMA."""
+    results = self._both_forms(model_variables(state), 'eval/')
+    if 'ema' in state:
+      results.update(self._both_forms(model_variables(state['ema']), 'eval/ema_'))
+    return results
+
+  def _both_forms(self, variables, prefix: str) -> Dict[str, float]:
     deploy_variables = self.reparameterize(variables)
     sums, deploy_sums = None, None
     for batch in data.make_eval_iterator(self.config.data, global_batch_size=self.batch_size):
@@ -318,8 +340,8 @@ class _Evaluator:
                                                               self.frozen))
     if sums is None:
       raise ValueError(f'the eval split of {self.config.data.name} is empty')
-    results = self.task.summarize(jax.device_get(sums), 'eval/')
-    results.update(self.task.summarize(jax.device_get(deploy_sums), 'eval/deploy_'))
+    results = self.task.summarize(jax.device_get(sums), prefix)
+    results.update(self.task.summarize(jax.device_get(deploy_sums), f'{prefix}deploy_'))
     return results
 
 
@@ -336,14 +358,17 @@ def _init_from(init_source, task, state, state_sharding, is_chief: bool):
     _info(is_chief, f'init_from: {len(unused_params)} checkpoint arrays not used by the model '
                     f'(e.g. {unused_params[0]})')
   state = dict(state, params=params, batch_stats=batch_stats)
+  if 'ema' in state:     # the average starts from the loaded weights
+    state['ema'] = ema_lib.initial(state)
   return jax.device_put(state, state_sharding)
 
 
-def _export(task, deploy_variables, workdir: str) -> None:
+def _export(task, deploy_variables, workdir: str, ema: bool) -> None:
   """Saves the deploy form (reparameterized by the evaluator's compiled function)."""
   variables = jax.device_get(deploy_variables)
   path = io.save_model(os.path.join(workdir, io.DEPLOY_DIR), variables, task.deploy_spec)
-  print(f'deploy model saved to {path}; load it with repvit_jax.load_model({path!r})',
+  of = ' (of the EMA weights)' if ema else ''
+  print(f'deploy model{of} saved to {path}; load it with repvit_jax.load_model({path!r})',
         flush=True)
 
 

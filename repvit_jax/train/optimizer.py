@@ -3,7 +3,9 @@
 The optimizer is `clip -> adamw(schedule, mask) -> layer scale`:
 
 * the learning rate rises linearly from 0 to `lr` over `warmup_steps`, then follows a
-  half cosine down to `min_lr` at `total_steps` (and stays there);
+  half cosine down to `min_lr` at `total_steps` (and stays there); recipes give `base_lr`,
+  the lr per 256 images, and `lr = base_lr * batch_size / 256` follows the batch size
+  (MAE's `--blr`; `with_peak_lr`), unless `lr` itself is set;
 * weight decay is decoupled (AdamW) and skipped for biases, every parameter with
   ndim <= 1 (norm scales/offsets, BN), and position embeddings / tokens;
 * with `layer_decay` set, each update is multiplied by `layer_decay ** (L + 1 - id)`
@@ -40,6 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   """Optimizer defaults (DeiT / MAE fine-tuning style); override per experiment."""
   cfg = ml_collections.ConfigDict()
   cfg.lr = 1e-3
+  cfg.base_lr = ml_collections.config_dict.placeholder(float)
   cfg.min_lr = 1e-6
   cfg.warmup_steps = 0
   cfg.b1 = 0.9
@@ -50,6 +53,36 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.layer_decay = ml_collections.config_dict.placeholder(float)
   cfg.grad_clip = ml_collections.config_dict.placeholder(float)
   return cfg
+
+
+REFERENCE_BATCH = 256
+
+
+def with_peak_lr(cfg, batch_size: int) -> tuple[ml_collections.ConfigDict, str]:
+  """(a copy of `cfg` with `lr` set, how it was set: a line for the log).
+
+  `lr` when the config sets it (explicit wins, as MAE's `--lr` over `--blr`); otherwise
+  `base_lr * batch_size / 256`, so that a recipe's lr follows an overridden batch size.
+  `batch_size` is the batch of one update (all micro-batches of gradient accumulation).
+
+  Raises:
+    ValueError: neither is set, or one is not positive.
+  """
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  lr, base_lr = cfg.get('lr'), cfg.get('base_lr')
+  if lr is not None:
+    how = f'lr {float(lr):g} (config.optimizer.lr)'
+  elif base_lr is not None:
+    lr = float(base_lr) * batch_size / REFERENCE_BATCH
+    how = (f'lr {lr:g} = base_lr {float(base_lr):g} x batch {batch_size} / '
+           f'{REFERENCE_BATCH}')
+  else:
+    raise ValueError('the optimizer config sets neither lr nor base_lr: set '
+                     '--config.optimizer.base_lr (lr per 256 images)')
+  if not float(lr) > 0:
+    raise ValueError(f'the learning rate must be positive, got {how}')
+  cfg.lr = float(lr)
+  return cfg, how
 
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:

@@ -14,9 +14,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from repvit_jax.train import ema as ema_lib
 
-def make_train_step(task, tx: optax.GradientTransformation, accum_steps: int = 1):
+
+def make_train_step(task, tx: optax.GradientTransformation, accum_steps: int = 1,
+                    ema_config=None):
   """(state, batch, frozen) -> (state, metrics); jit it with shardings and donated state.
+
+  A state with an 'ema' entry has its EMA updated after the optimizer step, with the decay
+  `ema_lib.decay_at(ema_config, new step)` (metric `train/ema_decay`).
 
   With `accum_steps` k > 1 the batch of B examples is cut into k micro-batches of B / k (the
   examples j, j + k, j + 2k, ...: each micro-batch spans every device of the data axis), run
@@ -61,11 +67,16 @@ def make_train_step(task, tx: optax.GradientTransformation, accum_steps: int = 1
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics)
     metrics['train/loss'] = loss
-    metrics['train/grad_norm'] = optax.global_norm(grads)
+    metrics['train/grad_norm'] = optax.tree.norm(grads)
     # Watched with the loss: a finite loss can still come with an update that overflowed.
-    metrics['train/param_norm'] = optax.global_norm(params)
+    metrics['train/param_norm'] = optax.tree.norm(params)
     new_state = dict(state, params=params, batch_stats=batch_stats, opt_state=opt_state,
                      step=state['step'] + 1)
+    if 'ema' in state:
+      decay = ema_lib.decay_at(ema_config, new_state['step'])
+      new_state['ema'] = ema_lib.update(state['ema'], {'params': params,
+                                                       'batch_stats': batch_stats}, decay)
+      metrics['train/ema_decay'] = decay
     return new_state, metrics
 
   return train_step
