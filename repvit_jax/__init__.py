@@ -11,7 +11,7 @@
 This module never imports TensorFlow; the input pipelines (repvit_jax.data) do.
 """
 
-from repvit_jax import io, layers, models, reparam
+from repvit_jax import features, io, layers, models, reparam
 from repvit_jax.io import load_model, save_model
 from repvit_jax.layers import TDRL, RepLinear
 from repvit_jax.models import InputSpec, ModelSpec, create_model, list_models
@@ -27,4 +27,4 @@ __all__ = ['TDRL', 'RepLinear', 'create_model', 'list_models', 'ModelSpec', 'Inp
            'batchnorm_to_affine', 'fold_affine_into_norm', 'fold_batchnorm',
            'fold_partial_batchnorm', 'fold_preceding_batchnorm',
            'merge_linear_chain', 'sum_branches', 'count_params', 'load_model', 'save_model',
-           'io', 'layers', 'models', 'reparam']
+           'features', 'io', 'layers', 'models', 'reparam']

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from repvit_jax.features import Tap
 from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
 from repvit_jax.layers.transformer import DropPath, attention
 
@@ -241,7 +242,7 @@ class LeViTStage(_Common):
                           attn_ratio=self.down_attn_ratio, mlp_ratio=self.down_mlp_ratio,
                           resolution=resolution, drop_path_rate=self.drop_path_rate,
                           name='downsample', **common)(x, train=train)
-      resolution = tuple((r - 1) // 2 + 1 for r in resolution)
+      resolution = _halved(resolution)
     elif x.shape[-1] != self.features:
       raise ValueError(f'a LeViT stage without downsampling keeps its width: got {x.shape[-1]} '
                        f'channels for a stage of {self.features}')
@@ -251,6 +252,11 @@ class LeViTStage(_Common):
                      resolution=resolution, drop_path_rate=self.drop_path_rate,
                      name=f'blocks_{j}', **common)(x, train=train)
     return x
+
+
+def _halved(resolution):
+  """The grid after a stride-2, padding-1 layer (3x3 conv or LeViT's subsampling)."""
+  return tuple((r - 1) // 2 + 1 for r in resolution)
 
 
 class LeViT(nn.Module):
@@ -284,6 +290,19 @@ class LeViT(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  def feature_taps(self, height: int, width: int):
+    """Every stage's output (`repvit_jax.features`): tokens on the stage's grid (stride 16,
+    then 32, 64, ...)."""
+    resolution = (height, width)
+    for _ in range(4):                 # the stem's four stride-2 convolutions
+      resolution = _halved(resolution)
+    found = []
+    for i in range(len(self.depths)):
+      if i > 0:
+        resolution = _halved(resolution)
+      found.append(Tap(f'stages_{i}', resolution))
+    return found
+
   @nn.compact
   def __call__(self, images, *, train: bool):
     """(B, H, W, 3) -> logits (B, num_classes); a pair in training with `distillation`."""
@@ -304,7 +323,7 @@ class LeViT(nn.Module):
                      resolution=resolution, drop_path_rate=self.drop_path_rate,
                      name=f'stages_{i}', **common)(x, train=train)
       if i > 0:
-        resolution = tuple((r - 1) // 2 + 1 for r in resolution)
+        resolution = _halved(resolution)
     x = x.mean(axis=1)
     if self.num_classes == 0:
       return x

@@ -108,6 +108,11 @@ class MaskedAutoencoder(VisionTransformer):
   decoder_num_heads: int = 3
   decoder_mlp_ratio: float = 4.0
 
+  def feature_taps(self, height: int, width: int):
+    """None: the encoder of a masked autoencoder sees a random subset of the patches."""
+    raise ValueError(f'{type(self).__name__} has no dense features (its encoder sees a random '
+                     'subset of the patches): fine-tune it, or load its encoder into vit_tiny')
+
   @nn.compact
   def __call__(self, images, *, train: bool, ids_shuffle: Optional[jax.Array] = None,
                decode: bool = True) -> Dict[str, jax.Array]:

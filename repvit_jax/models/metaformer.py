@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from repvit_jax.features import Tap
 from repvit_jax.layers.transformer import DropPath
 
 MIXERS = ('pool', 'affine', 'none')
@@ -153,6 +154,13 @@ class MetaFormer(nn.Module):
   head_norm: str = 'map'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+  def feature_taps(self, height: int, width: int):
+    """Every stage's output (`repvit_jax.features`), strides 4, 8, 16 and 32: its last
+    block."""
+    del height, width
+    ends = [sum(self.depths[:s + 1]) - 1 for s in range(len(self.depths))]
+    return [Tap(f'blocks_{k}') for k in ends]
 
   @nn.compact
   def __call__(self, images, *, train: bool):

@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from repvit_jax.features import Tap
 from repvit_jax.layers.conv_bn import ConvBN
 from repvit_jax.layers.transformer import Attention, DropPath
 
@@ -180,6 +181,13 @@ class MobileViT(_Common):
   mlp_ratio: float = 2.0
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
+
+  def feature_taps(self, height: int, width: int):
+    """Every stage's output (`repvit_jax.features`), strides 2, 4, 8, 16 and 32: the last
+    inverted residual of stages 0 and 1, the MobileViT block of stages 2 to 4."""
+    del height, width
+    return [Tap(f'stages_{i}_blocks_{self.stage_depths[i] - 1}') if i < 2
+            else Tap(f'stages_{i}_mobilevit') for i in range(len(self.channels))]
 
   @nn.compact
   def __call__(self, images, *, train: bool):

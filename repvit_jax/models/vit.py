@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from repvit_jax.features import Tap
 from repvit_jax.layers.posemb import sincos_2d
 from repvit_jax.layers.rep_linear import TDRL
 from repvit_jax.layers.transformer import remat_block
@@ -72,6 +73,12 @@ class VisionTransformer(nn.Module):
     x = self.embed(images)
     x = self.run_blocks(x, train=train)
     return self.classify(x, train=train)
+
+  def feature_taps(self, height: int, width: int):
+    """Every block's output (`repvit_jax.features`): its patch tokens on the
+    (height / p, width / p) grid, class token dropped."""
+    grid = (height // self.patch_size, width // self.patch_size)
+    return [Tap(f'blocks_{i}', grid, prefix=1) for i in range(self.depth)]
 
   def patchify(self, images):
     """(B, H, W, 3) -> patch tokens (B, T, width), T = H/p * W/p, without position."""
