@@ -99,6 +99,15 @@ def test_vit_layouts_follow_pytorch_conventions():
                                 state['patch_embed.proj.weight'].transpose(2, 3, 1, 0))  # OIHW
   np.testing.assert_array_equal(params['norm']['scale'], state['norm.weight'])
   np.testing.assert_array_equal(params['pos_embed'], state['pos_embed'])
+  # --image-size: converted at the checkpoint's 224, then the table resampled to 112.
+  moved = convert.convert_state_dict(state, 'vit_tiny', image_size=112)
+  assert moved.plan.image_size == 112 and moved.plan.spec().input.image_size == 112
+  assert moved.variables['params']['pos_embed'].shape == (1, 1 + 7 * 7, 192)
+  np.testing.assert_array_equal(moved.variables['params']['pos_embed'][:, 0],
+                                state['pos_embed'][:, 0])          # the class token is kept
+  assert any('resampled' in note for note in moved.plan.notes)
+  same = convert.convert_state_dict(state, 'vit_tiny', image_size=224).variables['params']
+  np.testing.assert_array_equal(same['pos_embed'], state['pos_embed'])
 
 
 def test_levit_batch_stats_and_heads():

@@ -87,8 +87,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
       checkpoints, a plain ViT into `tdrl_vit_*`: deploy; LeViT, MobileViT: training).
       True with a training-form checkpoint: converted, then `reparameterize`d.
     overrides: `create_model` overrides (e.g. {'num_heads': 12} for MAE-Lite's ViT-Tiny).
-    image_size: input side that shapes resolution-dependent tables; None infers or uses the
-      family default (224; 256 for MobileViT).
+    image_size: the input side of the result. The checkpoint is converted at its own size
+      (inferred from its position or bias tables; else the family's default, 224 or 256 for
+      MobileViT), then moved to `image_size` by `io.at_image_size`: a learned ViT position
+      table is resampled (bicubic, class token kept), other families change their input
+      contract; LeViT's bias tables cannot move (ValueError).
     ignore: extra regexes of checkpoint keys to skip.
 
   Returns:
@@ -102,7 +105,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
   state_dict = normalize_state_dict(state_dict)
   fam = family_for(model)
   plan = fam.plan(model, state_dict, num_classes=num_classes,
-                  overrides=dict(overrides or {}), image_size=image_size)
+                  overrides=dict(overrides or {}), image_size=None)
   plan.ignore.extend(ignore)
   has_deploy_form = bool(get_registration(model).deploy)
   if deploy and has_deploy_form and not plan.deploy:
@@ -126,6 +129,13 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
     # One compiled program: much faster than folding op by op on the host.
     variables = jax.tree.map(np.asarray, jax.jit(reparameterize)(variables))
     plan.deploy = True
+  if image_size is not None and int(image_size) != plan.image_size:
+    spec, variables = io.at_image_size(plan.spec(), variables, int(image_size))
+    resampled = 'pos_embed' in variables.get('params', {})
+    plan.notes.append(f'moved from {plan.image_size}x{plan.image_size} to {image_size}x'
+                      f'{image_size}' + (' (position table resampled)' if resampled else ''))
+    plan.image_size = spec.input.image_size
+    variables = jax.tree.map(np.asarray, variables)
   return Converted(variables, plan)
 
 

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help='model override, repeatable (e.g. num_heads=12 for MAE-Lite '
                            'ViT-Tiny)')
   parser.add_argument('--image-size', type=int, default=None,
-                      help='input side that shapes position/bias tables (default: inferred)')
+                      help="the result's input side: a ViT's learned position table is resampled "
+                           "to it (default: the checkpoint's own, inferred)")
   parser.add_argument('--ignore', action='append', default=[], metavar='REGEX',
                       help='skip checkpoint keys matching REGEX (repeatable)')
   return parser
