@@ -1,15 +1,17 @@
 """Shared test helpers: tiny model configs and non-trivial variables; one XLA cache for the
 train.py processes the tests start."""
 
+import math
 import os
 import shutil
 import tempfile
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from repvit_jax import config_files
-from repvit_jax.reparam import check
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
@@ -23,14 +25,31 @@ TINY_VIT = dict(patch_size=8, width=16, depth=2, num_heads=2, mlp_ratio=2.0)
 
 
 def nontrivial_variables(model, images, seed=0):
-  """Initialises `model` and makes every parameter and BN statistic non-trivial.
+  """Non-trivial variables for `model`, drawn with NumPy from its abstract tree: nothing is
+  compiled or run op by op (an eager `init` of a small LeViT takes ~15 s on 2 cores).
 
-  All floating leaves take the images' dtype (Flax keeps BN statistics in float32 otherwise).
+  Kernels ~ N(0, 1 / fan_in); norm/BN scales ~ 1 + N(0, 0.2); other vectors (biases, layer
+  scales, affine shifts, tokens) ~ N(0, 0.5); BN running means ~ N(0, 0.5), variances ~
+  U(0.5, 2). Every floating leaf takes the images' dtype (float64 tests get float64 weights).
   """
-  variables = model.init(jax.random.key(seed), images, train=False)
-  variables = jax.tree.map(lambda v: v.astype(images.dtype), variables)
-  variables = check.perturb_params(variables, seed)
-  return check.randomize_batch_stats(variables, seed + 1)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = getattr(path[-1], 'key', '')
+    shape = leaf.shape
+    if name == 'var':
+      value = rng.uniform(0.5, 2.0, shape)
+    elif len(shape) >= 2:
+      value = rng.normal(0.0, 1.0 / math.sqrt(np.prod(shape[:-1])), shape)
+    elif name == 'scale':
+      value = 1.0 + rng.normal(0.0, 0.2, shape)
+    else:
+      value = rng.normal(0.0, 0.5, shape)
+    dtype = images.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.dtype
+    return jnp.asarray(value, dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax import features
-from tests.conftest import TINY_VIT
-from tests.test_fuse_zoo import random_variables
+from tests.conftest import TINY_VIT, nontrivial_variables
 
 REDUCED = {
     'tdrl_vit_tiny': (dict(TINY_VIT, patch_size=8), 32,
@@ -35,7 +34,7 @@ def test_every_family_gives_its_maps_in_both_forms(name):
   info = features.feature_info(model, size)
   assert [i['reduction'] for i in info] == reductions
   assert [i['channels'] for i in info] == [s[-1] for s in shapes]
-  variables = random_variables(model, images)
+  variables = nontrivial_variables(model, images)
   deploy = rj.create_model(name, num_classes=10, deploy=True, **overrides)
 
   @jax.jit
@@ -60,7 +59,7 @@ def test_vit_maps_are_the_patch_tokens_of_each_block():
   model returns without a head: the class token is dropped and the grid is the patch grid."""
   model = rj.create_model('vit_tiny', num_classes=0, global_pool='avg', **TINY_VIT)
   images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-  variables = random_variables(model, images)
+  variables = nontrivial_variables(model, images)
   last = jax.jit(lambda v: features.intermediates(model, v, images, indices=1)[0])(variables)
   norm = variables['params']['fc_norm']
   pooled = last.mean(axis=(1, 2))

@@ -7,7 +7,6 @@ the host from the model's abstract tree (no init compile). Full-size equivalence
 benchmarks/models.py (`--check`)."""
 
 import functools
-import math
 import zlib
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ import repvit_jax as rj
 from repvit_jax import reparam
 from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
 from repvit_jax.reparam import check
+from conftest import nontrivial_variables
 
 RNG = np.random.default_rng(0)
 
@@ -44,31 +44,6 @@ REDUCED = {
     'riformer': (dict(depths=(1, 1, 2, 1), dims=(8, 8, 8, 8), layer_scale_init=1e-5), 32),
 }
 ZOO = [name for name in rj.list_models() if name.split('_')[0] in REDUCED]
-
-
-def random_variables(model, images, seed=0):
-  """Non-trivial variables for `model` drawn with NumPy from its abstract tree.
-
-  Kernels ~ N(0, 1 / fan_in); norm/BN scales ~ 1 + N(0, 0.2); other vectors (biases, layer
-  scales, affine shifts) ~ N(0, 0.5); BN running means ~ N(0, 0.5), variances ~ U(0.5, 2).
-  """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = getattr(path[-1], 'key', '')
-    shape = leaf.shape
-    if name == 'var':
-      value = rng.uniform(0.5, 2.0, shape)
-    elif len(shape) >= 2:
-      value = rng.normal(0.0, 1.0 / math.sqrt(np.prod(shape[:-1])), shape)
-    elif name == 'scale':
-      value = 1.0 + rng.normal(0.0, 0.2, shape)
-    else:
-      value = rng.normal(0.0, 0.5, shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def reduced(name, deploy=False):
@@ -140,7 +115,7 @@ def test_fold_affine_into_norm_rejects_mismatched_shapes():
 ])
 def test_layer_fusers_reach_the_deploy_layer(layer, shape):
   x = jnp.asarray(RNG.normal(size=shape), jnp.float32)
-  variables = random_variables(layer, x)
+  variables = nontrivial_variables(layer, x)
   deploy_layer = layer.clone(deploy=True)
   deployed = rj.reparameterize(variables)
   abstract = jax.eval_shape(lambda: deploy_layer.init(jax.random.key(0), x, train=False))
@@ -161,7 +136,7 @@ def test_averaged_heads_become_one_dense():
   from repvit_jax.models.levit import DistilledHead
   x = jnp.asarray(RNG.normal(size=(4, 6)), jnp.float32)
   head = DistilledHead(3)
-  variables = random_variables(head, x)
+  variables = nontrivial_variables(head, x)
   cls, dist = head.apply(variables, x, train=True, mutable=['batch_stats'])[0]
   assert cls.shape == dist.shape == (4, 3)
   deployed = rj.reparameterize(variables)
@@ -172,7 +147,7 @@ def test_averaged_heads_become_one_dense():
 
 def test_missing_batch_stats_and_bad_shapes_name_the_path():
   model, size = reduced('levit_128s')
-  variables = random_variables(model, jnp.zeros((1, size, size, 3)))
+  variables = nontrivial_variables(model, jnp.zeros((1, size, size, 3)))
   with pytest.raises(ValueError, match=r'^/(stem|head)/\S+: a .* needs the BatchNorm stat'):
     rj.reparameterize({'params': variables['params']})
   broken = jax.tree.map(lambda a: a, variables)
@@ -184,7 +159,7 @@ def test_missing_batch_stats_and_bad_shapes_name_the_path():
   with pytest.raises(ValueError, match=r'/head/dist/pre_bn/scale'):
     rj.reparameterize(broken)
   model, size = reduced('riformer_s12')
-  variables = random_variables(model, jnp.zeros((1, size, size, 3)))
+  variables = nontrivial_variables(model, jnp.zeros((1, size, size, 3)))
   variables['params']['blocks_2']['mixer']['shift'] = jnp.ones(3)
   with pytest.raises(ValueError, match=r'/blocks_2/mixer/shift'):
     rj.reparameterize(variables)
@@ -193,7 +168,7 @@ def test_missing_batch_stats_and_bad_shapes_name_the_path():
 @pytest.mark.parametrize('name', ['levit_128s', 'mobilevit_xxs', 'riformer_s12'])
 def test_reparameterize_is_idempotent(name):
   model, size = reduced(name)
-  once = rj.reparameterize(random_variables(model, jnp.zeros((1, size, size, 3))))
+  once = rj.reparameterize(nontrivial_variables(model, jnp.zeros((1, size, size, 3))))
   twice = rj.reparameterize(once)
   assert jax.tree.structure(once) == jax.tree.structure(twice)
   jax.tree.map(np.testing.assert_array_equal, once, twice)
@@ -225,7 +200,7 @@ def forward(model, variables, images):
 def test_train_form_in_eval_mode_equals_deploy_form(name):
   model, size = reduced(name)
   images = jnp.asarray(RNG.normal(size=(2, size, size, 3)), jnp.float32)
-  variables = random_variables(model, images, seed=1)
+  variables = nontrivial_variables(model, images, seed=1)
   deploy_model, _ = reduced(name, deploy=True)
   deployed = rj.reparameterize(variables)
   assert 'batch_stats' not in deployed

@@ -14,8 +14,7 @@ from repvit_jax import io
 from repvit_jax.models.levit import bias_index
 from repvit_jax.train import losses
 from repvit_jax.train.classification import ClassificationTask
-from conftest import load_config
-from test_fuse_zoo import random_variables
+from conftest import load_config, nontrivial_variables
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
@@ -101,14 +100,14 @@ def _config(teacher=None):
 def test_task_trains_class_head_on_labels_and_distillation_head_on_teacher(tmp_path):
   teacher = rj.create_model('levit_128s', num_classes=10, **TINY)
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  io.save_model(str(tmp_path / 'teacher'), random_variables(teacher, images), name='levit_128s',
+  io.save_model(str(tmp_path / 'teacher'), nontrivial_variables(teacher, images), name='levit_128s',
                 num_classes=10, deploy=False, overrides=TINY)
   batch = {'image': images, 'label': jnp.array([0, 1, 2, 3])}
   targets = losses.onehot(batch['label'], 10, 0.1)
   for path in (None, str(tmp_path / 'teacher')):
     task = ClassificationTask(_config(path), num_classes=10)
     frozen = task.load_frozen()
-    variables = random_variables(task.model, images, seed=3)
+    variables = nontrivial_variables(task.model, images, seed=3)
 
     @jax.jit
     def run(variables, frozen):

@@ -17,8 +17,7 @@ from repvit_jax import io
 from repvit_jax.models.metaformer import AffineMixer
 from repvit_jax.train.module_imitation import (ModuleImitationTask, default_blocks, mse,
                                                relation_loss)
-from conftest import load_config
-from test_fuse_zoo import random_variables
+from conftest import load_config, nontrivial_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 8, 16, 16))
@@ -68,7 +67,7 @@ def _config(teacher_dir, **feature):
 def teacher_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('poolformer'))
   model = rj.create_model('poolformer_s12', num_classes=10, **TINY)
-  io.save_model(path, random_variables(model, jnp.zeros((1, 32, 32, 3))), name='poolformer_s12',
+  io.save_model(path, nontrivial_variables(model, jnp.zeros((1, 32, 32, 3))), name='poolformer_s12',
                 num_classes=10, deploy=False, overrides=TINY)
   return path
 
@@ -79,7 +78,7 @@ def test_loss_terms_follow_their_definitions(teacher_dir):
   frozen = task.load_frozen()
   images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   batch = {'image': images, 'label': jnp.array([1, 2])}
-  variables = random_variables(task.model, images)
+  variables = nontrivial_variables(task.model, images)
 
   @jax.jit
   def run(params, frozen):

@@ -1,7 +1,6 @@
 """RepLinear computes TDRL's formula, and every TDRL option reparameterizes exactly."""
 
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +29,8 @@ def direct_rep_linear(v, x, num_branches, rectify, rectify_features=None):
       h = bn_eval(h @ p[f'branch_{n}'][f'linear_{i}']['kernel'], p[f'branch_{n}'][f'bn_{i}'],
                   s[f'branch_{n}'][f'bn_{i}'])
     y = y + h
-  if rectify == 'scale':
-    y = y / math.sqrt(num_branches + 1)
+  if rectify == 'scale':   # the recorded constant: 1 / sqrt(N + 1) at init (tested below)
+    y = y * s['rectify_scale']
   elif rectify == 'bn':
     k = rectify_features
     y = jnp.concatenate([bn_eval(y[..., :k], p['rectify_bn'], s['rectify_bn']), y[..., k:]], -1)

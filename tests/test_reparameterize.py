@@ -78,8 +78,12 @@ def test_user_model_with_rep_linear_anywhere():
   x = jax.random.normal(jax.random.key(0), (4, 3))
   train_model = UserModel()
   variables = nontrivial_variables(train_model, x)
-  deploy_variables = rj.reparameterize(variables)
-  # The user's own BatchNorm is not a TDRL layer: it stays, with its statistics.
+  # The user's BatchNorm after a ReLU has no fuser: an error naming it, unless strict=False,
+  # which keeps it with its statistics.
+  with pytest.raises(ValueError, match=r'no fuser for the BatchNorm statistics at '
+                                       r'batch_stats/other_bn: register one .* strict=False'):
+    rj.reparameterize(variables)
+  deploy_variables = rj.reparameterize(variables, strict=False)
   assert set(deploy_variables['batch_stats']) == {'other_bn'}
   assert set(deploy_variables['params']['mixer']) == {'kernel', 'bias'}
   error = check.relative_error(UserModel(deploy=True).apply(deploy_variables, x, train=False),
@@ -90,5 +94,24 @@ def test_user_model_with_rep_linear_anywhere():
 def test_reparameterize_runs_under_jit(tdrl_variables):
   eager = rj.reparameterize(tdrl_variables)
   jitted = jax.jit(rj.reparameterize)(tdrl_variables)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), eager,
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), eager,
                jitted)
+
+
+def test_a_second_fuser_for_a_name_or_a_structure_is_refused(tdrl_variables):
+  """Registering a name twice is an error (replace=True replaces); two fusers that match one
+  subtree make reparameterize name both instead of folding by registration order."""
+  from repvit_jax.reparam import tree  # pylint: disable=import-outside-toplevel
+  existing = next(f for f in tree._FUSERS if f.name == 'TDRL RepLinear')  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="a fuser named 'TDRL RepLinear' is already registered"):
+    tree.register_fuser(existing)
+  assert tree.register_fuser(existing, replace=True) is existing
+  shadow = tree.Fuser('shadow of RepLinear', existing.matches, existing.fuse)
+  tree.register_fuser(shadow)
+  try:
+    with pytest.raises(ValueError, match="matches several fusers .*'TDRL RepLinear', "
+                                         "'shadow of RepLinear'"):
+      rj.reparameterize(tdrl_variables)
+  finally:
+    tree._FUSERS.remove(shadow)  # pylint: disable=protected-access
+  rj.reparameterize(tdrl_variables)

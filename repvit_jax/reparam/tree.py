@@ -3,8 +3,11 @@
 The walk knows no models. Each re-parameterizable layer type registers a *fuser*: a predicate
 that recognises the layer's training-form subtree in `params`, and a pure function that turns
 that subtree (and the matching `batch_stats` subtree) into the deploy subtree. The walk visits
-`params` top-down; the first fuser that matches a node replaces it, and the walk does not
-descend into it. Everything else is kept as it is, so running the walk twice changes nothing.
+`params` top-down; the fuser that matches a node replaces it (two that match the same node are
+an error: the fold would depend on registration order), and the walk does not descend into
+it. Everything else is kept as it is, so running the walk twice changes nothing. BatchNorm
+statistics that no fuser consumed are an error unless `strict=False`: a deploy form that still
+needs them is not the folded model its caller asked for.
 """
 
 from __future__ import annotations
@@ -37,13 +40,24 @@ class Fuser:
 _FUSERS: List[Fuser] = []
 
 
-def register_fuser(fuser: Fuser) -> Fuser:
-  """Adds a layer type to the walk (checked in registration order)."""
+def register_fuser(fuser: Fuser, *, replace: bool = False) -> Fuser:
+  """Adds a layer type to the walk.
+
+  Raises:
+    ValueError: a fuser of the same name is registered and `replace` is False (re-running a
+      notebook cell that registers one: pass `replace=True`).
+  """
+  same = [f for f in _FUSERS if f.name == fuser.name]
+  if same and not replace:
+    raise ValueError(f'a fuser named {fuser.name!r} is already registered; give yours another '
+                     'name, or register_fuser(..., replace=True) to replace it')
+  for old in same:
+    _FUSERS.remove(old)
   _FUSERS.append(fuser)
   return fuser
 
 
-def reparameterize(variables: Tree) -> Dict[str, Any]:
+def reparameterize(variables: Tree, *, strict: bool = True) -> Dict[str, Any]:
   """Folds every re-parameterizable layer of a variable tree into its deploy form.
 
   A pure function of the tree: no module, config or global state. Recognised subtrees (for
@@ -54,13 +68,16 @@ def reparameterize(variables: Tree) -> Dict[str, Any]:
 
   Args:
     variables: `{'params': ..., 'batch_stats': ..., <other collections>}` of the training form.
+    strict: raise when `batch_stats` remain that no fuser folded (a BatchNorm of a layer type
+      without a fuser); False keeps them in the result.
 
   Returns:
     The deploy form's variables, as plain nested dicts.
 
   Raises:
     ValueError: a recognised subtree lacks its `batch_stats` or has inconsistent shapes, or
-      (outside jit) a running variance is negative or not finite; the message names the path.
+      (outside jit) a running variance is negative or not finite, or two fusers match one
+      subtree, or (strict) statistics remain; the message names the paths.
   """
   if not isinstance(variables, Mapping) or 'params' not in variables:
     raise ValueError("reparameterize expects a variable tree {'params': ..., 'batch_stats': "
@@ -69,6 +86,12 @@ def reparameterize(variables: Tree) -> Dict[str, Any]:
   stats = variables.get('batch_stats')
   _check_running_variances(stats, '')
   params, stats = _walk(variables['params'], stats, '')
+  if stats and strict:
+    left = _leaf_parents(stats, '')
+    raise ValueError(f'reparameterize found no fuser for the BatchNorm statistics at '
+                     f'{", ".join(left[:4])}{" and more" if len(left) > 4 else ""}: register '
+                     'one for that layer type (repvit_jax.reparam.register_fuser), or pass '
+                     'strict=False to keep them')
   result = {k: _plain(v) for k, v in variables.items() if k not in ('params', 'batch_stats')}
   result['params'] = params
   if stats:
@@ -96,10 +119,25 @@ def _check_running_variances(stats: Optional[Tree], path: str) -> None:
                          'diverged: use an earlier checkpoint')
 
 
+def _leaf_parents(tree: Tree, path: str) -> List[str]:
+  """'batch_stats/<path>' of every subtree holding arrays (one per BatchNorm)."""
+  found = []
+  if any(not isinstance(v, Mapping) for v in tree.values()):
+    found.append(f'batch_stats{path}')
+  for key, child in tree.items():
+    if isinstance(child, Mapping):
+      found.extend(_leaf_parents(child, f'{path}/{key}'))
+  return found
+
+
 def _walk(params: Tree, stats: Optional[Tree], path: str):
-  for fuser in _FUSERS:
-    if fuser.matches(params):
-      return fuser.fuse(params, stats, path or '/')
+  matching = [fuser for fuser in _FUSERS if fuser.matches(params)]
+  if len(matching) > 1:
+    raise ValueError(f'params{path or "/"} matches several fusers '
+                     f'({", ".join(repr(f.name) for f in matching)}); make their `matches` '
+                     'exclusive')
+  if matching:
+    return matching[0].fuse(params, stats, path or '/')
   new_params, new_stats = {}, {}
   stats = stats if isinstance(stats, Mapping) else None
   for key, child in params.items():
