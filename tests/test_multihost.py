@@ -27,7 +27,8 @@ CLASSIFICATION = ['--config=configs/tdrl_vit_tiny.py:demo', '--config.model.widt
                   '--config.batch_size=16', '--config.eval_batch_size=64',
                   '--config.log_every=1', '--config.eval_every=0',
                   '--config.checkpoint_every=1000', '--config.optimizer.warmup_steps=5',
-                  '--config.total_steps=24']
+                  '--config.total_steps=12']
+STEPS = 12
 MAE_ARCH = dict(patch_size=4, width=32, depth=1, num_heads=2, decoder_width=16,
                 decoder_depth=1, decoder_num_heads=2)
 MAE = ['--config=configs/mae_tdrl_vit_tiny.py:demo',
@@ -92,7 +93,7 @@ def sigterm_when(processes, workdir, rows_written, target):
   (chief_out, _), *_ = finish(*processes)
   assert 'SIGTERM: saved step' in chief_out
   stopped = max(train_losses(workdir))
-  assert rows_written <= stopped < 24 and (workdir / 'checkpoints' / str(stopped)).is_dir()
+  assert rows_written <= stopped < STEPS and (workdir / 'checkpoints' / str(stopped)).is_dir()
   assert not (workdir / 'deploy').exists()       # exported only when training finishes
   return stopped
 
@@ -100,7 +101,7 @@ def sigterm_when(processes, workdir, rows_written, target):
 def resume(processes, workdir, stopped):
   (chief_out, _), *_ = finish(*processes)
   assert f'resumed from {workdir / "checkpoints"} at step {stopped}' in chief_out
-  assert sorted(train_losses(workdir)) == list(range(1, 25))   # one row per step
+  assert sorted(train_losses(workdir)) == list(range(1, STEPS + 1))   # one row per step
   assert (workdir / 'deploy' / 'model.json').exists()
   return train_losses(workdir)
 

@@ -9,6 +9,9 @@ usual crop/flip/RandAugment code path applies unchanged. A fixed permutation (se
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
+import os
 
 import numpy as np
 
@@ -20,14 +23,29 @@ NUM_TRAIN = 1437
 SPLITS = ('train', 'test')
 
 
-@functools.lru_cache(maxsize=1)
-def _load() -> tuple[np.ndarray, np.ndarray]:
+def _read_csv() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's digits file, read as `load_digits` reads it (the same float64 values),
+  without importing scikit-learn: that import costs more than a second of every run's
+  start-up. Falls back to `load_digits` if a scikit-learn release moves the file."""
+  spec = importlib.util.find_spec('sklearn')        # locates the package, imports nothing
+  for location in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(location, 'datasets', 'data', 'digits.csv.gz')
+    if os.path.isfile(path):
+      with gzip.open(path, 'rt', encoding='utf-8') as f:
+        data = np.loadtxt(f, delimiter=',')
+      return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
+  return digits.images, digits.target
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[np.ndarray, np.ndarray]:
+  images, targets = _read_csv()
   # RandomState, not default_rng: its streams are frozen across numpy versions.
-  order = np.random.RandomState(0).permutation(len(digits.target))
-  images = (digits.images[order] / 16.0).astype(np.float32)
-  return images, digits.target[order].astype(np.int32)
+  order = np.random.RandomState(0).permutation(len(targets))
+  images = (images[order] / 16.0).astype(np.float32)
+  return images, targets[order].astype(np.int32)
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
