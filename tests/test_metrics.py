@@ -107,6 +107,17 @@ def test_progress_counts_the_images_it_is_given():
   assert p.log(10, images=3000) == "step 10/100 | 600 img/s | ETA 45s"
 
 
+def test_progress_leaves_compilation_and_the_first_step_out_of_the_rate():
+  """A compile inside an interval is excluded; the first step's line has no rate (its
+  interval is set-up), and the next interval starts after it."""
+  clock = iter([0.0, 30.0, 40.0, 52.0])
+  p = metrics_lib.Progress(101, 10, time_fn=lambda: next(clock), print_fn=lambda line: None)
+  assert p.log(1, {"loss": 2.5}, rate=False) == "step 1/101 | loss 2.5"     # at t=30
+  p.exclude(8.0)                  # a new batch shape compiled for 8 s of the next 10
+  assert p.log(11, {}) == "step 11/101 | 50 img/s | ETA 18s"               # 10 steps in 2 s
+  assert p.log(21, {}) == "step 21/101 | 8.3 img/s | ETA 1m36s"            # 12 s: no exclusion
+
+
 def test_progress_prints(capsys):
   p = metrics_lib.Progress(10, 8)
   line = p.log(5, {"loss": 2.0})

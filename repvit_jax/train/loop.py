@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Dict, List
 
 import jax
@@ -27,6 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from repvit_jax import data, io
+from repvit_jax.reparam.check import count_params
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import optimizer as optimizer_lib
 from repvit_jax.train import config_record, distributed, pretrained, sharding, tasks
@@ -109,14 +111,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                             name='batch_size / grad_accum_steps')
   eval_batch_size = int(config.get('eval_batch_size') or config.batch_size)
   sharding.check_batch_size(eval_batch_size, mesh, name='eval_batch_size')
+  total_steps = int(config.total_steps)
+  image_size = int(config.data.image_size)
   info = data.get_dataset_info(config.data)
+  _info(is_chief, f'data: {info.name}, {info.num_train} train / {info.num_eval} eval images '
+                  f'({info.train_split} / {info.eval_split}), {image_size}x{image_size}')
+  _info(is_chief, f'devices: {mesh.devices.size} x {jax.devices()[0].platform}, '
+                  f'{jax.process_count()} process(es), mesh '
+                  + ' x '.join(f'{k} {v}' for k, v in mesh.shape.items()))
   task = tasks.build(config, info)
   frozen = jax.device_put(task.load_frozen(), sharding.replicated(mesh))
 
-  total_steps = int(config.total_steps)
-  image_size = int(config.data.image_size)
   tx, schedule, lr_rule = _optimizer(config, task, image_size, total_steps)
-  _info(is_chief, f'{task.spec.name}: batch {config.batch_size}, {total_steps} steps, {lr_rule}')
   ema_config = config.get('ema')
   with_ema = ema_lib.enabled(ema_config)
 
@@ -126,6 +132,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                         with_ema=with_ema)
 
   abstract = jax.eval_shape(init_state)
+  _info(is_chief, f'model: {_describe_model(task, abstract)}; batch {config.batch_size}'
+                  f'{f" ({accum_steps} micro-batches)" if accum_steps > 1 else ""}, '
+                  f'{total_steps} steps, {lr_rule}')
   state_sharding = sharding.state_shardings(mesh, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
 
@@ -138,7 +147,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                         abstract, state_sharding)
   state, start_step = _resume(config, workdir, checkpointer, health, target, is_chief)
   if state is None:
-    state = jax.jit(init_state, out_shardings=state_sharding)()
+    started = time.perf_counter()
+    state = jax.block_until_ready(jax.jit(init_state, out_shardings=state_sharding)())
+    _info(is_chief, f'initialised the train state (seed {config.seed}) in '
+                    f'{time.perf_counter() - started:.1f} s')
     source = task.init_source()
     if source:
       state = _init_from(source, task, state, state_sharding, is_chief)
@@ -158,20 +170,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   eval_every = int(config.get('eval_every', 0) or 0)
   checkpoint_every = int(config.get('checkpoint_every', 1000) or 0)
 
+  started = time.perf_counter()
   train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                         seed=int(config.seed), start_step=start_step)
+  _info(is_chief, f'input pipeline ready in {time.perf_counter() - started:.1f} s')
   pending: List[Dict[str, jax.Array]] = []
   last_eval: Dict[str, float] = {}
   step, preempted = start_step, False
   images_since_log = 0   # the multi-scale sampler varies the batch size from step to step
+  compiled_shapes = set()
   try:
     with _Preemption() as preemption:
       while step < total_steps:
         batch = sharding.to_global(next(train_iter), batch_sharding)
+        shape = tuple(batch['image'].shape)
+        dispatched = time.perf_counter()
         state, metrics = train_step(state, batch, frozen)
         images_since_log += int(batch['image'].shape[0])
         step += 1
         pending.append(metrics)
+        if shape not in compiled_shapes:
+          # Tracing and compiling happen in the call; the step itself runs asynchronously.
+          compiled_shapes.add(shape)
+          seconds = time.perf_counter() - dispatched
+          progress.exclude(seconds)
+          _info(is_chief, f'compiled the train step for {"x".join(map(str, shape))} images '
+                          f'in {seconds:.1f} s')
+        if step == start_step + 1 and step % log_every and step != total_steps:
+          # A first line at once, instead of after log_every steps; the rate from here on.
+          loss = float(jax.device_get(metrics['train/loss']))
+          progress.log(step, {'loss': loss}, rate=False)
+          images_since_log = 0
         stop = preemption.should_stop()
         is_last = step == total_steps
         do_log = step % log_every == 0 or is_last or stop
@@ -187,6 +216,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           images_since_log = 0
         if do_eval:
           last_eval = evaluator(state)
+          if evaluator.compile_seconds is not None and not evaluator.reported:
+            evaluator.reported = True
+            progress.exclude(evaluator.compile_seconds)
+            _info(is_chief, f'compiled the evaluation (training and deploy forms) in '
+                            f'{evaluator.compile_seconds:.1f} s')
           task.after_eval(model_variables(state), workdir, step)   # collective: every process
           row.update(last_eval)
           _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
@@ -218,6 +252,17 @@ def _optimizer(config, task, image_size: int, total_steps: int):
   params = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), sample))['params']
   cfg, lr_rule = optimizer_lib.with_peak_lr(config.optimizer, int(config.batch_size))
   return (*optimizer_lib.make_optimizer(cfg, params, total_steps), lr_rule)
+
+
+def _describe_model(task, abstract_state) -> str:
+  """'tdrl_vit_tiny, 2.83M parameters in training (0.71M deployed)', from shapes only."""
+  variables = model_variables(abstract_state)
+  trained = count_params(variables['params'])
+  text = f'{task.spec.name}, {trained / 1e6:.2f}M parameters'
+  deployed = count_params(jax.eval_shape(reparameterize, variables)['params'])
+  if deployed != trained:
+    text += f' in training ({deployed / 1e6:.2f}M deployed)'
+  return text
 
 
 def _summarize(pending, step: int, checkpointer: Checkpointer, health: HealthLog,
@@ -321,6 +366,8 @@ class _Evaluator:
     self.train_form = jax.jit(make_eval_step(task, deploy=False))
     self.deploy_form = jax.jit(make_eval_step(task, deploy=True))
     self.reparameterize = jax.jit(reparameterize, out_shardings=self.replicated)
+    self.compile_seconds = None   # set by the first evaluation: its tracing and compiling
+    self.reported = False
 
   def __call__(self, state) -> Dict[str, float]:
     """eval/<metric> and eval/deploy_<metric>; eval/ema_<metric> and eval/ema_deploy_<metric>
@@ -331,13 +378,18 @@ class _Evaluator:
     return results
 
   def _both_forms(self, variables, prefix: str) -> Dict[str, float]:
+    started = time.perf_counter()
     deploy_variables = self.reparameterize(variables)
+    compiling = time.perf_counter() - started
     sums, deploy_sums = None, None
     for batch in data.make_eval_iterator(self.config.data, global_batch_size=self.batch_size):
       batch = sharding.to_global(batch, self.batch_sharding)
+      started = time.perf_counter()
       sums = sum_metrics(sums, self.train_form(variables, batch, self.frozen))
       deploy_sums = sum_metrics(deploy_sums, self.deploy_form(deploy_variables, batch,
                                                               self.frozen))
+      if self.compile_seconds is None:
+        self.compile_seconds = compiling + time.perf_counter() - started
     if sums is None:
       raise ValueError(f'the eval split of {self.config.data.name} is empty')
     results = self.task.summarize(jax.device_get(sums), prefix)

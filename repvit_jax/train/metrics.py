@@ -210,7 +210,8 @@ class Progress:
   """Console progress line: `step 120/1000 | loss 1.234 | 512 img/s | ETA 3m12s`.
 
   img/s and the ETA use the interval since the previous `log` call (the first call:
-  since construction), so a slow first interval (compilation) is forgotten at once.
+  since construction, or since `restart`), less the seconds handed to `exclude`
+  (compilation), so that they describe steady-state steps only.
 
   Args:
     total_steps: last step of the run.
@@ -228,25 +229,35 @@ class Progress:
     self._print_fn = print_fn or (lambda line: print(line, file=sys.stdout, flush=True))
     self._last_step = int(start_step)
     self._last_time = time_fn()
+    self._excluded = 0.0
+
+  def restart(self, step: int) -> None:
+    """Measures the next interval from now and `step` (after compiling the first step)."""
+    self._last_step, self._last_time, self._excluded = int(step), self._time_fn(), 0.0
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (a compilation inside the current interval) out of img/s and ETA."""
+    self._excluded += float(seconds)
 
   def log(self, step: int, metrics: Mapping[str, Any] | None = None,
-          images: int | None = None) -> str:
+          images: int | None = None, rate: bool = True) -> str:
     """Prints and returns one progress line for `step`.
 
     `images`: images trained on since the previous call, when batches vary in size (the
-    multi-scale sampler); None counts `global_batch_size` per step.
+    multi-scale sampler); None counts `global_batch_size` per step. `rate=False` leaves out
+    img/s and the ETA (the first step: its interval is set-up time).
     """
     now = self._time_fn()
     step = int(step)
     steps = step - self._last_step
-    elapsed = now - self._last_time
+    elapsed = now - self._last_time - self._excluded
     parts = [f"step {step}/{self.total_steps}"]
     parts += [f"{k} {_format_value(v)}" for k, v in (metrics or {}).items()]
-    if steps > 0 and elapsed > 0:
+    if rate and steps > 0 and elapsed > 0:
       rate = (steps * self.global_batch_size if images is None else images) / elapsed
       parts.append(f"{rate:.0f} img/s" if rate >= 10 else f"{rate:.1f} img/s")
       parts.append(f"ETA {format_duration((self.total_steps - step) * elapsed / steps)}")
-    self._last_step, self._last_time = step, now
+    self._last_step, self._last_time, self._excluded = step, now, 0.0
     line = " | ".join(parts)
     self._print_fn(line)
     return line
