@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from repvit_jax.train.checkpoint import Checkpointer, CheckpointMismatch, restore_variables
+from conftest import xla_flags
 
 
 def _state(seed=0, step=0):
@@ -183,7 +184,7 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_save_restore_on_8_cpu_devices(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS="cpu")
   res = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=120,

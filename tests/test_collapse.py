@@ -15,7 +15,7 @@ import pytest
 import repvit_jax as rj
 from repvit_jax.layers import RepLinear
 from repvit_jax.reparam import check, collapse
-from conftest import TINY_VIT, nontrivial_variables
+from conftest import TINY_VIT, nontrivial_variables, xla_flags
 
 
 def train_outputs(model, variables, x, cotangent_seed=0):
@@ -205,7 +205,7 @@ MESH_SCRIPT = textwrap.dedent('''
 @pytest.mark.slow
 def test_collapsed_statistics_are_global_on_an_8_device_mesh():
   here = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              JAX_PLATFORMS='cpu', PYTHONPATH=here + os.pathsep + os.environ.get('PYTHONPATH',
                                                                                 ''))
   result = subprocess.run([sys.executable, '-c', MESH_SCRIPT], env=env, capture_output=True,

@@ -17,6 +17,7 @@ import pytest
 import repvit_jax as rj
 from repvit_jax import io
 from repvit_jax.train import checkpoint
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +32,7 @@ def flags(prefix, arch):
 
 
 def train(workdir, config, *extra, check=True):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(1))
   result = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}',
                            f'--config={config}', *COMMON, *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 import repvit_jax as rj
+from conftest import xla_flags
 
 # Both tests start two processes: never at the same time (pytest -n 2 --dist loadgroup).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('two_processes')]
@@ -46,7 +47,7 @@ def free_port():
 
 def environment(devices):
   return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+              XLA_FLAGS=xla_flags(devices))
 
 
 def start(workdir, flags, process_id=None, port=None, devices=2):
