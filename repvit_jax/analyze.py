@@ -344,15 +344,20 @@ def analyze_cka(module_a, variables_a, module_b, variables_b, images, out_dir: s
 
 def _images(args, source: str, image_size: int) -> np.ndarray:
   """The first --num-images of the eval split the run at `source` was trained on (or of
-  --config's); random normal images, with a warning line, when neither names a data set."""
+  --config's); random normal images only when asked for (`--images noise`).
+
+  Raises:
+    ValueError: no data set is named and noise was not asked for.
+  """
   from repvit_jax import export  # pylint: disable=import-outside-toplevel
-  data_config = export.data_config_for(source, args.config)
-  if data_config is not None:
+  if args.images == 'data':
+    data_config = export.data_config_for(source, args.config)
+    if data_config is None:
+      raise ValueError(f'{source} is not in a training workdir, so its data set is unknown: '
+                       'add --config configs/<name>.py[:arg] for that data set, or '
+                       '--images noise for random normal images')
     images, _ = export.eval_split(data_config)
     return images[:args.num_images]
-  import sys  # pylint: disable=import-outside-toplevel
-  print(f'warning: {source} is not in a training workdir and no --config was given: using '
-        f'{args.num_images} random normal images', file=sys.stderr)
   rng = np.random.default_rng(0)
   return rng.normal(size=(args.num_images, image_size, image_size, 3)).astype(np.float32)
 
@@ -377,6 +382,8 @@ def main(argv=None) -> int:
                    help='take the images from this training config\'s eval split (default: '
                         'the run\'s own data set, from its workdir\'s config.json)')
     p.add_argument('--num-images', type=int, default=64)
+    p.add_argument('--images', choices=('data', 'noise'), default='data',
+                   help='the eval split of the data set (default), or random normal images')
     p.add_argument('--image-size', type=int, default=None)
     p.add_argument('--model-name', default=None,
                    help='model name, for a checkpoint that records none')

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax import io
+from repvit_jax import io, treepath
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
 
@@ -103,12 +103,33 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
         overrides={**(dict(base.overrides) if base is not None else {}), **(overrides or {})},
         input=base.input if base is not None else None)
   variables = {k: v for k, v in variables.items() if v}
+  _check_fit(source, spec, variables)
   if image_size:
     spec, variables = io.at_image_size(spec, variables, image_size)
   # Compiled once as a whole: much faster than folding op by op.
   deploy = jax.tree.map(np.asarray, jax.jit(reparameterize)(variables))
   spec = spec.deploy_form()
   return Exported(spec, spec.build(), deploy)
+
+
+def _check_fit(source: str, spec: ModelSpec, variables) -> None:
+  """One error line when the weights do not have the shapes of the model `spec` builds (a
+  wrong --model or missing --set overrides), instead of a shape error deep inside Flax."""
+  size = spec.input.image_size
+  rngs = {name: jax.random.key(0) for name in ('params', 'mask', 'dropout')}
+  expected = jax.eval_shape(lambda: spec.build().init(
+      rngs, jnp.zeros((1, size, size, 3)), train=False))
+  want = {k: tuple(v.shape) for k, v in treepath.flatten(
+      {c: expected.get(c, {}) for c in variables}).items()}
+  have = {k: tuple(np.shape(v)) for k, v in treepath.flatten(variables).items()}
+  wrong = [f'{k} is {have[k]}, the model has {want[k]}' for k in sorted(have)
+           if k in want and have[k] != want[k]]
+  missing = sorted(set(want) - set(have))
+  if wrong or missing:
+    first = wrong[0] if wrong else f'{missing[0]} is missing'
+    raise ValueError(f'the weights at {source} do not fit {spec.name} with overrides '
+                     f'{dict(spec.overrides)}: {first} ({len(wrong) + len(missing)} arrays '
+                     'differ); give the model and --set key=value overrides the run used')
 
 
 def _tf():

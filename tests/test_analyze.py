@@ -132,9 +132,22 @@ def test_pillow_fallback(tmp_path, monkeypatch):
 def test_command_line(tmp_path, tiny_vit_dir, capsys):
   directory = tiny_vit_dir[0]
   out = str(tmp_path / 'out')
-  assert analyze.main(['attention', directory, out, '--num-images', '4']) == 0
+  # A model directory outside a workdir names no data set: one error line, nothing written.
+  assert analyze.main(['attention', directory, out, '--num-images', '4']) == 1
+  error = capsys.readouterr().err.strip()
+  assert error.startswith('error: ') and '--images noise' in error and '\n' not in error
+  assert not os.path.exists(out)
+  assert analyze.main(['attention', directory, out, '--num-images', '4', '--images',
+                       'noise']) == 0
   assert 'layer  1: mean' in capsys.readouterr().out
-  assert analyze.main(['cka', directory, directory, out, '--num-images', '4']) == 0
+  # Spec fields are not overrides; weights of another shape are one line, not a Flax error.
+  for flags, message in ((['--set', 'num_classes=10'], 'num_classes is not a module override'),
+                         (['--set', 'width=24'], 'do not fit vit_tiny with overrides')):
+    assert analyze.main(['attention', directory, out, '--images', 'noise', *flags]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith('error: ') and message in error and '\n' not in error, error
+  assert analyze.main(['cka', directory, directory, out, '--num-images', '4', '--images',
+                       'noise']) == 0
   assert 'CKA per layer: 1.000, 1.000' in capsys.readouterr().out
   written = ['attention_distance.json', 'cka.json']
   if analyze.can_plot():

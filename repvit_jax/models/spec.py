@@ -113,8 +113,17 @@ class ModelSpec:
                  overrides: Optional[Mapping[str, Any]] = None,
                  input: Optional[InputSpec] = None) -> 'ModelSpec':  # pylint: disable=redefined-builtin
     """A spec with the registered model's own input contract unless `input` is given; a
-    `dtype` among the overrides becomes the compute dtype."""
+    `dtype` among the overrides becomes the compute dtype.
+
+    Raises:
+      ValueError: an override names a field of the spec itself (`num_classes`, `deploy`).
+    """
     overrides = _plain(dict(overrides or {}))
+    for field in ('num_classes', 'deploy'):
+      if field in overrides:
+        raise ValueError(f'{field} is not a module override: it is read from the weights and '
+                         'their form; overrides are module fields that differ from the '
+                         'registered model (e.g. num_heads=12)')
     dtype = str(overrides.pop('dtype', 'float32'))
     return cls(name=name, num_classes=int(num_classes), overrides=overrides, deploy=deploy,
                input=input or get_registration(name).input, dtype=dtype, trained_dtype=dtype)
