@@ -161,24 +161,29 @@ def cka_matrix(features_a: Sequence[Any], features_b: Sequence[Any]) -> np.ndarr
 # Plots: matplotlib when installed, else a plain Pillow drawing.
 
 def plot_attention_distance(distance: np.ndarray, path: str, *, title: str = '',
-                            ylabel: str = 'mean attention distance (pixels)') -> str:
-  """Scatter of every head's distance per layer, with the layer mean as a line."""
+                            ylabel: str = 'mean attention distance (pixels)',
+                            uniform: Optional[float] = None) -> str:
+  """Scatter of every head's distance per layer (one colour per head index), the layer
+  mean as a line, and `uniform` (the distance of uniform attention) as a dashed reference."""
   distance = np.asarray(distance)
   layers = np.arange(1, distance.shape[0] + 1)
   try:
     plt = _pyplot()
   except ImportError:
     return _pil_scatter(distance, path, title=title, ylabel=ylabel)
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-  for i, row in enumerate(distance):
-    ax.scatter(np.full(row.shape, layers[i]), row, alpha=0.6, s=18)
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+  for head in range(distance.shape[1]):
+    ax.scatter(layers, distance[:, head], alpha=0.7, s=18, label=f'head {head + 1}')
   ax.plot(layers, distance.mean(axis=1), color='black', marker='*', markersize=10,
           label='mean over heads')
+  if uniform is not None:
+    ax.axhline(uniform, color='grey', linestyle='--', linewidth=1,
+               label=f'uniform attention ({uniform:.1f})')
   ax.set_xlabel('layer')
   ax.set_ylabel(ylabel)
   ax.set_xticks(layers)
   ax.set_ylim(bottom=0)
-  ax.legend(loc='lower right')
+  ax.legend(loc='lower right', fontsize=7, ncol=2)
   ax.set_title(title)
   fig.tight_layout()
   fig.savefig(path)
@@ -194,7 +199,7 @@ def plot_cka(matrix: np.ndarray, path: str, *, title: str = '', xlabel: str = 'm
     plt = _pyplot()
   except ImportError:
     return _pil_heatmap(matrix, path, title=title)
-  fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+  fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=150)
   image = ax.imshow(matrix, origin='lower', cmap='magma', vmin=0, vmax=1)
   if max(matrix.shape) <= 12:
     for (i, j), value in np.ndenumerate(matrix):
@@ -298,8 +303,11 @@ def analyze_attention(module, variables, images, out_dir: str, *, title: str = '
                      'mae_*)')
   grid, patch = vit_grid(module, images)
   result = attention_distances(logits, grid, patch_size=patch)
+  # The reference: every query attending to every patch alike.
+  uniform = float(patch_distances(grid, patch).mean())
   os.makedirs(out_dir, exist_ok=True)
   record = {'title': title, 'num_images': int(images.shape[0]), 'grid': list(grid),
+            'uniform_distance': uniform,
             'patch_size': patch, 'image_size': list(images.shape[1:3]),
             'distance': result['distance'].tolist(), 'entropy': result['entropy'].tolist(),
             'mean_distance_per_layer': result['distance'].mean(axis=1).tolist()}
@@ -310,7 +318,8 @@ def analyze_attention(module, variables, images, out_dir: str, *, title: str = '
   if can_plot():
     png_path = plot_attention_distance(result['distance'],
                                        os.path.join(out_dir, 'attention_distance.png'),
-                                       title=title or 'average attention distance')
+                                       title=title or 'average attention distance',
+                                       uniform=uniform)
   record.update(json=json_path, png=png_path)
   return record
 
@@ -362,6 +371,16 @@ def _images(args, source: str, image_size: int) -> np.ndarray:
   return rng.normal(size=(args.num_images, image_size, image_size, 3)).astype(np.float32)
 
 
+def _describe(source: str, name: str) -> str:
+  """'tdrl_vit_tiny, step 600': the model, and the step when the weights are a checkpoint's
+  (a plot's title says what was measured)."""
+  from repvit_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  try:
+    return f'{name}, step {int(os.path.basename(checkpoint.find_step_dir(source)))}'
+  except (FileNotFoundError, ValueError):
+    return f'{name} ({os.path.basename(os.path.normpath(source))})'
+
+
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
@@ -398,7 +417,8 @@ def main(argv=None) -> int:
       model = load(args.model)
       images = _images(args, args.model, model.image_size)
       record = analyze_attention(model.module, model.variables, images, args.out,
-                                 title=args.title or model.name)
+                                 title=args.title or f'attention distance: '
+                                 f'{_describe(args.model, model.name)}')
       for i, value in enumerate(record['mean_distance_per_layer']):
         heads = ', '.join(f'{d:.1f}' for d in record['distance'][i])
         print(f'layer {i + 1:2d}: mean {value:6.2f} px  heads [{heads}]')
@@ -406,7 +426,9 @@ def main(argv=None) -> int:
       model_a, model_b = load(args.model_a), load(args.model_b)
       images = _images(args, args.model_a, model_a.image_size)
       record = analyze_cka(model_a.module, model_a.variables, model_b.module, model_b.variables,
-                           images, args.out, title=args.title,
+                           images, args.out,
+                           title=args.title or f'CKA: {_describe(args.model_a, model_a.name)} '
+                           f'vs {_describe(args.model_b, model_b.name)}',
                            names=(os.path.basename(os.path.normpath(args.model_a)),
                                   os.path.basename(os.path.normpath(args.model_b))))
       if record['diagonal'] is not None:

@@ -107,7 +107,11 @@ def test_intermediates_and_analyses_write_json_and_png(tmp_path, tiny_vit_dir):
   assert np.asarray(record['distance']).shape == (TINY_VIT['depth'], 2)
   assert record['grid'] == [4, 4] and record['patch_size'] == 8
   with open(record['json']) as f:
-    assert json.load(f)['distance'] == record['distance']
+    saved = json.load(f)
+  assert saved['distance'] == record['distance']
+  # Uniform attention's reference distance: the mean over all pairs of the 4x4 patch grid.
+  assert saved['uniform_distance'] == pytest.approx(
+      float(analyze.patch_distances((4, 4), 8).mean()))
   cka = analyze.analyze_cka(model, variables, model, variables, images, str(tmp_path))
   np.testing.assert_allclose(cka['diagonal'], 1.0, rtol=1e-9)
   if not analyze.can_plot():
