@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax import io, treepath
+from repvit_jax import io
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
 
@@ -115,21 +115,17 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
 def _check_fit(source: str, spec: ModelSpec, variables) -> None:
   """One error line when the weights do not have the shapes of the model `spec` builds (a
   wrong --model or missing --set overrides), instead of a shape error deep inside Flax."""
+  from repvit_jax.train import pretrained  # pylint: disable=import-outside-toplevel
   size = spec.input.image_size
   rngs = {name: jax.random.key(0) for name in ('params', 'mask', 'dropout')}
   expected = jax.eval_shape(lambda: spec.build().init(
       rngs, jnp.zeros((1, size, size, 3)), train=False))
-  want = {k: tuple(v.shape) for k, v in treepath.flatten(
-      {c: expected.get(c, {}) for c in variables}).items()}
-  have = {k: tuple(np.shape(v)) for k, v in treepath.flatten(variables).items()}
-  wrong = [f'{k} is {have[k]}, the model has {want[k]}' for k in sorted(have)
-           if k in want and have[k] != want[k]]
-  missing = sorted(set(want) - set(have))
-  if wrong or missing:
-    first = wrong[0] if wrong else f'{missing[0]} is missing'
-    raise ValueError(f'the weights at {source} do not fit {spec.name} with overrides '
-                     f'{dict(spec.overrides)}: {first} ({len(wrong) + len(missing)} arrays '
-                     'differ); give the model and --set key=value overrides the run used')
+  for collection, tree in variables.items():
+    try:
+      pretrained.fit(expected.get(collection, {}), tree, what=f'{collection} at {source}')
+    except ValueError as e:
+      raise ValueError(f'{e} ({spec.name} with overrides {dict(spec.overrides)}); give the '
+                       'model and --set key=value overrides the run used') from None
 
 
 def _tf():

@@ -146,7 +146,7 @@ def test_command_line(tmp_path, tiny_vit_dir, capsys):
   assert 'layer  1: mean' in capsys.readouterr().out
   # Spec fields are not overrides; weights of another shape are one line, not a Flax error.
   for flags, message in ((['--set', 'num_classes=10'], 'num_classes is not a module override'),
-                         (['--set', 'width=24'], 'do not fit vit_tiny with overrides')):
+                         (['--set', 'width=24'], 'does not fit the model')):
     assert analyze.main(['attention', directory, out, '--images', 'noise', *flags]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith('error: ') and message in error and '\n' not in error, error
