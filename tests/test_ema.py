@@ -15,7 +15,7 @@ from repvit_jax.train import ema as ema_lib
 from repvit_jax.train.classification import ClassificationTask
 from repvit_jax.train.state import create_state
 from repvit_jax.train.step import make_train_step
-from tests.conftest import TINY_VIT, load_config
+from conftest import TINY_VIT, load_config
 
 
 def timm_decay(step, decay, warmup=True, gamma=1.0, power=2 / 3, min_decay=0.0, after=0):

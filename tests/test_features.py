@@ -8,7 +8,7 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax import features
-from tests.conftest import TINY_VIT, nontrivial_variables
+from conftest import TINY_VIT, nontrivial_variables
 
 REDUCED = {
     'tdrl_vit_tiny': (dict(TINY_VIT, patch_size=8), 32,

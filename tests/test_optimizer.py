@@ -27,7 +27,7 @@ def test_default_config_fields():
 
 def test_the_recipe_lr_follows_the_batch_size():
   """base_lr is per 256 images (MAE's --blr); an explicit lr wins; the rule is logged."""
-  from tests.conftest import load_config  # pylint: disable=import-outside-toplevel
+  from conftest import load_config  # pylint: disable=import-outside-toplevel
   recipe = load_config("tdrl_vit_tiny.py").optimizer        # base_lr 1e-3 at batch 1024
   assert recipe.lr is None and recipe.base_lr == 1e-3
   cfg, how = opt_lib.with_peak_lr(recipe, 1024)
