@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 import repvit_jax as rj
@@ -325,6 +326,72 @@ def test_reconstruction_grid_and_png(tmp_path):
   panels = np.random.default_rng(0).uniform(size=(3, 2, 8, 8, 3)).astype(np.float32)
   grid = pictures.image_grid(panels, gap=2, min_tile=16)
   assert grid.shape == (2 * 16 + 3 * 2, 3 * 16 + 4 * 2, 3) and grid.dtype == np.uint8
+  np.testing.assert_array_equal(grid[2:18, 2:18], np.round(panels[0, 0].repeat(2, 0).repeat(
+      2, 1) * 255))
+  labelled = pictures.labelled_grid(panels, title='t', column_titles=('a', 'b', 'c'),
+                                    row_labels=('loss 0.5', 'loss 0.25'), min_tile=16,
+                                    font_size=10)
+  assert labelled.shape[0] == grid.shape[0] + 2 * 16 and labelled.shape[1] > grid.shape[1]
+  np.testing.assert_array_equal(labelled[32:, :grid.shape[1]], grid)   # below the titles
+  assert labelled[:32].min() < 128                                      # some text drawn
+  with pytest.raises(ValueError, match='3 columns x 2 rows'):
+    pictures.labelled_grid(panels, title='t', column_titles=('a', 'b'))
   path = tmp_path / 'r.png'
-  pictures.write_png(str(path), grid)
+  pictures.write_png(str(path), labelled)
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_reconstruction_picture_shows_no_hidden_pixel_and_tells_trained_from_untrained(
+    tmp_path):
+  """The picture's prediction and reconstruction depend on visible pixels only; its loss
+  (the masked-patch loss of the pictured images) separates a trained model from an untrained
+  one, and so do its reconstructed pixels."""
+  config = mae_config()
+  for key, value in dict(width=32, decoder_width=16).items():   # enough to learn in 120 steps
+    config.model[key] = value
+  config.eval_batch_size = 360
+  task = mae_task.MAETask(config, 10)
+  digits = task._fixed_images(360)                  # the trainer's eval images, normalised
+  shown, train = jnp.asarray(digits[:8]), digits[8:]
+  untrained = jax.jit(lambda: task.model.init(RNGS, shown[:1], train=False))()
+  panels, untrained_loss = task.reconstruction_panels(untrained, shown)
+
+  # Leak-free: scramble every masked pixel; only the original and the target may change.
+  hidden = panels['hidden']
+  noise = jax.random.normal(jax.random.key(3), shown.shape)
+  scrambled, _ = task.reconstruction_panels(untrained, shown * (1 - hidden) + noise * hidden)
+  for name in ('masked', 'prediction', 'reconstruction'):
+    np.testing.assert_array_equal(np.asarray(scrambled[name]), np.asarray(panels[name]))
+  assert not np.allclose(scrambled['target'], panels['target'])
+
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt_state, images, rng):
+    grads, _ = jax.grad(task.loss, has_aux=True)(params, {}, {'image': images}, rng, None)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state = untrained['params'], tx.init(untrained['params'])
+  order = np.random.default_rng(0)
+  for i in range(120):
+    batch = train[order.choice(len(train), 64, replace=False)]
+    params, opt_state = step(params, opt_state, jnp.asarray(batch), jax.random.key(i))
+  trained_panels, trained_loss = task.reconstruction_panels({'params': params}, shown)
+
+  def drawn_error(p, prediction):  # the squared error between two drawn columns, masked
+    return float(jnp.sum((p[prediction] - p['target']) ** 2 * p['hidden'])
+                 / jnp.sum(p['hidden']) / p['target'].shape[-1])
+
+  # The printed loss is the error between the target and prediction columns as drawn.
+  for p, loss in ((panels, untrained_loss), (trained_panels, trained_loss)):
+    assert drawn_error(p, 'prediction') == pytest.approx(float(loss.mean()), rel=1e-4)
+  predict_zero = drawn_error(dict(panels, zero=0 * hidden), 'zero')
+  assert float(trained_loss.mean()) < 0.6 * predict_zero < 0.6 * float(untrained_loss.mean())
+
+  # The trainer's hook writes one labelled picture per evaluation.
+  task.after_eval({'params': params}, str(tmp_path), 120)
+  png = (tmp_path / 'reconstructions' / 'step_120.png').read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n'
+  width, height = int.from_bytes(png[16:20], 'big'), int.from_bytes(png[20:24], 'big')
+  assert height == 8 * 96 + 9 * 2 + 2 * 19 and width > 5 * 96 + 6 * 2

@@ -221,9 +221,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
             progress.exclude(evaluator.compile_seconds)
             _info(is_chief, f'compiled the evaluation (training and deploy forms) in '
                             f'{evaluator.compile_seconds:.1f} s')
-          task.after_eval(model_variables(state), workdir, step)   # collective: every process
           row.update(last_eval)
           _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
+          task.after_eval(model_variables(state), workdir, step)   # collective: every process
         if row:
           writer.write(step, row)
         if do_checkpoint:

@@ -20,14 +20,15 @@ The trainable maps are params of the task under `params['distill']` (so the opti
 them; `init_skip='^distill/'` lets an MAE tree without them initialise a distillation run).
 The losses are in `repvit_jax.train.mae_losses`; the recipes in configs/mae_lite_tiny.py.
 Config: `model` (name, `mask_ratio`, decoder_*), `norm_pix_loss`, `teacher.{model, init_from,
-overrides, kind, pairs, alpha, hidden_alpha, decoder_layer}`, `reconstructions` (images drawn
-into `workdir/reconstructions.png` after every evaluation; 0 turns it off).
+overrides, kind, pairs, alpha, hidden_alpha, decoder_layer}`, `reconstructions` (how many eval
+images are drawn into `workdir/reconstructions/step_<N>.png` after every evaluation; 0: none).
 
-reconstructions.png shows, per image, the original | the visible patches (masked ones grey) |
-the reconstruction: visible patches as they are, masked patches as predicted. A norm-pix model
-predicts each patch up to its mean and contrast, so (as in MAE's figures) the prediction is
-drawn with the true patch's mean and standard deviation; the pattern inside the patch is the
-model's. With `norm_pix_loss=False` the prediction is drawn as it is.
+The reconstruction picture (see `MAETask.reconstruction_picture`) shows, per image, the
+original | the model's input | the masked patches' target and prediction in the units of the
+loss (norm-pix: each patch's own standardisation) | the reconstruction. The prediction is
+brought back to pixels with the visible patches' statistics only: drawing it with each masked
+patch's true mean and standard deviation (MAE's figures) leaks the answer (at 4x4 patches an
+untrained model then "draws" the digit).
 """
 
 from __future__ import annotations
@@ -253,8 +254,9 @@ class MAETask(Task):
   # -- reconstructions -------------------------------------------------------------------------
 
   def after_eval(self, variables, workdir: str, step: int) -> None:
-    """Draws original | masked | reconstruction of a fixed eval batch into
-    `workdir/reconstructions.png` (process 0 writes; every process must call this)."""
+    """Draws the reconstructions of a fixed eval batch into
+    `workdir/reconstructions/step_<step>.png` (process 0 writes; every process must call
+    this: with several processes it gathers the weights)."""
     count = int(self.config.get('reconstructions', 8) or 0)
     if count <= 0:
       return
@@ -262,44 +264,106 @@ class MAETask(Task):
       variables = multihost_utils.process_allgather(variables, tiled=True)
     if jax.process_index() != 0:
       return
-    images = self._fixed_images(count)
-    variables = jax.device_get(variables)
+    image, losses = self.reconstruction_picture(jax.device_get(variables),
+                                                self._fixed_images(count), step)
+    directory = os.path.join(workdir, 'reconstructions')
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f'step_{step}.png')
+    pictures.write_png(path, image)
+    print(f'reconstructions: {path} (masked-patch loss {float(np.mean(losses)):.4f} on '
+          f'{len(losses)} images)', flush=True)
+
+  def reconstruction_picture(self, variables, images: np.ndarray,
+                             step: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The labelled picture of `images` (n, H, W, 3), data-normalised, and each image's
+    masked-patch loss (n,) under the fixed evaluation masks.
+
+    Columns: the original | the model's input (masked patches grey) | the target of the
+    masked patches, in the units of the loss | the prediction, in the same units | the
+    reconstruction: visible patches as they are, masked ones the prediction, brought back to
+    pixels with statistics of the visible patches only. Nothing drawn in the last two columns
+    depends on a masked pixel: what they show in the hidden patches is the model's alone.
+    """
     variables = dict(variables, params=_split_params(variables['params'])[0])
-    panels = np.asarray(self._reconstruct(variables, images))      # (3, n, H, W, 3)
+    panels, losses = jax.device_get(self.reconstruction_panels(variables, jnp.asarray(images)))
     mean = np.asarray(self.config.data.get('mean', (0.485, 0.456, 0.406)), np.float32)
     std = np.asarray(self.config.data.get('std', (0.229, 0.224, 0.225)), np.float32)
-    pixels = np.clip(panels * std + mean, 0.0, 1.0)
-    pictures.write_png(os.path.join(workdir, 'reconstructions.png'),
-                       pictures.image_grid(pixels))
-    del step
+    pixels = lambda x: np.clip(x * std + mean, 0.0, 1.0)
+    if self.norm_pix:   # patch-normalised units: +-2 standard deviations span black..white
+      loss_units = lambda x: np.clip(0.5 + x / 4.0, 0.0, 1.0)
+      unit = 'norm-pix'
+    else:
+      loss_units, unit = pixels, 'pixels'
+    hidden = panels['hidden']                                # (n, H, W, 1): 1 where masked
+    # Visible patches in the loss-unit columns: a blue checkerboard, which no value draws.
+    h, w = hidden.shape[1:3]
+    checker = (np.add.outer(np.arange(h), np.arange(w)) % 2)[None, :, :, None]
+    blank = np.where(checker, np.float32([0.2, 0.25, 0.55]), np.float32([0.1, 0.12, 0.3]))
+    columns = np.stack([
+        pixels(panels['original']), pixels(panels['masked']),
+        loss_units(panels['target']) * hidden + blank * (1 - hidden),
+        loss_units(panels['prediction']) * hidden + blank * (1 - hidden),
+        pixels(panels['reconstruction'])])
+    ratio = float(np.mean(hidden))
+    title = (f'{self.spec.name} step {step}: masked-patch loss {float(np.mean(losses)):.4f} '
+             f'({unit}, {ratio:.0%} masked)')
+    image = pictures.labelled_grid(
+        columns, title=title,
+        column_titles=('original', 'input', f'target ({unit})', 'prediction',
+                       'reconstruction'),
+        row_labels=[f'loss {x:.3f}' for x in losses])
+    return image, np.asarray(losses)
 
   def _fixed_images(self, count: int) -> np.ndarray:
+    """The first `count` real images of the first eval batch (n, H, W, 3), normalised."""
     if self._recon_images is None:
       from repvit_jax import data  # pylint: disable=import-outside-toplevel
       batch_size = int(self.config.get('eval_batch_size') or self.config.batch_size)
       batch = next(iter(data.make_eval_iterator(self.config.data,
                                                 global_batch_size=batch_size)))
-      real = int(np.sum(batch['mask']))
-      self._recon_images = np.asarray(batch['image'][:min(count, real)])
-    return self._recon_images
+      self._recon_images = np.asarray(batch['image'][:int(np.sum(batch['mask']))])
+    return self._recon_images[:count]
 
   @functools.partial(jax.jit, static_argnums=0)
-  def _reconstruct(self, variables, images):
-    """(3, B, H, W, 3): originals, masked (hidden patches grey), reconstructions (the
-    prediction in the masked patches, de-normalised with each patch's true statistics, and
-    the visible patches as they are)."""
+  def reconstruction_panels(self, variables, images):
+    """The panels of `reconstruction_picture` for model variables (no distillation maps)
+    and data-normalised images (n, H, W, C), under the fixed evaluation masks.
+
+    Returns ({'original', 'masked', 'target', 'prediction', 'reconstruction'}: (n, H, W, C)
+    each, 'hidden': (n, H, W, 1) 1.0 on masked pixels}, the per-image masked-patch loss (n,)).
+    'target' and 'prediction' are in the loss's units, the others data-normalised pixels.
+    """
     p = self.model.patch_size
+    channels = images.shape[-1]
     out = self.model.apply(variables, images, train=False, rngs={'mask': self._eval_rng()})
-    patches = mae_lib.patchify(images, p)
+    patches = mae_lib.patchify(images.astype(jnp.float32), p)      # (n, N, p*p*C)
     pred = out['pred'].astype(jnp.float32)
+    target = pixel_targets(images, p, self.norm_pix)
+    hidden = out['mask'][..., None]                                  # (n, N, 1)
+    pred_pixels = pred
     if self.norm_pix:
-      mean = patches.mean(-1, keepdims=True)
-      pred = pred * jnp.sqrt(patches.var(-1, keepdims=True, ddof=1) + NORM_PIX_EPS) + mean
-    hidden = out['mask'][..., None]
-    # Grey in normalised units: the data mean, i.e. 0.
-    masked = mae_lib.unpatchify(patches * (1 - hidden), p)
-    recon = mae_lib.unpatchify(patches * (1 - hidden) + pred * hidden, p)
-    return jnp.stack([images, masked, recon])
+      # Back to pixels as MAE draws them (each patch's mean + its standard deviation times
+      # the prediction), but with the mean and the standard deviation of the visible
+      # patches, averaged, in place of the masked patch's own (which would leak it).
+      visible = 1 - hidden                                           # (n, N, 1)
+      count = jnp.sum(visible, axis=1, keepdims=True)                # (n, 1, 1)
+      patch_mean = patches.mean(-1, keepdims=True)
+      patch_std = jnp.sqrt(patches.var(-1, keepdims=True, ddof=1) + NORM_PIX_EPS)
+      mean = jnp.sum(patch_mean * visible, axis=1, keepdims=True) / count
+      scale = jnp.sum(patch_std * visible, axis=1, keepdims=True) / count
+      pred_pixels = pred * scale + mean
+    picture = lambda x: mae_lib.unpatchify(x, p, channels)
+    # The grey of hidden patches in the input: the data mean, 0 in normalised units.
+    panels = {
+        'original': images.astype(jnp.float32),
+        'masked': picture(patches * (1 - hidden)),
+        'target': picture(target),
+        'prediction': picture(pred),
+        'reconstruction': picture(patches * (1 - hidden) + pred_pixels * hidden),
+        'hidden': mae_lib.unpatchify(jnp.broadcast_to(hidden, hidden.shape[:2] + (p * p,)),
+                                     p, 1),
+    }
+    return panels, masked_patch_loss(pred, target, out['mask'])
 
 
 __all__ = ['MAETask', 'DISTILL', 'DISTILL_KINDS', 'EVAL_MASK_SEED']
