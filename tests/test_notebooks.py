@@ -7,6 +7,7 @@ embedded digits data, and installs or downloads nothing.
 
 import json
 import os
+from importlib import metadata
 import subprocess
 import sys
 
@@ -43,9 +44,58 @@ def test_notebook_runs_in_smoke_mode(name, tmp_path):
   assert 'NOTEBOOK OK' in result.stdout
 
 
-def test_colab_notebook_installs_only_outside_smoke_mode():
-  first = _code_cells('tdrl_vit_tpu_colab.ipynb')[0]
-  assert "REPVIT_SMOKE" in first and 'pip' in first and 'if not SMOKE' in first
+def _colab_cells(names):
+  """Runs the Colab notebook's settings and install cells in smoke mode; `names` from them."""
+  cells = _code_cells('tdrl_vit_tpu_colab.ipynb')
+  namespace = {'__name__': '__main__'}
+  old = os.environ.get('REPVIT_SMOKE')
+  os.environ['REPVIT_SMOKE'] = '1'
+  try:
+    for source in cells[:2]:
+      exec(compile(source, 'colab', 'exec'), namespace)  # pylint: disable=exec-used
+  finally:
+    if old is None:
+      del os.environ['REPVIT_SMOKE']
+    else:
+      os.environ['REPVIT_SMOKE'] = old
+  return [namespace[n] for n in names]
+
+
+def test_colab_notebook_keeps_the_runtimes_packages_and_finds_its_source(tmp_path):
+  find_source, pip_install_command = _colab_cells(['find_source', 'pip_install_command'])
+  constraints = tmp_path / 'constraints.txt'
+  command = pip_install_command('repvit_jax @ git+https://host/repvit-jax', str(constraints))
+  assert command[command.index('-c') + 1] == str(constraints)
+  assert 'repvit_jax @ git+https://host/repvit-jax' in command
+  # No extra that would pull tensorflow-cpu; the installed JAX and TensorFlow are pinned.
+  assert not any('[' in part or part.startswith('tensorflow-cpu') for part in command)
+  pins = dict(line.split('==') for line in constraints.read_text().split())
+  assert pins['jax'] == metadata.version('jax') and pins['numpy'] == metadata.version('numpy')
+  assert any(name in pins for name in ('tensorflow', 'tensorflow-cpu'))
+  # The source: given, else the first checkout found, else one line saying what to do.
+  assert find_source('git+https://host/r', ()) == 'repvit_jax @ git+https://host/r'
+  assert find_source('/w/repvit_jax-1.0-py3-none-any.whl', ()) == (
+      '/w/repvit_jax-1.0-py3-none-any.whl')
+  empty, checkout = tmp_path / 'empty', tmp_path / 'repvit-jax'
+  empty.mkdir()
+  checkout.mkdir()
+  (checkout / 'pyproject.toml').write_text('')
+  assert find_source('', (str(empty), str(checkout))) == str(checkout)
+  with pytest.raises(SystemExit, match='upload the repository to /content/repvit-jax'):
+    find_source('', (str(empty),))
+
+
+def test_colab_notebook_asks_for_a_tpu_and_targets_the_current_runtime():
+  with open(os.path.join(NOTEBOOKS, 'tdrl_vit_tpu_colab.ipynb')) as f:
+    info = json.load(f)['metadata']
+  assert info['accelerator'] == 'TPU' and info['colab']['gpuType'] == 'V5E1'
+  cells = _code_cells('tdrl_vit_tpu_colab.ipynb')
+  namespace = {}
+  advice_cell = next(c for c in cells if 'def accelerator_advice' in c)
+  source = advice_cell[advice_cell.index('def accelerator_advice'):]
+  exec(compile(source.split('\n\n\n')[0], 'advice', 'exec'), namespace)  # the function
+  assert namespace['accelerator_advice']('tpu') is None
+  assert 'Runtime > Change runtime type > v5e-1 TPU' in namespace['accelerator_advice']('cpu')
   for name in ('tdrl_vit_tpu_colab.ipynb', 'fuse_your_own_model.ipynb'):
     for source in _code_cells(name):
       assert not any(line.lstrip().startswith(('!', '%')) for line in source.splitlines()), (
