@@ -55,6 +55,23 @@ def test_tflite_float32_matches_jax(tmp_path, exported):
   outputs = export.run_tflite(path, images)                       # batch 1, three invocations
   assert outputs.shape == (3, 5)
   assert relative_error(outputs, exported.apply(images)) < 1e-4
+  # Every op runs in XNNPACK: GELU and the norms use no op it lacks (LESS, SELECT,
+  # BROADCAST_TO), which would split the graph around reference kernels.
+  assert export.xnnpack_partitions(export.make_interpreter(path)) == 1
+
+
+def test_tflite_poolformer_runs_in_one_xnnpack_partition():
+  model = repvit_jax.create_model('poolformer_s12', num_classes=3, depths=(1, 1, 1, 1),
+                                  dims=(8, 8, 8, 8))
+  images = _images(2)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images[:1])
+  spec = repvit_jax.ModelSpec.registered('poolformer_s12', num_classes=3, deploy=True,
+                                         overrides=dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)),
+                                         input=repvit_jax.InputSpec(image_size=32))
+  exported = export.Exported(spec, model, jax.device_get(variables))
+  payload = export.tflite_bytes(exported)
+  assert export.xnnpack_partitions(export.make_interpreter(payload)) == 1
+  assert relative_error(export.run_tflite(payload, images), exported.apply(images)) < 1e-4
 
 
 def test_tflite_int8_runs_and_is_smaller(tmp_path, exported):

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from repvit_jax.layers.activations import gelu
 from repvit_jax.layers.rep_linear import TDRL, apply_linear, make_linear
 
 ATTENTION_IMPLS = ('xla', 'cudnn')
@@ -120,7 +121,7 @@ class Mlp(nn.Module):
     width = x.shape[-1]
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     fc1 = make_linear(self.tdrl, 'fc1', self.hidden_features, width, name='fc1', **dtypes)
-    x = nn.gelu(apply_linear(fc1, x, train=train), approximate=False)
+    x = gelu(apply_linear(fc1, x, train=train))
     fc2 = make_linear(self.tdrl, 'fc2', width, self.hidden_features, name='fc2', **dtypes)
     return apply_linear(fc2, x, train=train)
 

@@ -106,7 +106,14 @@ class LeViTAttention(_Common):
     else:
       kv = self.linear_bn(heads * (kd + vd), 'kv')(x, train=train)
       k, v = jnp.split(kv.reshape(batch, tokens, heads, kd + vd), [kd], axis=-1)
-      sub = x.reshape(batch, rh, rw, width)[:, ::self.stride, ::self.stride]
+      # The stride-s subsample x[:, ::s, ::s] as pad + reshape + a plain slice: the same
+      # values, but no strided slice, which XNNPACK does not run (the TFLite graph split into
+      # three partitions around LeViT's two shrinking attentions).
+      s = self.stride
+      out_h, out_w = -(-rh // s), -(-rw // s)
+      grid = jnp.pad(x.reshape(batch, rh, rw, width),
+                     ((0, 0), (0, out_h * s - rh), (0, out_w * s - rw), (0, 0)))
+      sub = grid.reshape(batch, out_h, s, out_w, s, width)[:, :, 0, :, 0]
       sub = sub.reshape(batch, -1, width)
       q = self.linear_bn(heads * kd, 'q')(sub, train=train).reshape(batch, -1, heads, kd)
     biases = self.param('attention_biases', nn.initializers.zeros, (heads, rh * rw),

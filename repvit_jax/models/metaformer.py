@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from repvit_jax.features import Tap
+from repvit_jax.layers.activations import gelu
 from repvit_jax.layers.transformer import DropPath
 
 MIXERS = ('pool', 'affine', 'none')
@@ -56,6 +57,36 @@ def _uniform(low: float, high: float):
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, low, high)
   return init
+
+
+class ImageNorm(nn.Module):
+  """GroupNorm with one group: each image normalised by the mean and variance of all its
+  (H, W, C) values, then a per-channel scale and bias. (B, H, W, C) -> same.
+
+  The parameters are `nn.GroupNorm(num_groups=1)`'s ('scale', 'bias'), so checkpoints and
+  fusers are unchanged, and it computes what nn.GroupNorm does (float32 statistics, the
+  variance as E[x^2] - E[x]^2, for which XLA reads x once). Written out rather than with
+  `nn.GroupNorm`, whose lowering broadcasts the statistics explicitly: the TFLite graph then
+  holds a BROADCAST_TO per norm, which XNNPACK does not run (PoolFormer-S12's norms alone
+  split it into 26 XNNPACK partitions, with reference kernels between them; now one).
+  """
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (channels,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (channels,), self.param_dtype)
+    values = x.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim))
+    # One pass over x for both moments (as flax's GroupNorm: var = E[x^2] - E[x]^2).
+    mean = values.mean(axis=axes, keepdims=True)
+    variance = jnp.maximum(jnp.mean(values * values, axis=axes, keepdims=True) - mean * mean,
+                           0.0)
+    y = (values - mean) * jax.lax.rsqrt(variance + self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
 
 class AffineMixer(nn.Module):
@@ -91,7 +122,7 @@ class MetaFormerBlock(nn.Module):
       raise ValueError(f'MetaFormer mixer must be one of {MIXERS}, got {self.mixer!r}')
     channels = x.shape[-1]
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = lambda name: nn.GroupNorm(num_groups=1, epsilon=self.norm_eps, name=name, **dtypes)
+    norm = lambda name: ImageNorm(epsilon=self.norm_eps, name=name, **dtypes)
     layer_scale = lambda name: self.param(name, nn.initializers.constant(
         self.layer_scale_init), (channels,), self.param_dtype).astype(x.dtype)
     drop_path = DropPath(self.drop_path_rate)
@@ -120,11 +151,17 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    """(..., C) -> (..., C)."""
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    width = x.shape[-1]
+    shape = x.shape
+    # Over (pixels, C): the TFLite converter makes a (B, H, W, C) dense a BATCH_MATMUL,
+    # which it cannot build for a 1x1 map (a 32x32 image at the last stage); a 2-D one is a
+    # FULLY_CONNECTED at every size. The same numbers either way.
+    x = x.reshape(-1, shape[-1])
     x = nn.Dense(self.hidden_features, kernel_init=_dense_init, name='fc1', **dtypes)(x)
-    x = nn.gelu(x, approximate=False)
-    return nn.Dense(width, kernel_init=_dense_init, name='fc2', **dtypes)(x)
+    x = gelu(x)
+    x = nn.Dense(shape[-1], kernel_init=_dense_init, name='fc2', **dtypes)(x)
+    return x.reshape(shape)
 
 
 class MetaFormer(nn.Module):
@@ -186,7 +223,7 @@ class MetaFormer(nn.Module):
                             self.norm_eps, name=f'blocks_{k}', **dtypes)(x, train=train)
         k += 1
     if self.head_norm == 'map':
-      x = nn.GroupNorm(num_groups=1, epsilon=self.norm_eps, name='norm', **dtypes)(x)
+      x = ImageNorm(epsilon=self.norm_eps, name='norm', **dtypes)(x)
       x = x.mean(axis=(1, 2))
     else:
       x = nn.LayerNorm(epsilon=1e-6, name='norm', **dtypes)(x.mean(axis=(1, 2)))

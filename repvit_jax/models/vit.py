@@ -97,8 +97,11 @@ class VisionTransformer(nn.Module):
     pos = self.position_embedding(x.shape[1]).astype(x.dtype)
     cls = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.width),
                      self.param_dtype).astype(x.dtype) + pos[:, :1]
-    cls = jnp.broadcast_to(cls, (x.shape[0], 1, self.width))
-    return jnp.concatenate([cls, x + pos[:, 1:]], axis=1)
+    # [cls, x + pos] as a zero slot padded in front plus a (1, 1 + T, width) table holding
+    # the class token: the same values, without broadcasting the token to the batch, which
+    # the TFLite graph would hold as a BROADCAST_TO that XNNPACK does not run.
+    first = jnp.concatenate([cls, jnp.zeros_like(pos[:, 1:])], axis=1)
+    return jnp.pad(x + pos[:, 1:], ((0, 0), (1, 0), (0, 0))) + first
 
   def position_embedding(self, num_patches: int):
     """(1, 1 + num_patches, width): learned parameter or fixed sin-cos (cls slot first)."""
