@@ -1,0 +1,205 @@
+"""Deploy forms on the CPU: XLA, TFLite (XNNPACK) and, when installed, timm on PyTorch eager.
+
+    python benchmarks/deploy.py                                    # every family, batch 1 and 32
+    python benchmarks/deploy.py --models vit_tiny --batches 32 --runtimes xla,tflite
+    python benchmarks/deploy.py --outputs before.npz               # keep the logits ...
+    python benchmarks/deploy.py --compare before.npz --runtimes xla  # ... and compare later
+
+For each model's deploy form (float32, 1000 classes, random weights drawn once with seed 0) and
+each batch, the runtimes are timed in alternation in this one process (A, B, C, A, B, C, ...;
+median of `--rounds` calls after warm-up):
+
+* xla: `jax.jit(module.apply)`;
+* tflite: the file `repvit_jax.export` writes (jax2tf, fixed batch), run by the LiteRT
+  interpreter `export.make_interpreter` makes (XNNPACK, one thread per core); its relative
+  error against the JAX logits is reported, and how many partitions XNNPACK took (1: the
+  whole graph runs in XNNPACK; more: ops in between fell back to the reference kernels);
+* tflite-int8 (opt-in): the same with dynamic-range int8 weights;
+* timm: the timm model of the same architecture (`TIMM_NAMES`; RIFormer's deploy form has no
+  timm twin, so poolformer_s12 stands in), `torch.inference_mode()`, one thread per core.
+  Needs `pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31`; without them the column
+  is left out.
+
+RIFormer's deploy form against PoolFormer (the token mixer removed) is timed in alternation per
+runtime too. Prints the tables and writes JSON (default benchmarks/results/deploy.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Dict, List
+
+# timm first: its import loads triton's C extension, which crashes when TensorFlow (imported
+# by the TFLite runtime) is already loaded; the other order works.
+try:
+  import timm  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+except ImportError:
+  timm = torch = None
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=wrong-import-position
+
+from repvit_jax import export  # pylint: disable=wrong-import-position
+from repvit_jax.models.spec import ModelSpec  # pylint: disable=wrong-import-position
+from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
+
+DEFAULT_MODELS = 'vit_tiny,levit_128s,mobilevit_xs,poolformer_s12,riformer_s12'
+TIMM_NAMES = {'vit_tiny': 'vit_tiny_patch16_224', 'levit_128s': 'levit_128s',
+              'mobilevit_xs': 'mobilevit_xs', 'poolformer_s12': 'poolformer_s12',
+              'riformer_s12': 'poolformer_s12'}
+RUNTIMES = ('xla', 'tflite', 'tflite-int8', 'timm')
+
+
+def deploy_model(name: str):
+  """(spec, module, variables) of a registered model's deploy form, random weights."""
+  spec = ModelSpec.registered(name, deploy=True)
+  module = spec.build()
+  size = spec.input.image_size
+  variables = jax.jit(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                          train=False))()
+  return spec, module, check.perturb_params(jax.device_get(variables), 1)
+
+
+def tflite_runner(exported: export.Exported, batch: int, quantize=None):
+  """(run(images) -> logits, XNNPACK partitions) of the exported TFLite model."""
+  interpreter = export.make_interpreter(
+      export.tflite_bytes(exported, batch_size=batch, quantize=quantize))
+  inp = interpreter.get_input_details()[0]['index']
+  out = interpreter.get_output_details()[0]['index']
+
+  def run(images):
+    interpreter.set_tensor(inp, images)
+    interpreter.invoke()
+    return interpreter.get_tensor(out)
+
+  return run, export.xnnpack_partitions(interpreter)
+
+
+def timm_runner(name: str, images: np.ndarray) -> Callable[[], Any]:
+  torch.set_num_threads(os.cpu_count())
+  model = timm.create_model(TIMM_NAMES[name], pretrained=False).eval()
+  batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+  def run():
+    with torch.inference_mode():
+      return model(batch).numpy()
+
+  return run
+
+
+def measure(name: str, batch: int, runtimes: List[str], rounds: int,
+            outputs: Dict[str, np.ndarray]) -> Dict[str, Any]:
+  spec, module, variables = deploy_model(name)
+  size = spec.input.image_size
+  images = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+  forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
+  device_images = jnp.asarray(images)
+  logits = np.asarray(forward(variables, device_images))
+  outputs[f'{name}/{batch}'] = logits
+  row: Dict[str, Any] = {'model': name, 'batch': batch, 'image_size': size}
+  fns: Dict[str, Callable[[], Any]] = {}
+  if 'xla' in runtimes:
+    fns['xla'] = lambda: forward(variables, device_images)
+  exported = export.Exported(spec, module, variables)
+  for runtime, quantize in (('tflite', None), ('tflite-int8', 'int8')):
+    if runtime in runtimes:
+      run, partitions = tflite_runner(exported, batch, quantize)
+      row[f'{runtime}_error'] = check.relative_error(run(images), logits)
+      row[f'{runtime}_partitions'] = partitions
+      fns[runtime] = (lambda r=run: r(images))
+  if 'timm' in runtimes and timm is not None:
+    fns['timm'] = timm_runner(name, images)
+  seconds = common.time_interleaved(fns, rounds=rounds)
+  for runtime, s in seconds.items():
+    row[f'{runtime}_img_s'] = batch / s
+  ours = [row[f'{r}_img_s'] for r in ('xla', 'tflite') if f'{r}_img_s' in row]
+  if 'timm_img_s' in row and ours:
+    row['best_vs_timm'] = max(ours) / row['timm_img_s']
+  return row
+
+
+def riformer_vs_poolformer(batch: int, runtimes: List[str], rounds: int) -> List[Dict]:
+  """riformer_s12's deploy form against poolformer_s12, per runtime, timed in alternation."""
+  rows = []
+  models = {n: deploy_model(n) for n in ('poolformer_s12', 'riformer_s12')}
+  images = np.random.default_rng(0).normal(size=(batch, 224, 224, 3)).astype(np.float32)
+  for runtime in [r for r in runtimes if r in ('xla', 'tflite')]:
+    fns = {}
+    for name, (spec, module, variables) in models.items():
+      if runtime == 'xla':
+        forward = jax.jit(lambda v, x, m=module: m.apply(v, x, train=False))
+        x = jnp.asarray(images)
+        fns[name] = (lambda f=forward, v=variables, x=x: f(v, x))
+      else:
+        run, _ = tflite_runner(export.Exported(spec, module, variables), batch)
+        fns[name] = (lambda r=run: r(images))
+    seconds = common.time_interleaved(fns, rounds=rounds)
+    rows.append({'runtime': runtime, 'batch': batch,
+                 'poolformer_img_s': batch / seconds['poolformer_s12'],
+                 'riformer_img_s': batch / seconds['riformer_s12'],
+                 'riformer_vs_poolformer': seconds['poolformer_s12'] / seconds['riformer_s12']})
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default=DEFAULT_MODELS)
+  parser.add_argument('--batches', default='1,32')
+  parser.add_argument('--runtimes', default='xla,tflite,timm',
+                      help=f'comma-separated, from {RUNTIMES}')
+  parser.add_argument('--rounds', type=int, default=7, help='timed calls per runtime')
+  parser.add_argument('--outputs', help='write the XLA logits of every model/batch here (.npz)')
+  parser.add_argument('--compare', help='an --outputs file: report the relative error of '
+                                        "today's XLA logits against it")
+  parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
+                                                    'deploy.json'))
+  args = parser.parse_args()
+  runtimes = args.runtimes.split(',')
+  unknown = sorted(set(runtimes) - set(RUNTIMES))
+  if unknown:
+    parser.error(f'unknown runtimes {unknown}: choose from {RUNTIMES}')
+  if 'timm' in runtimes and timm is None:
+    print('timm / torch not installed: the timm column is left out')
+  batches = [int(b) for b in args.batches.split(',')]
+  names = args.models.split(',')
+  outputs: Dict[str, np.ndarray] = {}
+  rows = []
+  for batch in batches:
+    for name in names:
+      rows.append(measure(name, batch, runtimes, args.rounds, outputs))
+      print(f'{name} batch {batch}: done', flush=True)
+  if args.compare:
+    before = np.load(args.compare)
+    for row in rows:
+      key = f'{row["model"]}/{row["batch"]}'
+      if key in before:
+        row['vs_before'] = check.relative_error(outputs[key], before[key])
+  columns = ['model', 'batch'] + [f'{r}_img_s' for r in runtimes] + ['best_vs_timm'] + [
+      f'{r}_{k}' for r in ('tflite', 'tflite-int8') if r in runtimes
+      for k in ('error', 'partitions')] + (['vs_before'] if args.compare else [])
+  common.print_table(rows, columns)
+  pairs = []
+  if {'poolformer_s12', 'riformer_s12'} <= set(names):
+    pairs = [r for b in batches for r in riformer_vs_poolformer(b, runtimes, args.rounds)]
+    print()
+    common.print_table(pairs, ['runtime', 'batch', 'poolformer_img_s', 'riformer_img_s',
+                               'riformer_vs_poolformer'])
+  if args.outputs:
+    np.savez(args.outputs, **outputs)
+  machine = common.machine()
+  if torch is not None:
+    machine.update(torch=torch.__version__, timm=timm.__version__,
+                   torch_threads=torch.get_num_threads())
+  common.write_json(args.out, {'benchmark': 'deploy', 'machine': machine, 'results': rows,
+                               'riformer_vs_poolformer': pairs})
+
+
+if __name__ == '__main__':
+  main()

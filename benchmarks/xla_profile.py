@@ -1,0 +1,89 @@
+"""Where a deploy form's time goes on XLA: milliseconds per forward pass, per op of the model.
+
+    python benchmarks/xla_profile.py vit_tiny --batch 32
+    python benchmarks/xla_profile.py mobilevit_xs --batch 1 --top 20
+
+Runs the jitted deploy forward under `jax.profiler.trace` (Perfetto trace), sums the time of
+every XLA op the trace shows (fusions, library calls such as the XNNPACK/YNNPACK dot fusions)
+and groups them by the model op they came from (the `op_name` of the compiled HLO, with layer
+indices folded: `blocks_3/mlp/fc1` and `blocks_7/mlp/fc1` are one row). Prints the table,
+largest first; the rows add up to the forward pass, less the runtime's own overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from repvit_jax.models.spec import ModelSpec
+
+NOT_OPS = ('ThunkExecutor', '$', 'SlinkyThreadPool', 'Pjit', 'end: ', 'ParseArguments')
+
+
+def op_origins(hlo_text: str):
+  """{HLO instruction name: the model op it came from, layer indices folded}."""
+  origins = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r'\s*%?([\w.\-]+) = .*op_name="([^"]+)"', line)
+    if match:
+      path = match.group(2).split(')/', 1)[-1]
+      origins[match.group(1)] = re.sub(r'(blocks|stages|layers|transformer)_\d+', r'\1_*',
+                                       path)
+  return origins
+
+
+def profile(name: str, batch: int, calls: int = 3):
+  """[(milliseconds per call, XLA op kind, model op)], largest first, and the total."""
+  spec = ModelSpec.registered(name, deploy=True)
+  module = spec.build()
+  size = spec.input.image_size
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, 3)),
+                       jnp.float32)
+  variables = jax.jit(lambda: module.init(jax.random.key(0), images[:1], train=False))()
+  forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
+  for _ in range(3):
+    jax.block_until_ready(forward(variables, images))
+  with tempfile.TemporaryDirectory() as directory:
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+      for _ in range(calls):
+        jax.block_until_ready(forward(variables, images))
+    path = glob.glob(f'{directory}/**/*perfetto_trace.json.gz', recursive=True)[0]
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  origins = op_origins(forward.lower(variables, images).compile().as_text())
+  rows = collections.Counter()
+  for event in events:
+    op = event.get('name', '')
+    if event.get('ph') != 'X' or 'dur' not in event or op.startswith(NOT_OPS):
+      continue
+    kind = re.sub(r'[.\d]+$', '', op)
+    rows[(kind, origins.get(op, '?'))] += event['dur'] / 1000 / calls
+  table = [(ms, kind, origin) for (kind, origin), ms in rows.most_common()]
+  return table, sum(ms for ms, _, _ in table)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('model')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--top', type=int, default=25)
+  args = parser.parse_args()
+  table, total = profile(args.model, args.batch)
+  print(f'{args.model}, batch {args.batch}, {jax.devices()[0].device_kind}: '
+        f'{total:.1f} ms of XLA ops per forward ({args.batch / total * 1000:.1f} img/s)')
+  for ms, kind, origin in table[:args.top]:
+    print(f'{ms:9.2f} ms  {100 * ms / total:5.1f}%  {kind:28s} {origin}')
+
+
+if __name__ == '__main__':
+  main()
