@@ -102,7 +102,8 @@ def compile_step(config, image_size: int) -> Dict[str, Any]:
                                          eval_split='test'))
   sample = jnp.zeros((1, image_size, image_size, 3))
   params = jax.eval_shape(lambda: task.init_variables(jax.random.key(0), sample))['params']
-  tx, _ = optimizer.make_optimizer(config.optimizer, params, config.total_steps)
+  tx, _ = optimizer.make_optimizer(optimizer.with_peak_lr(config.optimizer, batch)[0], params,
+                                   config.total_steps)
   init = lambda: create_state(lambda rng: task.init_variables(rng, sample), tx, 0)
   state_sharding = sharding.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=state_sharding)()
