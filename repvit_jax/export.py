@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repvit_jax import io
+from repvit_jax.layers.activations import select_free_gelu
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
 
@@ -152,8 +153,14 @@ def tf_module(exported: Exported, *, batch_size: int = 1):
   module = exported.module
   params = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a), trainable=False),
                                  exported.variables)
-  fn = jax2tf.convert(lambda v, images: module.apply(v, images, train=False),
-                      polymorphic_shapes=None, with_gradient=False)
+
+  def forward(v, images):
+    # GELU in ABS/MUL/EXP rather than an erf the converter expands with selects, which
+    # XNNPACK cannot run (layers/activations.py).
+    with select_free_gelu():
+      return module.apply(v, images, train=False)
+
+  fn = jax2tf.convert(forward, polymorphic_shapes=None, with_gradient=False)
   size = exported.image_size
   spec = tf.TensorSpec((batch_size, size, size, 3), tf.float32, name='images')
   holder = tf.Module()

@@ -5,24 +5,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax.layers import gelu
+from repvit_jax.layers import gelu, select_free_gelu
+from repvit_jax.layers.activations import gelu_select_free
 from repvit_jax.models.metaformer import ImageNorm
 
 
-def test_gelu_equals_the_exact_erf_gelu():
+def test_select_free_gelu_equals_the_exact_erf_gelu():
+  gelu_sf = gelu_select_free
   x = jnp.linspace(-12.0, 12.0, 240_001)
   exact = jax.nn.gelu(x, approximate=False)
-  ours = gelu(x)
+  ours = gelu_sf(x)
   assert float(jnp.max(jnp.abs(ours - exact))) <= 6e-7
-  assert float(gelu(jnp.float32(0.0))) == 0.0
+  assert float(gelu_sf(jnp.float32(0.0))) == 0.0
   # Far out it is relu to the last bit, as the exact GELU is in float32.
-  np.testing.assert_array_equal(np.asarray(gelu(jnp.asarray([-30.0, 30.0]))), [0.0, 30.0])
+  np.testing.assert_array_equal(np.asarray(gelu_sf(jnp.asarray([-30.0, 30.0]))), [0.0, 30.0])
   # Gradients: smooth through 0, where relu's and |x|'s kinks cancel.
-  slope = jax.vmap(jax.grad(gelu))(x)
+  slope = jax.vmap(jax.grad(gelu_sf))(x)
   exact_slope = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
   assert float(jnp.max(jnp.abs(slope - exact_slope))) <= 2e-6
-  assert abs(float(jax.grad(gelu)(0.0)) - 0.5) <= 1e-6
-  assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+  assert abs(float(jax.grad(gelu_sf)(0.0)) - 0.5) <= 1e-6
+  assert gelu_sf(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_gelu_is_jax_exact_gelu_for_xla_and_select_free_only_while_exporting():
+  x = jnp.linspace(-6.0, 6.0, 1001)
+  np.testing.assert_array_equal(np.asarray(gelu(x)),
+                                np.asarray(jax.nn.gelu(x, approximate=False)))
+  primitives = lambda: {e.primitive.name for e in jax.make_jaxpr(lambda v: gelu(v))(x).jaxpr.eqns}
+  erf_ops = {'erf', 'erfc'}
+  assert primitives() & erf_ops
+  with select_free_gelu():
+    inside = primitives()
+    # JAX caches traces by function: the choice holds for functions traced in the context.
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda v: gelu(v))(x)),
+                                  np.asarray(jax.jit(gelu_select_free)(x)))
+  assert not inside & (erf_ops | {'select_n'}) and 'exp' in inside
+  assert primitives() & erf_ops  # the context is left as it was found
 
 
 def test_image_norm_is_group_norm_with_one_group():

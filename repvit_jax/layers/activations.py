@@ -1,23 +1,34 @@
-"""GELU in a form every runtime the project ships runs fast, with the exact GELU's values.
+"""GELU, traced in the form that suits the runtime the model is headed for.
 
-GELU(x) = x/2 (1 + erf(x/sqrt(2))). XLA expands erf into a piecewise rational approximation
-(compare, select), and so does the StableHLO that `jax2tf` hands the TFLite converter: LESS and
-SELECT have no XNNPACK kernel, so every MLP split the TFLite graph into pieces run by the
-reference kernels in between (ViT-Tiny: 37 XNNPACK partitions, 27 img/s at batch 1 against
-43 in one partition; benchmarks/README.md).
+GELU(x) = x/2 (1 + erf(x/sqrt(2))), the exact (erf) GELU of ViT, MAE and PoolFormer.
 
-Here erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7 for every x, below float32's
-resolution of erf near 1), on |x| and without any select, using that erf is odd:
+XLA (training, evaluation, `jax.jit` inference) gets `jax.nn.gelu(x, approximate=False)`:
+XLA keeps `erf` as one op that ends its dot fusions. Written out in ABS/MUL/EXP (below), XLA
+pulls the GELU into its YNNPACK dot fusions and materialises every constant there: vit_tiny's
+XLA inference at batch 32 ran at 0.94-0.95x (benchmarks/README.md).
+
+TFLite (`repvit_jax.export`) gets the select-free form: `jax2tf` hands the converter an erf
+already expanded into a piecewise rational approximation (compare, select), and LESS and SELECT
+have no XNNPACK kernel, so every MLP split the TFLite graph into pieces run by the reference
+kernels in between (ViT-Tiny: 37 XNNPACK partitions, 27 img/s at batch 1 against 43 in one
+partition). There erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7 for every x, below
+float32's resolution of erf near 1), on |x| and without any select, using that erf is odd:
 x/2 (1 + erf(x/sqrt 2)) = (x + |x| erf(|x|/sqrt 2)) / 2, with
     u = |x|/sqrt(2), t = 1/(1 + p u), 1 - erf(u) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^{-u^2}.
 Only ABS, MUL, ADD, SUB, DIV and EXP, which XNNPACK runs in one delegate. Its largest
-difference from `jax.nn.gelu(x, approximate=False)` is below 6e-7 (tests/test_activations.py);
-no model's logits moved by more than 1e-6 relative (benchmarks/deploy.py --compare). XLA pulls
-it into its dot fusions and materialises the constants there: vit_tiny's XLA inference at
-batch 32 ran at 0.94-0.95x of the old GELU, 1.03x at batch 1 (benchmarks/README.md).
+difference from the exact GELU is below 6e-7 (tests/test_activations.py); the TFLite logits
+stay within 2e-6 of the XLA ones (benchmarks/deploy.py).
+
+The choice is made when the model is traced: `with select_free_gelu(): ...` around the trace
+(`export.tf_module` does this). JAX caches traces by function, so a function already traced
+outside the context keeps its form inside it: trace a fresh function there.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +37,21 @@ _P = 0.3275911
 _A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _INV_SQRT2 = 0.7071067811865476
 
+_SELECT_FREE = contextvars.ContextVar('repvit_jax_select_free_gelu', default=False)
 
-def gelu(x: jax.Array) -> jax.Array:
-  """The exact (erf) GELU, elementwise, in x's dtype (see the module docstring)."""
+
+@contextlib.contextmanager
+def select_free_gelu() -> Iterator[None]:
+  """Within this context `gelu` traces to the select-free form (for TFLite/XNNPACK)."""
+  token = _SELECT_FREE.set(True)
+  try:
+    yield
+  finally:
+    _SELECT_FREE.reset(token)
+
+
+def gelu_select_free(x: jax.Array) -> jax.Array:
+  """The exact GELU with erf from A&S 7.1.26, in ops XNNPACK runs (module docstring)."""
   magnitude = jnp.abs(x)
   u = magnitude * _INV_SQRT2
   t = 1.0 / (1.0 + _P * u)
@@ -36,4 +59,11 @@ def gelu(x: jax.Array) -> jax.Array:
   return 0.5 * (x + magnitude * (1.0 - erfc))
 
 
-__all__ = ['gelu']
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact (erf) GELU, elementwise, in x's dtype; select-free inside `select_free_gelu`."""
+  if _SELECT_FREE.get():
+    return gelu_select_free(x)
+  return jax.nn.gelu(x, approximate=False)
+
+
+__all__ = ['gelu', 'gelu_select_free', 'select_free_gelu']
