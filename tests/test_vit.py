@@ -7,6 +7,7 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax.layers import Attention, sincos_2d
+from repvit_jax.layers.transformer import attention
 from repvit_jax.reparam import check
 from conftest import TINY_VIT, nontrivial_variables
 
@@ -77,6 +78,28 @@ def test_attention_matches_direct_computation():
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(state['intermediates']['attn_logits'][0], logits, rtol=1e-5,
                              atol=1e-5)
+
+
+def test_late_normalised_attention_equals_softmax_then_sum_with_gradients():
+  # attention() divides by the softmax's sum after the weighted sum; values and gradients
+  # are those of softmax(q k^T / sqrt(D) + bias) v, also with a bias and wider values (LeViT).
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k = (3.0 * jax.random.normal(key, (2, 6, 3, 4)) for key in keys[:2])
+  v = jax.random.normal(keys[2], (2, 6, 3, 5))
+  bias = jax.random.normal(keys[3], (1, 3, 6, 6))
+
+  def reference(q, k, v):
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / 2.0 + bias
+    return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v)
+
+  ours = lambda q, k, v: attention(q, k, v, bias=bias)
+  np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
+  loss = lambda f: (lambda *a: jnp.sum(jnp.sin(f(*a))))
+  for got, want in zip(jax.grad(loss(ours), (0, 1, 2))(q, k, v),
+                       jax.grad(loss(reference), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  half = attention(*(t.astype(jnp.bfloat16) for t in (q, k, v)))
+  assert half.dtype == jnp.bfloat16 and half.shape == (2, 6, 3, 5)
 
 
 def test_sincos_embedding_values():
