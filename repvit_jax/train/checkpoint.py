@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -58,7 +59,9 @@ def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
 
   A failed Orbax read logs each of its asyncio tasks' tracebacks, and TensorStore callbacks
   print more once the event loop has closed (within `grace_s`). They go into `path`, where the
-  user can read them, instead of burying the one warning line.
+  user can read them, instead of burying the one warning line. asyncio logs a failed task
+  that nobody awaited ("Task exception was never retrieved") only when the task is garbage
+  collected, which on a loaded machine came after the grace period: collect before and after.
   """
   sys.stderr.flush()
   saved = os.dup(2)
@@ -68,7 +71,9 @@ def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
       yield
     finally:
       if failure:
+        gc.collect()
         time.sleep(grace_s)
+        gc.collect()
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
