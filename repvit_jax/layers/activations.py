@@ -14,7 +14,8 @@ kernels in between (ViT-Tiny: 37 XNNPACK partitions, 27 img/s at batch 1 against
 partition). There erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7 for every x, below
 float32's resolution of erf near 1), on |x| and without any select, using that erf is odd:
 x/2 (1 + erf(x/sqrt 2)) = (x + |x| erf(|x|/sqrt 2)) / 2, with
-    u = |x|/sqrt(2), t = 1/(1 + p u), 1 - erf(u) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^{-u^2}.
+    u = |x|/sqrt(2), t = 1/(1 + p u),
+    1 - erf(u) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^{-u^2}.
 Only ABS, MUL, ADD, SUB, DIV and EXP, which XNNPACK runs in one delegate. Its largest
 difference from the exact GELU is below 6e-7 (tests/test_activations.py); the TFLite logits
 stay within 2e-6 of the XLA ones (benchmarks/deploy.py).
