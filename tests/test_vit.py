@@ -102,6 +102,35 @@ def test_late_normalised_attention_equals_softmax_then_sum_with_gradients():
   assert half.dtype == jnp.bfloat16 and half.shape == (2, 6, 3, 5)
 
 
+def test_qkv_is_dense_split_in_three_with_the_query_scale_folded_in():
+  # QKV keeps nn.Dense(3 C)'s variables (same init) and its numbers, column for column; the
+  # query scale, a power of two, is exact: attention on the pre-scaled queries with scale=1
+  # is bit for bit attention on the plain ones.
+  from repvit_jax.layers.transformer import QKV  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(1), (2, 6, 8))
+  dense = nn.Dense(24, kernel_init=nn.initializers.truncated_normal(stddev=0.02))
+  variables = dense.init(jax.random.key(0), x)
+  qkv = QKV(8, query_scale=0.5)
+  assert jax.tree.all(jax.tree.map(jnp.array_equal, qkv.init(jax.random.key(0), x), variables))
+  variables = check.perturb_params(variables, 3, relative=1.0)
+  fused = dense.apply(variables, x)
+  q, k, v = qkv.apply(variables, x)
+  # The same dot products; XLA may sum a narrower product in another order (rounding).
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  close(q, fused[..., :8] * 0.5)
+  close(k, fused[..., 8:16])
+  close(v, fused[..., 16:])
+  heads = lambda t: t.reshape(2, 6, 2, 4)                    # head_dim 4: scale 0.5, exact
+  np.testing.assert_array_equal(
+      attention(heads(q), heads(k), heads(v), scale=1.0),
+      attention(heads(q / 0.5), heads(k), heads(v)))
+  # A head_dim whose scale is not a power of two, in bfloat16: the logits carry the scale.
+  odd = [jax.random.normal(key, (2, 5, 2, 3)) for key in jax.random.split(jax.random.key(2), 3)]
+  half = attention(*(t.astype(jnp.bfloat16) for t in odd))
+  np.testing.assert_allclose(half.astype(jnp.float32), attention(*odd), atol=3e-2)
+
+
 def test_sincos_embedding_values():
   table = sincos_2d(4, 8, cls_token=True)
   assert table.shape == (17, 8)

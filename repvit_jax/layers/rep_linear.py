@@ -287,6 +287,11 @@ class TDRL:
       raise ValueError(f'TDRL hidden_ratio must be > 0, got {self.hidden_ratio}')
 
 
+def is_reparameterized(tdrl: Optional[TDRL], role: str) -> bool:
+  """Whether `make_linear` builds a `RepLinear` for `role` (else a plain `nn.Dense`)."""
+  return tdrl is not None and role in tdrl.layers
+
+
 def make_linear(tdrl: Optional[TDRL], role: str, features: int, in_features: int, *,
                 name: str, use_bias: bool = True, qk_features: Optional[int] = None,
                 kernel_init: Callable = default_kernel_init, dtype: Any = jnp.float32,
@@ -301,7 +306,7 @@ def make_linear(tdrl: Optional[TDRL], role: str, features: int, in_features: int
   """
   common = dict(use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
                 name=name)
-  if tdrl is None or role not in tdrl.layers:
+  if not is_reparameterized(tdrl, role):
     return nn.Dense(features, **common)
   rectify = tdrl.qkv_rectify if role == 'qkv' else tdrl.rectify
   rectify_features = qk_features if (role == 'qkv' and rectify == 'bn') else None

@@ -7,6 +7,7 @@ names in the deploy form. Tokens are (B, T, C) throughout.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -14,13 +15,20 @@ import jax
 import jax.numpy as jnp
 
 from repvit_jax.layers.activations import gelu
-from repvit_jax.layers.rep_linear import TDRL, apply_linear, make_linear
+from repvit_jax.layers.rep_linear import (TDRL, apply_linear, default_kernel_init,
+                                         is_reparameterized, make_linear)
 
 ATTENTION_IMPLS = ('xla', 'cudnn')
 REMAT_POLICIES = ('none', 'block')
 
 
-def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None):
+def is_power_of_two(factor: float) -> bool:
+  """Whether multiplying by `factor` is exact in every float format (barring under/overflow)."""
+  return factor > 0 and math.log2(factor).is_integer()
+
+
+def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None,
+              scale: Optional[float] = None):
   """Softmax attention over (B, T, H, D) queries, keys and values -> (B, T, H, D).
 
   The logits q.k / sqrt(D) (+ bias) and the softmax are float32 whatever the compute dtype.
@@ -34,10 +42,11 @@ def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None):
     impl: 'xla' or 'cudnn'.
     bias: optional additive logit bias broadcastable to (B, H, T, S) (LeViT's position bias).
     sow: None, or a callable receiving the (B, H, T, S) float32 logits.
+    scale: the logits' factor; default 1/sqrt(D). 1.0 for queries already scaled (`QKV`).
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}')
-  scale = q.shape[-1] ** -0.5
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
   if impl == 'cudnn' and sow is None and v.shape[-1] == q.shape[-1]:
     if jax.default_backend() != 'gpu' or q.dtype not in (jnp.bfloat16, jnp.float16):
       raise ValueError(f"attention_impl='cudnn' needs a GPU and model.dtype bfloat16 (here: "
@@ -53,8 +62,16 @@ def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None):
   # attention 1.7x, the whole XLA forward 1.11x; benchmarks/README.md). Same values up to
   # float rounding (1e-6 of the logits).
   q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+  # 1/sqrt(D) scales the (B, H, T, D) queries rather than the (B, H, T, S) logits, one pass
+  # over the larger tensor fewer (the vit_tiny forward at batch 32: XLA 1.04x, bit-identical),
+  # where that is exact: a power of two (D = 16, 64, 256), or float32 queries (one rounding,
+  # as on the logits). bfloat16 queries with another D would lose bits.
+  scale_queries = is_power_of_two(scale) or q.dtype == jnp.float32
+  if scale_queries and scale != 1.0:
+    q = q * jnp.asarray(scale, q.dtype)
   logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
-  logits = logits / jnp.sqrt(jnp.asarray(q.shape[-1], logits.dtype))
+  if not scale_queries:
+    logits = logits * scale
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if sow is not None:
@@ -82,8 +99,52 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+class QKV(nn.Module):
+  """The fused qkv linear, applied as three products: (B, T, C) -> q, k, v, each (B, T, C).
+
+  Its variables are `nn.Dense(3 C)`'s, `kernel` (C, 3 C) in timm's column layout (q, k, v;
+  each (heads, head_dim)) and `bias` (3 C,), and every output column is the dot product Dense
+  computes (vit_tiny's logits came out bit-identical; a backend may sum a narrower product in
+  another order, a rounding difference). Three products instead of one product and three
+  slices: XLA and XNNPACK write q, k and v directly rather than copy them out of a (B, T, 3 C)
+  tensor (vit_tiny at batch 32: XLA 1.10x, TFLite 1.05x).
+
+  `query_scale` multiplies the query's columns and bias: attention's 1/sqrt(head_dim), folded
+  into the product where that is exact (a power of two: `is_power_of_two`).
+  """
+  width: int
+  use_bias: bool = True
+  query_scale: float = 1.0
+  kernel_init: Any = default_kernel_init
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], 3 * self.width),
+                        self.param_dtype)
+    bias = (self.param('bias', nn.initializers.zeros_init(), (3 * self.width,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    outputs = []
+    for index in range(3):
+      columns = slice(index * self.width, (index + 1) * self.width)
+      part_kernel = kernel[:, columns]
+      part_bias = None if bias is None else bias[columns]
+      if index == 0 and self.query_scale != 1.0:
+        factor = jnp.asarray(self.query_scale, kernel.dtype)
+        part_kernel = part_kernel * factor
+        part_bias = None if part_bias is None else part_bias * factor
+      y = jax.lax.dot_general(x, part_kernel, (((x.ndim - 1,), (0,)), ((), ())))
+      outputs.append(y if part_bias is None else y + part_bias)
+    return tuple(outputs)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with one fused qkv linear (timm layout: (3, heads, head_dim)).
+
+  A plain qkv linear is `QKV` (three products, the query scale folded in where exact); a TDRL
+  one a `RepLinear` whose output is split.
 
   When the caller makes 'intermediates' mutable and `sow_logits` is set, it materialises the
   pre-softmax logits, (B, heads, T, T) float32, and sows them as `intermediates/attn_logits`
@@ -105,13 +166,21 @@ class Attention(nn.Module):
       raise ValueError(f'width {width} is not divisible by {self.num_heads} heads')
     head_dim = width // self.num_heads
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    qkv = make_linear(self.tdrl, 'qkv', 3 * width, width, name='qkv', use_bias=self.qkv_bias,
-                      qk_features=2 * width, **dtypes)
-    qkv = apply_linear(qkv, x, train=train).reshape(batch, tokens, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D)
+    scale = None                                   # attention's default, 1/sqrt(head_dim)
+    if is_reparameterized(self.tdrl, 'qkv'):
+      qkv = make_linear(self.tdrl, 'qkv', 3 * width, width, name='qkv', use_bias=self.qkv_bias,
+                        qk_features=2 * width, **dtypes)
+      q, k, v = jnp.split(apply_linear(qkv, x, train=train), 3, axis=-1)
+    else:
+      fold = is_power_of_two(head_dim ** -0.5)
+      scale = 1.0 if fold else None
+      q, k, v = QKV(width, use_bias=self.qkv_bias, query_scale=head_dim ** -0.5 if fold else 1.0,
+                    name='qkv', **dtypes)(x)
+    q, k, v = (t.reshape(batch, tokens, self.num_heads, head_dim) for t in (q, k, v))
     read = self.sow_logits and self.is_mutable_collection('intermediates')
     sow = (lambda logits: self.sow('intermediates', 'attn_logits', logits)) if read else None
-    out = attention(q, k, v, impl=self.attention_impl, sow=sow).reshape(batch, tokens, width)
+    out = attention(q, k, v, impl=self.attention_impl, sow=sow, scale=scale)
+    out = out.reshape(batch, tokens, width)
     proj = make_linear(self.tdrl, 'proj', width, width, name='proj', **dtypes)
     return apply_linear(proj, out, train=train)
 
