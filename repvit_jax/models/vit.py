@@ -132,7 +132,9 @@ class VisionTransformer(nn.Module):
     if self.global_pool == 'avg':
       x = norm('fc_norm')(x[:, 1:].mean(axis=1))
     else:
-      x = norm('norm')(x)[:, 0]
+      # The class token alone: LayerNorm is per token, and the other 196 would be dropped
+      # (timm normalises them all; XLA spent 19 ms of 756 on it at batch 32).
+      x = norm('norm')(x[:, 0])
     if self.num_classes == 0:
       return x
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
