@@ -142,3 +142,4 @@ def test_imports_stay_apart():
           'import repvit_jax.export, repvit_jax.analyze; '
           'assert "tensorflow" not in sys.modules, "TF imported"')
   subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
+

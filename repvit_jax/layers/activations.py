@@ -38,6 +38,10 @@ _P = 0.3275911
 _A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _INV_SQRT2 = 0.7071067811865476
 
+# The named scope the select-free form is traced in: the TFLite converter keeps it in the names
+# of the tensors it writes, and `repvit_jax.tflite_ops.fuse_gelu` finds the chain by it.
+GELU_SCOPE = 'repvit_jax_gelu'
+
 _SELECT_FREE = contextvars.ContextVar('repvit_jax_select_free_gelu', default=False)
 
 
@@ -57,14 +61,18 @@ def gelu_select_free(x: jax.Array) -> jax.Array:
   u = magnitude * _INV_SQRT2
   t = 1.0 / (1.0 + _P * u)
   erfc = t * (_A[0] + t * (_A[1] + t * (_A[2] + t * (_A[3] + t * _A[4])))) * jnp.exp(-u * u)
-  return 0.5 * (x + magnitude * (1.0 - erfc))
+  # 0.5 x + |x| (0.5 - 0.5 erfc), not 0.5 (x + ...): the same numbers (halving is exact), but
+  # the last op is an ADD of two tensors, which the converter cannot fold into the next dense
+  # layer's weights as it does a final MUL by 0.5 (tflite_ops.fuse_gelu relies on that).
+  return 0.5 * x + magnitude * (0.5 - 0.5 * erfc)
 
 
 def gelu(x: jax.Array) -> jax.Array:
   """The exact (erf) GELU, elementwise, in x's dtype; select-free inside `select_free_gelu`."""
   if _SELECT_FREE.get():
-    return gelu_select_free(x)
+    with jax.named_scope(GELU_SCOPE):
+      return gelu_select_free(x)
   return jax.nn.gelu(x, approximate=False)
 
 
-__all__ = ['gelu', 'gelu_select_free', 'select_free_gelu']
+__all__ = ['GELU_SCOPE', 'gelu', 'gelu_select_free', 'select_free_gelu']
