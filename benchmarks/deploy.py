@@ -14,6 +14,8 @@ median of `--rounds` calls after warm-up):
   interpreter `export.make_interpreter` makes (XNNPACK, one thread per core); its relative
   error against the JAX logits is reported, and how many partitions XNNPACK took (1: the
   whole graph runs in XNNPACK; more: ops in between fell back to the reference kernels);
+* tflite-whole (opt-in): the same graph run as one pass over the batch (`micro_batch=0`;
+  ViT and MobileViT otherwise pass 4 images at a time, `export.tf_module`);
 * tflite-int8 (opt-in): the same with dynamic-range int8 weights;
 * timm: the timm model of the same architecture (`TIMM_NAMES`; RIFormer's deploy form has no
   timm twin, so poolformer_s12 stands in), `torch.inference_mode()`, one thread per core.
@@ -54,7 +56,11 @@ DEFAULT_MODELS = 'vit_tiny,levit_128s,mobilevit_xs,poolformer_s12,riformer_s12'
 TIMM_NAMES = {'vit_tiny': 'vit_tiny_patch16_224', 'levit_128s': 'levit_128s',
               'mobilevit_xs': 'mobilevit_xs', 'poolformer_s12': 'poolformer_s12',
               'riformer_s12': 'poolformer_s12'}
-RUNTIMES = ('xla', 'tflite', 'tflite-int8', 'timm')
+RUNTIMES = ('xla', 'tflite', 'tflite-whole', 'tflite-int8', 'timm')
+# runtime -> (quantize, micro_batch) of the exported TFLite model: 'tflite' is what
+# `repvit_jax.export` writes by default; 'tflite-whole' the same graph run as one pass over the
+# batch (micro_batch=0), to show what the model's own micro-batch buys.
+TFLITE_RUNTIMES = {'tflite': (None, None), 'tflite-whole': (None, 0), 'tflite-int8': ('int8', None)}
 
 
 def deploy_model(name: str):
@@ -67,10 +73,10 @@ def deploy_model(name: str):
   return spec, module, check.perturb_params(jax.device_get(variables), 1)
 
 
-def tflite_runner(exported: export.Exported, batch: int, quantize=None):
+def tflite_runner(exported: export.Exported, batch: int, quantize=None, micro_batch=None):
   """(run(images) -> logits, XNNPACK partitions) of the exported TFLite model."""
-  interpreter = export.make_interpreter(
-      export.tflite_bytes(exported, batch_size=batch, quantize=quantize))
+  interpreter = export.make_interpreter(export.tflite_bytes(
+      exported, batch_size=batch, quantize=quantize, micro_batch=micro_batch))
   inp = interpreter.get_input_details()[0]['index']
   out = interpreter.get_output_details()[0]['index']
 
@@ -108,9 +114,9 @@ def measure(name: str, batch: int, runtimes: List[str], rounds: int,
   if 'xla' in runtimes:
     fns['xla'] = lambda: forward(variables, device_images)
   exported = export.Exported(spec, module, variables)
-  for runtime, quantize in (('tflite', None), ('tflite-int8', 'int8')):
+  for runtime, (quantize, micro_batch) in TFLITE_RUNTIMES.items():
     if runtime in runtimes:
-      run, partitions = tflite_runner(exported, batch, quantize)
+      run, partitions = tflite_runner(exported, batch, quantize, micro_batch)
       row[f'{runtime}_error'] = check.relative_error(run(images), logits)
       row[f'{runtime}_partitions'] = partitions
       fns[runtime] = (lambda r=run: r(images))
@@ -182,7 +188,7 @@ def main():
       if key in before:
         row['vs_before'] = check.relative_error(outputs[key], before[key])
   columns = ['model', 'batch'] + [f'{r}_img_s' for r in runtimes] + ['best_vs_timm'] + [
-      f'{r}_{k}' for r in ('tflite', 'tflite-int8') if r in runtimes
+      f'{r}_{k}' for r in TFLITE_RUNTIMES if r in runtimes
       for k in ('error', 'partitions')] + (['vs_before'] if args.compare else [])
   common.print_table(rows, columns)
   pairs = []

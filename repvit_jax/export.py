@@ -140,9 +140,14 @@ def _tf():
   return tf
 
 
-def tf_module(exported: Exported, *, batch_size: int = 1):
+def tf_module(exported: Exported, *, batch_size: int = 1, micro_batch: Optional[int] = 0):
   """A `tf.Module`: `.params` (tf.Variables of the deploy variables) and `.serve`, a
   `tf.function` mapping `images` (batch_size, S, S, 3) float32 to {'logits': ...}.
+
+  micro_batch: 0 (or >= batch_size) runs the network once over the whole batch; n once per n
+  images, one pass after the other in the graph, sharing the weights (the network treats
+  images independently: the same logits). None: the model class's `inference_micro_batch`
+  (ViT and MobileViT: 4, XNNPACK's tensors then stay in cache; others: the whole batch).
 
   Built with `jax2tf.convert(..., polymorphic_shapes=None, with_gradient=False)`: a fixed
   input shape, no gradient. The weights are variables rather than graph constants, so a
@@ -154,11 +159,20 @@ def tf_module(exported: Exported, *, batch_size: int = 1):
   params = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a), trainable=False),
                                  exported.variables)
 
+  if micro_batch is None:
+    micro_batch = getattr(type(module), 'inference_micro_batch', None)
+  if micro_batch is not None and micro_batch < 0:
+    raise ValueError(f'micro_batch must be positive, 0 for the whole batch at once or None '
+                     f'for the model\'s default; got {micro_batch}')
+  chunk = batch_size if not micro_batch or micro_batch >= batch_size else micro_batch
+
   def forward(v, images):
     # GELU in ABS/MUL/EXP rather than an erf the converter expands with selects, which
     # XNNPACK cannot run (layers/activations.py).
     with select_free_gelu():
-      return module.apply(v, images, train=False)
+      parts = [module.apply(v, images[start:start + chunk], train=False)
+               for start in range(0, batch_size, chunk)]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
   fn = jax2tf.convert(forward, polymorphic_shapes=None, with_gradient=False)
   size = exported.image_size
@@ -182,10 +196,12 @@ def export_savedmodel(exported: Exported, directory: str, *, batch_size: int = 1
   return directory
 
 
-def tflite_bytes(exported: Exported, *, quantize: Optional[str] = None,
-                 batch_size: int = 1) -> bytes:
+def tflite_bytes(exported: Exported, *, quantize: Optional[str] = None, batch_size: int = 1,
+                 micro_batch: Optional[int] = None) -> bytes:
   """The TFLite flatbuffer. quantize=None: float32; 'int8': dynamic-range int8 weights
-  (`tf.lite.Optimize.DEFAULT`, no calibration data; activations stay float).
+  (`tf.lite.Optimize.DEFAULT`, no calibration data; activations stay float). A batch larger
+  than `micro_batch` passes through the network `micro_batch` images at a time (`tf_module`;
+  None: the model's default, 0: all at once).
 
   Each GELU is TFLite's one GELU op (`tflite_ops.fuse_gelu`: 1.35x faster for vit_tiny at
   batch 32), checked on a random batch; the converter's graph is kept, with a warning, if the
@@ -193,7 +209,7 @@ def tflite_bytes(exported: Exported, *, quantize: Optional[str] = None,
   if quantize not in QUANTIZE:
     raise ValueError(f'quantize must be one of {QUANTIZE}, got {quantize!r}')
   tf = _tf()
-  holder = tf_module(exported, batch_size=batch_size)
+  holder = tf_module(exported, batch_size=batch_size, micro_batch=micro_batch)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [holder.serve.get_concrete_function()], holder)
   if quantize == 'int8':
@@ -227,9 +243,10 @@ def _agrees_with_jax(exported: Exported, edited: bytes, converted: bytes,
 
 
 def export_tflite(exported: Exported, path: str, *, quantize: Optional[str] = None,
-                  batch_size: int = 1) -> str:
+                  batch_size: int = 1, micro_batch: Optional[int] = None) -> str:
   """Writes the TFLite model to `path` (see `tflite_bytes`); returns the path."""
-  payload = tflite_bytes(exported, quantize=quantize, batch_size=batch_size)
+  payload = tflite_bytes(exported, quantize=quantize, batch_size=batch_size,
+                         micro_batch=micro_batch)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'wb') as f:
     f.write(payload)
@@ -346,6 +363,10 @@ def main(argv=None) -> int:
   parser.add_argument('--format', default='tflite',
                       help=f'comma-separated, from {", ".join(FORMATS)} (default tflite)')
   parser.add_argument('--batch-size', type=int, default=1, help='fixed batch of the graph')
+  parser.add_argument('--micro-batch', type=int, default=None,
+                      help='TFLite: images per pass through the network inside the graph '
+                           '(default: the model\'s, 4 for ViT and MobileViT, which run large '
+                           'batches faster so on CPU; 0: the whole batch at once)')
   parser.add_argument('--image-size', type=int, default=None,
                       help='default: the saved input contract\'s')
   parser.add_argument('--model', default=None,
@@ -406,7 +427,8 @@ def main(argv=None) -> int:
     quantize = 'int8' if fmt == 'tflite-int8' else None
     path = args.out if single_file else os.path.join(
         args.out, 'model_int8.tflite' if quantize else 'model.tflite')
-    export_tflite(exported, path, quantize=quantize, batch_size=args.batch_size)
+    export_tflite(exported, path, quantize=quantize, batch_size=args.batch_size,
+                  micro_batch=args.micro_batch)
     line = f'  {fmt} -> {path} ({os.path.getsize(path) / 1e6:.2f} MB, {time.time() - start:.1f} s'
     if reference is not None:
       error = np.max(np.abs(run_tflite(path, images) - reference)) / max(

@@ -143,3 +143,17 @@ def test_imports_stay_apart():
           'assert "tensorflow" not in sys.modules, "TF imported"')
   subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
 
+
+def test_micro_batches_pass_through_the_network_in_turn_with_the_same_logits(exported):
+  from repvit_jax import tflite_ops  # pylint: disable=import-outside-toplevel
+  images = _images(8)
+  whole = export.tflite_bytes(exported, batch_size=8, micro_batch=0)
+  default = export.tflite_bytes(exported, batch_size=8)    # ViT's own: passes of 4
+  in_twos = export.tflite_bytes(exported, batch_size=8, micro_batch=2)
+  dense = lambda payload: tflite_ops.op_names(payload).count('FULLY_CONNECTED')
+  assert dense(default) == 2 * dense(whole) and dense(in_twos) == 4 * dense(whole)
+  reference = export.run_tflite(whole, images)
+  np.testing.assert_array_equal(export.run_tflite(in_twos, images), reference)
+  assert relative_error(reference, exported.apply(images)) < 1e-5
+  with pytest.raises(ValueError, match='micro_batch must be positive'):
+    export.tflite_bytes(exported, batch_size=8, micro_batch=-1)

@@ -26,7 +26,7 @@ the configs set data.mean = (0, 0, 0), data.std = (1, 1, 1).
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any, ClassVar, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -168,6 +168,11 @@ class MobileViT(_Common):
       transformer layers and residual inverted blocks.
     deploy: the BN-folded deploy form.
   """
+  # Images per pass for op-by-op runtimes given a larger batch (see `VisionTransformer`):
+  # mobilevit_xs's batch-32 TFLite graph ran 1.30-1.35x faster in passes of 4 (benchmarks/
+  # README.md; LeViT and the MetaFormers ran slower so, and keep the whole batch).
+  inference_micro_batch: ClassVar[Optional[int]] = 4
+
   num_classes: int = 1000
   stem_features: int = 16
   channels: Tuple[int, ...] = (32, 48, 64, 80, 96)
