@@ -388,6 +388,9 @@ def main(argv=None) -> int:
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
     parser.error(f'unknown --format {unknown or args.format!r}; choose from {FORMATS}')
+  if args.micro_batch is not None and args.micro_batch < 0:
+    parser.error(f'--micro-batch {args.micro_batch}: give a positive number of images per '
+                 'pass, or 0 for the whole batch at once')
   try:
     spec = config_spec(args.config) if args.config else None
     exported = load_for_export(args.src, spec=spec, model=args.model,

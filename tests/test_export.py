@@ -157,3 +157,9 @@ def test_micro_batches_pass_through_the_network_in_turn_with_the_same_logits(exp
   assert relative_error(reference, exported.apply(images)) < 1e-5
   with pytest.raises(ValueError, match='micro_batch must be positive'):
     export.tflite_bytes(exported, batch_size=8, micro_batch=-1)
+
+
+def test_a_negative_micro_batch_is_one_line_on_the_command_line(tiny_model_dir, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    export.main([tiny_model_dir[0], str(tmp_path / 'm.tflite'), '--micro-batch', '-2'])
+  assert '--micro-batch -2: give a positive number' in capsys.readouterr().err
