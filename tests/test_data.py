@@ -447,6 +447,23 @@ def test_tfds_train_determinism_resume_and_epochs(tiny_tfds):
     assert np.bincount(labels, minlength=3).tolist() == [7, 7, 6]
 
 
+def test_tfds_validation_split_is_the_tail_of_streamed_train(tiny_tfds):
+  def eval_ids(c):
+    out = []
+    for b in data.make_eval_iterator(c, 4, process_index=0, process_count=1):
+      out += [i for i, m in zip(ids_of(b), b['mask']) if m]
+    return out
+
+  whole = eval_ids(tiny_config(tiny_tfds, eval_split='train'))   # the split's file order
+  c = tiny_config(tiny_tfds, validation_size=5)
+  info = data.get_dataset_info(c)
+  assert (info.num_train, info.eval_split, info.num_eval) == (TINY_TRAIN - 5, 'validation', 5)
+  assert eval_ids(c) == whole[-5:]
+  train = data.make_train_iterator(c, 5, seed=0, process_index=0, process_count=1)
+  epoch = sum((ids_of(next(train)) for _ in range(3)), [])
+  assert sorted(epoch) == sorted(whole[:-5])
+
+
 @pytest.mark.parametrize('cache', [False, True], ids=['streamed', 'indexed'])
 def test_repeated_augmentation(tiny_tfds, cache):
   c = tiny_config(tiny_tfds, repeated_augmentation=3, cache=cache)

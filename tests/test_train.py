@@ -53,6 +53,8 @@ def error_line(result):
     (['--config.model.name=vit_huge'], 1, "unknown model 'vit_huge'"),
     (['--config.data.name=no_such_dataset'], 1, 'no_such_dataset'),
     (['--config.init_from=/nonexistent/run'], 1, '/nonexistent/run does not exist'),
+    (['--config.data.name=fashion_mnist', '--config.data.data_dir=/nonexistent/fashion'], 1,
+     'apt-get install dataset-fashion-mnist'),
     (['--config.batch_size=12'], 8, 'batch_size 12 is not divisible by the 8 devices'),
     (['--config.eval_batch_size=12'], 8,
      'eval_batch_size 12 is not divisible by the 8 devices; set --config.eval_batch_size'),

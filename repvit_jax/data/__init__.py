@@ -8,8 +8,10 @@
     for batch in data.make_eval_iterator(config, global_batch_size=256):
       ...                                     # plus 'mask' [b] f32: 1 real, 0 padding
 
-Data sets: 'digits', 'folder:/path' (path/<split>/<class>/<image>), or a prepared TFDS
-image-classification name. Every user-caused problem raises `DataError`.
+Data sets: 'digits', 'fashion_mnist' and 'idx:/path' (MNIST-format files), 'folder:/path'
+(path/<split>/<class>/<image>), or a prepared TFDS image-classification name;
+`validation_size` carves a validation split from train. Every user-caused problem raises
+`DataError`.
 
 Importing this package does not import TensorFlow; the iterators and TFDS look-ups do
 (with GPUs hidden from TF), so config code and the rest of repvit_jax stay TF-free.

@@ -5,14 +5,22 @@ Fields (all live in `config.data` of a trainer config):
   name: which data set.
     'digits'            scikit-learn's 1,797 real 8x8 handwritten digits, embedded and offline
                         (10 classes; 1,437 train / 360 test by a fixed permutation).
+    'fashion_mnist'     Fashion-MNIST's IDX files (10 classes, 60,000 train / 10,000 test) from
+                        data_dir, else Debian's package dataset-fashion-mnist.
+    'idx:/abs/path'     any MNIST-format (IDX) directory: MNIST, KMNIST, EMNIST
+                        ('idx:/path/emnist-balanced' picks one set of several); see idx.py.
     'folder:/abs/path'  images laid out as path/<split>/<class>/<image file>; classes are the
                         sub-folders of the train split, sorted by name.
     any other string    a prepared TFDS image-classification data set ('imagenet2012',
                         'cifar10', 'cifar100', 'imagenette', ...) with features 'image' and
                         'label'. Nothing is ever downloaded.
-  data_dir: TFDS data directory (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  data_dir: TFDS data directory (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets);
+    for 'fashion_mnist', the directory of its IDX files (None: Debian's path).
   train_split, eval_split: split names, TFDS slices like 'train[:90%]' allowed for TFDS. None picks
     'train' and the first of 'validation', 'val', 'test' that exists.
+  validation_size: N > 0 moves N examples of the train split into a new 'validation' split
+    (a fixed random subset; the tail of a streamed TFDS split), which then is the default
+    eval split: choose hyper-parameters on it and keep 'test' for reporting. 0 is off.
   image_size: side of the square images the model sees, in pixels.
   crop_scale: (min, max) area fraction of the random-resized crop (timm's `scale`).
   crop_ratio: (min, max) aspect ratio (width / height) of the random-resized crop.
@@ -71,6 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
       data_dir=ml_collections.FieldReference(None, field_type=str),
       train_split=ml_collections.FieldReference(None, field_type=str),
       eval_split=ml_collections.FieldReference(None, field_type=str),
+      validation_size=0,
       image_size=224,
       crop_scale=(0.08, 1.0),
       crop_ratio=(3 / 4, 4 / 3),
@@ -165,6 +174,10 @@ def resolve(config: Any) -> ml_collections.FrozenConfigDict:
   repeats = out['repeated_augmentation']
   if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
     raise DataError(f'data.repeated_augmentation is a count >= 1 (1 is off), got {repeats!r}')
+  held_out = out['validation_size']
+  if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
+    raise DataError(f'data.validation_size is a count of train examples >= 0 (0 is off), got '
+                    f'{held_out!r}')
   if int(out['shuffle_buffer']) < 0:
     raise DataError(f"data.shuffle_buffer must be >= 0, got {out['shuffle_buffer']!r}")
   out['shuffle_buffer'] = int(out['shuffle_buffer'])

@@ -111,3 +111,32 @@ def materialise(split: Split) -> Split:
     raws.append(raw)
     labels.append(label)
   return in_memory(np.concatenate(raws), np.concatenate(labels), split.decode_crop)
+
+
+def subset(split: Split, indices: np.ndarray) -> Split:
+  """An indexed view of `indices` (ints into `split`): example i of the view is example
+  indices[i] of `split`."""
+  if not split.indexed:
+    raise ValueError('subset needs an indexed split; use window() for a streamed one')
+  indices = np.asarray(indices, np.int64)
+  indices_t = tf.constant(indices)
+
+  def read_index(index):
+    return split.read_index(tf.gather(indices_t, index))
+
+  describe = split.describe
+  return dataclasses.replace(
+      split, num_examples=len(indices), read_index=read_index,
+      describe=(lambda index: describe(int(indices[index]))) if describe else None)
+
+
+def window(split: Split, start: int, stop: int) -> Split:
+  """A view of examples [start, stop) of `split` (indexed or streamed), in split order."""
+  if split.indexed:
+    return subset(split, np.arange(start, stop))
+  stream = split.stream
+
+  def windowed(a, b, file_seed=None):
+    return stream(start + a, start + b, file_seed)
+
+  return dataclasses.replace(split, num_examples=stop - start, stream=windowed)

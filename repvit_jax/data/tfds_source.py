@@ -15,7 +15,8 @@ from repvit_jax.data.errors import DataError
 EVAL_SPLIT_CANDIDATES = ('validation', 'val', 'test')
 # Files read at once when training shuffles the file order; more mixes better, costs memory.
 INTERLEAVE_FILES = 16
-ACCEPTED_NAMES = ("'digits' (embedded, offline), 'folder:/abs/path' (images in "
+ACCEPTED_NAMES = ("'digits' (embedded, offline), 'fashion_mnist', 'idx:/abs/path' (MNIST-format "
+                  "files), 'folder:/abs/path' (images in "
                   "path/<split>/<class>/<image file>), or a prepared TFDS image-classification "
                   "data set such as 'imagenet2012', 'cifar10', 'cifar100', 'imagenette'")
 
