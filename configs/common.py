@@ -13,6 +13,7 @@ from repvit_jax import data
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 DIGITS_TRAIN_EXAMPLES = 1_437
+FASHION_MNIST_TRAIN_EXAMPLES = 60_000
 
 
 def placeholder(field_type):

@@ -1,7 +1,7 @@
 """From `data.name` to the source that reads it: digits, IDX files, an image folder, or TFDS.
 
-A source has `name`, `num_classes`, `classes` (label names, or () when it has none), `default_train_split`, `default_eval_split` (None when
-the data set has no evaluation split), `num_examples(split)` and `split(split, config)`, which
+A source has `name`, `num_classes`, `classes` (label names, or () when it has none),
+`default_train_split`, `default_eval_split` (None when the data set has no evaluation split), `num_examples(split)` and `split(split, config)`, which
 returns the `Split` the pipeline reads.
 
 `data.validation_size` > 0 wraps any source in `HeldOut`: that many examples of the train

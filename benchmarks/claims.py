@@ -1,0 +1,403 @@
+"""The papers' claims measured here: every arm x seed trained by `train.py`, then tabulated.
+
+    python benchmarks/claims.py --claims tdrl --seeds 0,1,2
+    python benchmarks/claims.py --claims tdrl --report     # table and figure from the record
+
+Each run is `train.py --config <arm's config> --config.seed=<seed>` in its own workdir
+(`--runs-dir`/<claim>/<arm>/seed<seed>): a run that was interrupted resumes there. A finished
+run is evaluated in its deploy form on the validation split (the run's eval split, on which
+recipes were chosen) and once on the test split, and appended to the record,
+`benchmarks/results/claims.json`:
+
+    {"runs": [{"claim", "arm", "seed", "config", "flags", "steps", "test_accuracy",
+               "val_accuracy", "deploy_params", "wall_s", "device", "curve"}, ...]}
+
+A run already in the record (same claim, arm, seed, config and flags) is not redone, so the
+record can be committed run by run and completed on another machine. Nothing here names a
+device: on a GPU or TPU host the same command trains there.
+
+The report: each arm's mean +- std (sample std over seeds), each arm's difference from the
+claim's reference arm with its standard error (sqrt(s_a^2/n_a + s_b^2/n_b)) and a verdict
+(reproduced in direction: difference > 2 SE; reversed: < -2 SE; else within noise), as
+Markdown (benchmarks/results/claims.md) and one figure per claim (each seed a dot, the mean
+with its standard-error bar; the validation curves beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD = os.path.join(ROOT, 'benchmarks', 'results', 'claims.json')
+FIGURES = os.path.join(ROOT, 'benchmarks', 'figures')
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One contender: a config file (with its variant) and the flags that make this arm."""
+  name: str
+  config: str
+  flags: tuple = ()
+  # Multiplies the config's total_steps (equal training time for a cheaper step).
+  steps_factor: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """A paper's claim as arms on one recipe; `reference` is the arm the others are compared to."""
+  name: str
+  question: str
+  arms: tuple
+  reference: str
+  # The paper's own figure beside ours, in words.
+  paper: str = ''
+
+
+CLAIMS: Dict[str, Claim] = {
+    'tdrl': Claim(
+        name='tdrl',
+        question='Does TDRL training make the deployed (plain) ViT more accurate?',
+        arms=(Arm('vit', 'configs/vit_tiny.py:fashion'),
+              Arm('tdrl', 'configs/tdrl_vit_tiny.py:fashion'),
+              # A TDRL step costs up to 1.5x a vanilla one: the vanilla ViT with 1.5x the
+              # steps has at least TDRL's training time.
+              Arm('vit_1.5x_steps', 'configs/vit_tiny.py:fashion', steps_factor=1.5)),
+        reference='vit',
+        paper='ImageNet-1k, ViT-Tiny with MAE-Lite pre-training: 78.0 -> 78.7 top-1 (+0.7) '
+              'with TDRL; ViT-Small +0.5'),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics and the verdict.
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value)."""
+  n = len(values)
+  mean = sum(values) / n
+  if n < 2:
+    return mean, 0.0
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def difference(arm: Sequence[float], reference: Sequence[float]) -> tuple[float, float]:
+  """(mean(arm) - mean(reference), its standard error) for independent seeds."""
+  (ma, sa), (mb, sb) = mean_std(arm), mean_std(reference)
+  return ma - mb, math.sqrt(sa ** 2 / len(arm) + sb ** 2 / len(reference))
+
+
+def verdict(diff: float, se: float, n: int) -> str:
+  if n < 2:
+    return 'too few seeds'
+  if diff > 2 * se:
+    return 'reproduced in direction (> 2 SE)'
+  if diff < -2 * se:
+    return 'reversed (< -2 SE)'
+  return 'within noise (|diff| <= 2 SE)'
+
+
+# ---------------------------------------------------------------------------------------------
+# Running and recording.
+
+
+def load_record(path: str = RECORD) -> dict:
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  return {'runs': []}
+
+
+def save_record(record: dict, path: str = RECORD) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  record['runs'].sort(key=lambda r: (r['claim'], r['arm'], r['seed']))
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(record, f, indent=1)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def run_key(claim: str, arm: Arm, seed: int, extra: Sequence[str]) -> tuple:
+  return (claim, arm.name, seed, arm.config, tuple(arm.flags) + tuple(extra))
+
+
+def recorded(record: dict, key: tuple) -> Optional[dict]:
+  for run in record['runs']:
+    if (run['claim'], run['arm'], run['seed'], run['config'], tuple(run['flags'])) == key:
+      return run
+  return None
+
+
+def total_steps(arm: Arm, extra: Sequence[str]) -> int:
+  """The arm's step count: the config's (or an extra flag's) total_steps x steps_factor."""
+  sys.path.insert(0, ROOT)
+  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+  steps = config_files.load(arm.config).total_steps
+  for flag in tuple(arm.flags) + tuple(extra):
+    if flag.startswith('--config.total_steps='):
+      steps = int(flag.split('=', 1)[1])
+  return int(round(steps * arm.steps_factor))
+
+
+def train_command(arm: Arm, seed: int, workdir: str, extra: Sequence[str]) -> List[str]:
+  flags = [f for f in tuple(arm.flags) + tuple(extra) if not f.startswith('--config.total_steps=')]
+  return [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={arm.config}',
+          f'--workdir={workdir}', f'--config.seed={seed}',
+          f'--config.total_steps={total_steps(arm, extra)}', *flags]
+
+
+def validation_curve(workdir: str) -> List[List[float]]:
+  """[[step, validation accuracy of the deploy form], ...] from the run's metrics.jsonl."""
+  curve = {}
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        row = json.loads(line)
+        value = row.get('eval/deploy_accuracy', row.get('eval/accuracy'))
+        if value is not None:
+          curve[int(row['step'])] = float(value)
+  return [[step, curve[step]] for step in sorted(curve)]
+
+
+def device_name() -> str:
+  import jax  # pylint: disable=import-outside-toplevel
+  devices = jax.devices()
+  kind = devices[0].device_kind
+  if devices[0].platform == 'cpu':
+    kind = f'cpu ({os.cpu_count()} cores)'
+  return f'{len(devices)} x {kind}'
+
+
+def finish(claim: str, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
+           wall_s: float) -> dict:
+  """Evaluates a trained workdir's deploy form on validation and test: the run's record."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from repvit_jax import io  # pylint: disable=import-outside-toplevel
+  from repvit_jax.evaluate import evaluate  # pylint: disable=import-outside-toplevel
+  val = evaluate(workdir, batch_size=500)
+  test = evaluate(workdir, changes={'eval_split': 'test'}, batch_size=500)
+  if val['split'] == test['split']:
+    raise SystemExit(f'error: {workdir} evaluates on {val["split"]!r}, the test split; a claim '
+                     'needs a validation split (data.validation_size) to choose on')
+  spec, variables = io.open(os.path.join(workdir, 'deploy'))
+  params = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
+  form = 'deploy' if 'deploy' in test['forms'] else 'model'
+  return {
+      'claim': claim, 'arm': arm.name, 'seed': seed, 'config': arm.config,
+      'flags': list(tuple(arm.flags) + tuple(extra)), 'steps': total_steps(arm, extra),
+      'test_accuracy': test['forms'][form]['top1'], 'val_accuracy': val['forms'][form]['top1'],
+      'deploy_params': params, 'model': spec.name, 'wall_s': round(wall_s, 1),
+      'device': device_name(), 'curve': validation_curve(workdir),
+  }
+
+
+def run_one(claim: str, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str],
+            record_path: str) -> dict:
+  """Trains (or resumes) one arm x seed, evaluates it and adds it to the record."""
+  workdir = os.path.join(runs_dir, claim, arm.name, f'seed{seed}')
+  os.makedirs(workdir, exist_ok=True)
+  # Wall time survives interruptions: each train.py invocation adds its own.
+  clock = os.path.join(workdir, 'claims_wall_s.json')
+  spent = json.load(open(clock, encoding='utf-8'))['wall_s'] if os.path.exists(clock) else 0.0
+  command = train_command(arm, seed, workdir, extra)
+  print(f'[{claim}/{arm.name}/seed{seed}] {" ".join(command[1:])}', flush=True)
+  start = time.time()
+  result = subprocess.run(command, cwd=ROOT, check=False)
+  spent += time.time() - start
+  with open(clock, 'w', encoding='utf-8') as f:
+    json.dump({'wall_s': spent}, f)
+  if result.returncode != 0:
+    raise SystemExit(f'error: {claim}/{arm.name}/seed{seed} stopped (exit {result.returncode}); '
+                     f'run the same command again to resume it in {workdir}')
+  run = finish(claim, arm, seed, workdir, extra, spent)
+  record = load_record(record_path)
+  record['runs'] = [r for r in record['runs'] if (r['claim'], r['arm'], r['seed'], r['config'],
+                                                  tuple(r['flags'])) != run_key(
+                                                      claim, arm, seed, extra)]
+  record['runs'].append(run)
+  save_record(record, record_path)
+  print(f'[{claim}/{arm.name}/seed{seed}] test {run["test_accuracy"]:.4f} val '
+        f'{run["val_accuracy"]:.4f} in {spent / 60:.1f} min; recorded in {record_path}',
+        flush=True)
+  return run
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+
+
+def runs_of(record: dict, claim: Claim, extra: Sequence[str]) -> Dict[str, List[dict]]:
+  """The recorded runs of each arm of `claim`, as the arm is defined now (config and flags)."""
+  out = {}
+  for arm in claim.arms:
+    want = (claim.name, arm.name, arm.config, tuple(arm.flags) + tuple(extra))
+    out[arm.name] = sorted((r for r in record['runs'] if (
+        r['claim'], r['arm'], r['config'], tuple(r['flags'])) == want), key=lambda r: r['seed'])
+  return out
+
+
+def markdown(claim: Claim, runs: Dict[str, List[dict]]) -> str:
+  """The claim's table: each arm's accuracies and cost, then each difference and verdict."""
+  lines = [f'**{claim.name}**: {claim.question}', '',
+           '| arm | seeds | test acc. (deploy) | val. acc. | deploy params | steps | '
+           'wall (min) | device |', '|---|---|---|---|---|---|---|---|']
+  for arm in claim.arms:
+    rs = runs[arm.name]
+    if not rs:
+      lines.append(f'| {arm.name} | 0 | (not run) | | | | | |')
+      continue
+    tm, ts = mean_std([r['test_accuracy'] for r in rs])
+    vm, vs = mean_std([r['val_accuracy'] for r in rs])
+    wall = sum(r['wall_s'] for r in rs) / len(rs) / 60
+    devices = ', '.join(sorted({r['device'] for r in rs}))
+    lines.append(f'| {arm.name} | {len(rs)} | {tm:.4f} +- {ts:.4f} | {vm:.4f} +- {vs:.4f} | '
+                 f'{rs[0]["deploy_params"] / 1e6:.3f}M | {rs[0]["steps"]} | {wall:.1f} | '
+                 f'{devices} |')
+  reference = runs[claim.reference]
+  lines += ['', f'| difference (test) | vs {claim.reference} | SE | verdict |',
+            '|---|---|---|---|']
+  for arm in claim.arms:
+    if arm.name == claim.reference or not runs[arm.name] or not reference:
+      continue
+    diff, se = difference([r['test_accuracy'] for r in runs[arm.name]],
+                          [r['test_accuracy'] for r in reference])
+    n = min(len(runs[arm.name]), len(reference))
+    lines.append(f'| {arm.name} | {diff * 100:+.2f} pt | {se * 100:.2f} pt | '
+                 f'{verdict(diff, se, n)} |')
+  if claim.paper:
+    lines += ['', f'Paper: {claim.paper}.']
+  return '\n'.join(lines)
+
+
+def figure(claim: Claim, runs: Dict[str, List[dict]], path: str) -> Optional[str]:
+  """Each seed's test accuracy as a dot, the mean with its SE bar; validation curves beside."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print('warning: matplotlib is not installed (pip install -e .[analysis]): no figure',
+          file=sys.stderr)
+    return None
+  arms = [arm.name for arm in claim.arms if runs[arm.name]]
+  if not arms:
+    return None
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+  colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for i, name in enumerate(arms):
+    values = [r['test_accuracy'] * 100 for r in runs[name]]
+    mean, std = mean_std(values)
+    se = std / math.sqrt(len(values))
+    offsets = [(j - (len(values) - 1) / 2) * 0.06 for j in range(len(values))]
+    left.scatter([i + o for o in offsets], values, color=colours[i % len(colours)], alpha=0.6,
+                 zorder=3, label=None)
+    left.errorbar([i + 0.25], [mean], yerr=[se], fmt='D', color=colours[i % len(colours)],
+                  capsize=5, zorder=4)
+    for run in runs[name]:
+      curve = run.get('curve') or []
+      if curve:
+        right.plot([c[0] for c in curve], [c[1] * 100 for c in curve],
+                   color=colours[i % len(colours)], alpha=0.7,
+                   label=name if run is runs[name][0] else None)
+  left.set_xticks(range(len(arms)), arms)
+  left.set_xlim(-0.5, len(arms) - 0.3)
+  left.set_ylabel('test accuracy, deploy form (%)')
+  left.set_title(f'{claim.name}: each seed (dots), mean +- SE (diamond)')
+  left.grid(axis='y', alpha=0.3)
+  right.set_xlabel('step')
+  right.set_ylabel('validation accuracy, deploy form (%)')
+  right.set_title('learning curves (one line per seed)')
+  values = [c[1] * 100 for name in arms for r in runs[name] for c in (r.get('curve') or [])]
+  if values:
+    top = max(values)
+    right.set_ylim(max(min(values), top - 15), top + 1)
+  right.grid(alpha=0.3)
+  right.legend(loc='lower right')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def report(claims: Sequence[Claim], extra: Sequence[str], record_path: str,
+           figures_dir: str) -> str:
+  record = load_record(record_path)
+  parts = []
+  for claim in claims:
+    runs = runs_of(record, claim, extra)
+    parts.append(markdown(claim, runs))
+    written = figure(claim, runs, os.path.join(figures_dir, f'claims_{claim.name}.png'))
+    if written:
+      parts.append(f'\n![{claim.name}]({os.path.relpath(written, os.path.dirname(record_path))})')
+  text = '\n\n'.join(parts) + '\n'
+  with open(os.path.splitext(record_path)[0] + '.md', 'w', encoding='utf-8') as f:
+    f.write(text)
+  return text
+
+
+def parse_list(text: str) -> List[str]:
+  return [item.strip() for item in text.split(',') if item.strip()]
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--claims', default='tdrl', help=f'comma list of {sorted(CLAIMS)}')
+  parser.add_argument('--seeds', default='0,1,2', help='comma list of ints')
+  parser.add_argument('--arms', default='', help='comma list: only these arms (default all)')
+  parser.add_argument('--runs-dir', default=os.path.join(ROOT, 'runs', 'claims'),
+                      help='where the workdirs go')
+  parser.add_argument('--record', default=RECORD, help='the JSON record of finished runs')
+  parser.add_argument('--figures', default=FIGURES, help='where the figures go')
+  parser.add_argument('--report', action='store_true', help='only tabulate the record')
+  parser.add_argument('--dry-run', action='store_true', help='print the commands only')
+  args, extra = parser.parse_known_args(argv)
+  bad = [a for a in extra if not a.startswith('--config.')]
+  if bad:
+    parser.error(f'unknown arguments {bad}; flags for every run are given as --config.KEY=VALUE')
+  unknown = [c for c in parse_list(args.claims) if c not in CLAIMS]
+  if unknown:
+    parser.error(f'unknown claim(s) {unknown}; known: {sorted(CLAIMS)}')
+  claims = [CLAIMS[c] for c in parse_list(args.claims)]
+  try:
+    seeds = [int(s) for s in parse_list(args.seeds)]
+  except ValueError:
+    parser.error(f'--seeds takes a comma list of ints, got {args.seeds!r}')
+  only = set(parse_list(args.arms))
+  known_arms = {arm.name for claim in claims for arm in claim.arms}
+  if only - known_arms:
+    parser.error(f'unknown arm(s) {sorted(only - known_arms)}; known: {sorted(known_arms)}')
+  if not args.report:
+    record = load_record(args.record)
+    for claim in claims:
+      for seed in seeds:        # seed-major: every arm has a seed before any has two
+        for arm in claim.arms:
+          if only and arm.name not in only:
+            continue
+          key = run_key(claim.name, arm, seed, extra)
+          if recorded(record, key):
+            print(f'[{claim.name}/{arm.name}/seed{seed}] recorded; not redone')
+            continue
+          if args.dry_run:
+            workdir = os.path.join(args.runs_dir, claim.name, arm.name, f'seed{seed}')
+            print(' '.join(train_command(arm, seed, workdir, extra)[1:]))
+            continue
+          run_one(claim.name, arm, seed, args.runs_dir, extra, args.record)
+          record = load_record(args.record)
+  if not args.dry_run:
+    print(report(claims, extra, args.record, args.figures))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,87 @@
+"""benchmarks/claims.py: the statistics, the verdict, the report, and one tiny claim end to end
+(two arms on the embedded digits with a validation split), resumed from its record."""
+
+import json
+import os
+import sys
+
+import pytest
+from conftest import xla_flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'benchmarks'))
+import claims  # pylint: disable=wrong-import-position  (benchmarks/claims.py)
+
+
+def test_mean_std_difference_and_verdict():
+  assert claims.mean_std([0.9]) == (0.9, 0.0)
+  mean, std = claims.mean_std([0.90, 0.92, 0.94])
+  assert mean == pytest.approx(0.92) and std == pytest.approx(0.02)
+  diff, se = claims.difference([0.90, 0.92, 0.94], [0.88, 0.89, 0.90])
+  # std 0.02 and 0.01 over 3 seeds each: SE = sqrt(0.02^2/3 + 0.01^2/3).
+  assert diff == pytest.approx(0.03) and se == pytest.approx((0.0005 / 3) ** 0.5)
+  assert claims.verdict(0.03, 0.0129, 3).startswith('reproduced')
+  assert claims.verdict(-0.03, 0.0129, 3).startswith('reversed')
+  assert claims.verdict(0.02, 0.0129, 3).startswith('within noise')
+  assert claims.verdict(0.5, 0.0, 1) == 'too few seeds'
+
+
+def run(claim, arm, seed, test, val, flags=()):
+  return {'claim': claim, 'arm': arm, 'seed': seed, 'config': f'configs/{arm}.py', 'flags':
+          list(flags), 'steps': 10, 'test_accuracy': test, 'val_accuracy': val,
+          'deploy_params': 1000, 'model': arm, 'wall_s': 60.0, 'device': '1 x cpu',
+          'curve': [[5, val - 0.1], [10, val]]}
+
+
+def test_report_table_and_figure(tmp_path):
+  claim = claims.Claim('c', 'Does b beat a?', arms=(claims.Arm('a', 'configs/a.py'),
+                                                   claims.Arm('b', 'configs/b.py')),
+                       reference='a', paper='+1.0 on ImageNet')
+  record = {'runs': [run('c', 'a', s, t, 0.8) for s, t in enumerate([0.80, 0.81, 0.82])] +
+                    [run('c', 'b', s, t, 0.9) for s, t in enumerate([0.90, 0.91, 0.92])] +
+                    # Another flag set is another experiment: left out of this table.
+                    [run('c', 'b', 0, 0.10, 0.1, ['--config.x=1'])]}
+  path = tmp_path / 'claims.json'
+  path.write_text(json.dumps(record))
+  text = claims.report([claim], [], str(path), str(tmp_path / 'figures'))
+  assert '| a | 3 | 0.8100 +- 0.0100 | 0.8000 +- 0.0000 | 0.001M | 10 | 1.0 | 1 x cpu |' in text
+  assert '| b | +10.00 pt | 0.82 pt | reproduced in direction (> 2 SE) |' in text
+  assert 'Paper: +1.0 on ImageNet.' in text
+  assert (tmp_path / 'claims.md').read_text() == text
+  assert (tmp_path / 'figures' / 'claims_c.png').stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_claim_end_to_end_then_not_redone(tmp_path, monkeypatch, capfd):
+  tiny = ('--config.model.width=16', '--config.model.depth=1', '--config.model.num_heads=2',
+          '--config.batch_size=16', '--config.eval_every=4', '--config.checkpoint_every=100',
+          '--config.data.validation_size=200', '--config.optimizer.warmup_steps=2')
+  claim = claims.Claim('tiny', 'Does TDRL beat the ViT on digits?',
+                       arms=(claims.Arm('vit', 'configs/vit_tiny.py:demo', tiny),
+                             claims.Arm('tdrl', 'configs/tdrl_vit_tiny.py:demo', tiny,
+                                        steps_factor=0.5)),
+                       reference='vit')
+  monkeypatch.setitem(claims.CLAIMS, 'tiny', claim)
+  monkeypatch.setenv('XLA_FLAGS', xla_flags(1))
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  record = tmp_path / 'claims.json'
+  args = ['--claims=tiny', '--seeds=0', f'--runs-dir={tmp_path}/runs', f'--record={record}',
+          f'--figures={tmp_path}/figures', '--config.total_steps=8']
+  assert claims.main(args) == 0
+  runs = json.loads(record.read_text())['runs']
+  assert [(r['arm'], r['seed'], r['steps']) for r in runs] == [('tdrl', 0, 4), ('vit', 0, 8)]
+  for r in runs:
+    assert 0.0 <= r['test_accuracy'] <= 1.0 and 0.0 <= r['val_accuracy'] <= 1.0
+    # TDRL deploys as the same plain ViT: patch embed 3088, one block 3280, class token and
+    # positions 288, fc_norm 32, head 170.
+    assert r['model'] == {'vit': 'vit_tiny', 'tdrl': 'tdrl_vit_tiny'}[r['arm']]
+    assert r['deploy_params'] == runs[0]['deploy_params'] == 6858
+    assert r['curve'][-1][0] == r['steps'] and r['curve'][-1][1] == pytest.approx(
+        r['val_accuracy'], abs=1e-6)
+    assert r['flags'][-1] == '--config.total_steps=8' and r['wall_s'] > 0
+  # The second call finds both in the record and trains nothing.
+  capfd.readouterr()
+  assert claims.main(args) == 0
+  out = capfd.readouterr().out
+  assert out.count('recorded; not redone') == 2 and 'train.py' not in out
+  assert '| tdrl |' in out and (tmp_path / 'figures' / 'claims_tiny.png').exists()
