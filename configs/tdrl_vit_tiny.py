@@ -1,8 +1,10 @@
-"""TDRL ViT-Tiny: MAE-Lite's ImageNet fine-tuning recipe; `:demo` trains on the embedded digits.
+"""TDRL ViT-Tiny: MAE-Lite's ImageNet fine-tuning recipe; `:demo` on the embedded digits,
+`:fashion` on Fashion-MNIST.
 
     python train.py --config configs/tdrl_vit_tiny.py --workdir runs/tdrl_vit_tiny \
         --config.init_from=runs/mae_tdrl_vit_tiny          # fine-tune from MAE pre-training
     python train.py --config configs/tdrl_vit_tiny.py:demo --workdir runs/demo
+    python train.py --config configs/tdrl_vit_tiny.py:fashion --workdir runs/fashion
 
 TDRL options live in `config.model.tdrl` (e.g. `--config.model.tdrl.num_branches=3`). The
 vanilla baseline with the same recipe is configs/vit_tiny.py.
@@ -65,30 +67,30 @@ def demo():
 
 
 def fashion():
-  """Fashion-MNIST at 28x28 (Debian's dataset-fashion-mnist): a deploy ViT under 1M parameters.
+  """Fashion-MNIST at 28x28 (Debian's dataset-fashion-mnist): a deploy ViT of 0.3M parameters.
 
-  Hyper-parameters were chosen on 5,000 validation images carved from train (the eval split
-  of every run of this recipe); the test split is only for reporting (`python -m
-  repvit_jax.evaluate WORKDIR --config.data.eval_split=test`).
+  Patch 4 (49 tokens), width 64, depth 6, 2 heads; 16 epochs of batch 32. Chosen on 5,000
+  validation images carved from train, the eval split of every run of this recipe (the
+  choices and their figures: benchmarks/README.md); the test split is only for reporting:
+  `python -m repvit_jax.evaluate WORKDIR --config.data.eval_split=test`.
   """
   config = common.run_config('classification')
   config.model = ml_collections.ConfigDict(dict(
-      name='tdrl_vit_tiny', dtype='float32', patch_size=4, width=96, depth=8, num_heads=3,
+      name='tdrl_vit_tiny', dtype='float32', patch_size=4, width=64, depth=6, num_heads=2,
       global_pool='avg', drop_path_rate=0.0, tdrl=tdrl()))
   config.data = common.data_config(
-      name='fashion_mnist', validation_size=5000, image_size=28, crop_scale=(0.6, 1.0),
-      flip=True, randaugment=None, color_jitter=0.0, random_erasing=0.25,
+      name='fashion_mnist', validation_size=5000, image_size=28, crop_scale=(0.8, 1.0),
+      flip=True, randaugment=None, color_jitter=0.0, random_erasing=0.1,
       mean=(0.286,) * 3, std=(0.353,) * 3, eval_crop_fraction=1.0)
-  config.batch_size = 128
+  config.batch_size = 32
   config.eval_batch_size = 500
   steps_per_epoch = common.steps_for(1, common.FASHION_MNIST_TRAIN_EXAMPLES - 5000,
                                      config.batch_size)
-  epochs = 10
-  config.total_steps = epochs * steps_per_epoch
-  config.optimizer = common.adamw(base_lr=2e-3, min_lr=1e-5, warmup_steps=steps_per_epoch,
+  config.total_steps = 16 * steps_per_epoch
+  config.optimizer = common.adamw(base_lr=8e-3, min_lr=1e-5, warmup_steps=steps_per_epoch // 4,
                                   weight_decay=0.05, grad_clip=1.0)
-  config.log_every = 50
-  config.eval_every = steps_per_epoch
+  config.log_every = 200
+  config.eval_every = 2 * steps_per_epoch
   config.checkpoint_every = steps_per_epoch
   config.label_smoothing = 0.1
   config.mixup = common.mixup(mixup_alpha=0.0, cutmix_alpha=0.0)

@@ -85,3 +85,22 @@ def test_a_claim_end_to_end_then_not_redone(tmp_path, monkeypatch, capfd):
   out = capfd.readouterr().out
   assert out.count('recorded; not redone') == 2 and 'train.py' not in out
   assert '| tdrl |' in out and (tmp_path / 'figures' / 'claims_tiny.png').exists()
+
+
+def test_the_tdrl_claims_arms_share_one_recipe_under_1m_deployed_parameters():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from conftest import load_config  # pylint: disable=import-outside-toplevel
+  from repvit_jax.models.spec import ModelSpec  # pylint: disable=import-outside-toplevel
+  tdrl, vit = load_config('tdrl_vit_tiny.py:fashion'), load_config('vit_tiny.py:fashion')
+  assert tdrl.data.validation_size > 0 and tdrl.data.name == 'fashion_mnist'
+  # The arms differ only in the model's name and its TDRL block.
+  tdrl_dict, vit_dict = tdrl.to_dict(), vit.to_dict()
+  assert tdrl_dict['model'].pop('tdrl') and tdrl_dict['model'].pop('name') == 'tdrl_vit_tiny'
+  assert vit_dict['model'].pop('name') == 'vit_tiny' and tdrl_dict == vit_dict
+  size = tdrl.data.image_size
+  spec = ModelSpec.from_config(tdrl, num_classes=10).deploy_form()
+  shapes = jax.eval_shape(lambda: spec.build().init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  params = sum(x.size for x in jax.tree.leaves(shapes['params']))
+  assert 250_000 < params <= 1_000_000
