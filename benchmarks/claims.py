@@ -9,11 +9,12 @@ run is evaluated in its deploy form on the validation split (the run's eval spli
 recipes were chosen) and once on the test split, and appended to the record,
 `benchmarks/results/claims.json`:
 
-    {"runs": [{"claim", "arm", "seed", "config", "flags", "steps", "test_accuracy",
-               "val_accuracy", "deploy_params", "wall_s", "device", "curve"}, ...]}
+    {"runs": [{"claim", "arm", "seed", "config", "flags", "recipe", "steps", "test_accuracy",
+               "val_accuracy", "deploy_params", "model", "wall_s", "device", "curve"}, ...]}
 
-A run already in the record (same claim, arm, seed, config and flags) is not redone, so the
-record can be committed run by run and completed on another machine. Nothing here names a
+A run already in the record (same claim, arm, seed, config file, flags and recipe: a hash of
+the config the file gives) is not redone, so the record can be committed run by run and
+completed on another machine; editing a recipe makes its runs another experiment. Nothing here names a
 device: on a GPU or TPU host the same command trains there.
 
 The report: each arm's mean +- std (sample std over seeds), each arm's difference from the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -126,15 +128,26 @@ def save_record(record: dict, path: str = RECORD) -> None:
   os.replace(tmp, path)
 
 
-def run_key(claim: str, arm: Arm, seed: int, extra: Sequence[str]) -> tuple:
-  return (claim, arm.name, seed, arm.config, tuple(arm.flags) + tuple(extra))
+def recipe_hash(config: str) -> str:
+  """A short hash of the config a file gives now: an edited recipe is another experiment."""
+  sys.path.insert(0, ROOT)
+  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+  text = config_files.load(config).to_json_best_effort(sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def recorded(record: dict, key: tuple) -> Optional[dict]:
-  for run in record['runs']:
-    if (run['claim'], run['arm'], run['seed'], run['config'], tuple(run['flags'])) == key:
-      return run
-  return None
+def identity(claim: str, arm: Arm, extra: Sequence[str]) -> dict:
+  """What makes two runs of an arm the same experiment (the seed aside)."""
+  return {'claim': claim, 'arm': arm.name, 'config': arm.config,
+          'flags': list(tuple(arm.flags) + tuple(extra)), 'recipe': recipe_hash(arm.config)}
+
+
+def matches(run: dict, ident: dict, seed: Optional[int] = None) -> bool:
+  return all(run.get(k) == v for k, v in ident.items()) and seed in (None, run['seed'])
+
+
+def recorded(record: dict, ident: dict, seed: int) -> Optional[dict]:
+  return next((run for run in record['runs'] if matches(run, ident, seed)), None)
 
 
 def total_steps(arm: Arm, extra: Sequence[str]) -> int:
@@ -193,8 +206,7 @@ def finish(claim: str, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
   params = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
   form = 'deploy' if 'deploy' in test['forms'] else 'model'
   return {
-      'claim': claim, 'arm': arm.name, 'seed': seed, 'config': arm.config,
-      'flags': list(tuple(arm.flags) + tuple(extra)), 'steps': total_steps(arm, extra),
+      **identity(claim, arm, extra), 'seed': seed, 'steps': total_steps(arm, extra),
       'test_accuracy': test['forms'][form]['top1'], 'val_accuracy': val['forms'][form]['top1'],
       'deploy_params': params, 'model': spec.name, 'wall_s': round(wall_s, 1),
       'device': device_name(), 'curve': validation_curve(workdir),
@@ -221,9 +233,8 @@ def run_one(claim: str, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str]
                      f'run the same command again to resume it in {workdir}')
   run = finish(claim, arm, seed, workdir, extra, spent)
   record = load_record(record_path)
-  record['runs'] = [r for r in record['runs'] if (r['claim'], r['arm'], r['seed'], r['config'],
-                                                  tuple(r['flags'])) != run_key(
-                                                      claim, arm, seed, extra)]
+  ident = identity(claim, arm, extra)
+  record['runs'] = [r for r in record['runs'] if not matches(r, ident, seed)]
   record['runs'].append(run)
   save_record(record, record_path)
   print(f'[{claim}/{arm.name}/seed{seed}] test {run["test_accuracy"]:.4f} val '
@@ -237,12 +248,12 @@ def run_one(claim: str, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str]
 
 
 def runs_of(record: dict, claim: Claim, extra: Sequence[str]) -> Dict[str, List[dict]]:
-  """The recorded runs of each arm of `claim`, as the arm is defined now (config and flags)."""
+  """The recorded runs of each arm of `claim`, as the arm is defined now (recipe and flags)."""
   out = {}
   for arm in claim.arms:
-    want = (claim.name, arm.name, arm.config, tuple(arm.flags) + tuple(extra))
-    out[arm.name] = sorted((r for r in record['runs'] if (
-        r['claim'], r['arm'], r['config'], tuple(r['flags'])) == want), key=lambda r: r['seed'])
+    ident = identity(claim.name, arm, extra)
+    out[arm.name] = sorted((r for r in record['runs'] if matches(r, ident)),
+                           key=lambda r: r['seed'])
   return out
 
 
@@ -384,8 +395,7 @@ def main(argv=None) -> int:
         for arm in claim.arms:
           if only and arm.name not in only:
             continue
-          key = run_key(claim.name, arm, seed, extra)
-          if recorded(record, key):
+          if recorded(record, identity(claim.name, arm, extra), seed):
             print(f'[{claim.name}/{arm.name}/seed{seed}] recorded; not redone')
             continue
           if args.dry_run:

@@ -28,12 +28,12 @@ def test_mean_std_difference_and_verdict():
 
 def run(claim, arm, seed, test, val, flags=()):
   return {'claim': claim, 'arm': arm, 'seed': seed, 'config': f'configs/{arm}.py', 'flags':
-          list(flags), 'steps': 10, 'test_accuracy': test, 'val_accuracy': val,
+          list(flags), 'recipe': 'r', 'steps': 10, 'test_accuracy': test, 'val_accuracy': val,
           'deploy_params': 1000, 'model': arm, 'wall_s': 60.0, 'device': '1 x cpu',
           'curve': [[5, val - 0.1], [10, val]]}
 
 
-def test_report_table_and_figure(tmp_path):
+def test_report_table_and_figure(tmp_path, monkeypatch):
   claim = claims.Claim('c', 'Does b beat a?', arms=(claims.Arm('a', 'configs/a.py'),
                                                    claims.Arm('b', 'configs/b.py')),
                        reference='a', paper='+1.0 on ImageNet')
@@ -43,6 +43,7 @@ def test_report_table_and_figure(tmp_path):
                     [run('c', 'b', 0, 0.10, 0.1, ['--config.x=1'])]}
   path = tmp_path / 'claims.json'
   path.write_text(json.dumps(record))
+  monkeypatch.setattr(claims, 'recipe_hash', lambda config: 'r')
   text = claims.report([claim], [], str(path), str(tmp_path / 'figures'))
   assert '| a | 3 | 0.8100 +- 0.0100 | 0.8000 +- 0.0000 | 0.001M | 10 | 1.0 | 1 x cpu |' in text
   assert '| b | +10.00 pt | 0.82 pt | reproduced in direction (> 2 SE) |' in text
@@ -85,6 +86,10 @@ def test_a_claim_end_to_end_then_not_redone(tmp_path, monkeypatch, capfd):
   out = capfd.readouterr().out
   assert out.count('recorded; not redone') == 2 and 'train.py' not in out
   assert '| tdrl |' in out and (tmp_path / 'figures' / 'claims_tiny.png').exists()
+  # An edited recipe is another experiment: nothing of it is recorded yet.
+  monkeypatch.setattr(claims, 'recipe_hash', lambda config: 'edited')
+  assert claims.main([*args, '--dry-run']) == 0
+  assert capfd.readouterr().out.count('train.py') == 2
 
 
 def test_the_tdrl_claims_arms_share_one_recipe_under_1m_deployed_parameters():
