@@ -93,7 +93,8 @@ def mae_config(student: str, teacher: Optional[str], batch: int, dtype: str, ima
 
 
 def compile_step(config, image_size: int) -> Dict[str, Any]:
-  """The trainer's compiled step for `config` on random data: {'run', 'temp_bytes', 'flops'}."""
+  """The trainer's compiled step for `config` on random data: {'run', 'state', 'temp_bytes',
+  'flops'} ('state' returns the current train state)."""
   batch = config.batch_size
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(batch, mesh)
@@ -127,7 +128,8 @@ def compile_step(config, image_size: int) -> Dict[str, Any]:
     holder['state'], metrics = compiled(holder['state'], inputs, frozen)
     return metrics['train/loss']
 
-  return {'run': run, 'temp_bytes': int(memory.temp_size_in_bytes),
+  return {'run': run, 'state': lambda: holder['state'],
+          'temp_bytes': int(memory.temp_size_in_bytes),
           'flops': float((cost or {}).get('flops', 0.0))}
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from repvit_jax.train import digest
 from repvit_jax.treepath import path_str
 
 PyTree = Any
@@ -261,9 +262,14 @@ class Checkpointer:
         stored[k] = float(v)
       except (TypeError, ValueError):
         continue
+    # Digested before the asynchronous write starts: what the state was, not what reached disk.
+    record = dict(self._metadata or {})
+    record[digest.METADATA_KEY] = digest.tree_digests(state)
+    if 'model' in record:
+      record[digest.SPEC_KEY] = digest.spec_digest(record['model'])
     return bool(self._mngr.save(
         step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}),
-        metrics=stored, force=force, custom_metadata=self._metadata))
+        metrics=stored, force=force, custom_metadata=record))
 
   def restore(self, state_like: PyTree, step: int | None = None) -> PyTree:
     """Restores checkpoint `step` (default: latest) onto `state_like`'s shapes/shardings.
@@ -284,6 +290,7 @@ class Checkpointer:
                    step_dir)
     restored = self._mngr.restore(
         step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
+    verify_step(step_dir, restored[STATE_ITEM])
     return restored[STATE_ITEM]
 
   def restore_newest_readable(self, state_like: PyTree,
@@ -433,15 +440,42 @@ def find_step_dir(path, step: int | None = None) -> str:
   return step_dir
 
 
-def step_metadata(step_dir: str) -> dict:
-  """The `metadata` a Checkpointer saved with a step ({} for none or an unreadable file)."""
+def step_metadata(step_dir: str, strict: bool = False) -> dict:
+  """The `metadata` a Checkpointer saved with a step ({} for none).
+
+  An unreadable metadata file gives {} too, or with `strict` a ValueError (its digests cannot
+  be checked, so the step is not to be trusted).
+  """
+  path = os.path.join(step_dir, STEP_METADATA_FILE)
   try:
-    with open(os.path.join(step_dir, STEP_METADATA_FILE), encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
       record = json.load(f)
-  except (OSError, ValueError):
+  except FileNotFoundError:
+    return {}
+  except (OSError, ValueError) as e:
+    if strict:
+      raise ValueError(f"{path} is unreadable ({_first_line(e)})") from None
     return {}
   custom = record.get("custom_metadata") if isinstance(record, dict) else None
   return dict(custom) if isinstance(custom, dict) else {}
+
+
+def verify_step(step_dir: str, state: PyTree) -> None:
+  """Checks a restored state against the digests saved with its step.
+
+  Raises:
+    digest.DigestMismatch: an array (or the model record) differs from what was saved.
+    ValueError: the step's metadata file is unreadable.
+  Steps saved without digests are not checked.
+  """
+  record = step_metadata(step_dir, strict=True)
+  if digest.SPEC_KEY in record and (digest.spec_digest(record.get("model"))
+                                     != record[digest.SPEC_KEY]):
+    raise digest.DigestMismatch(f"{step_dir}: the model record changed on disk since it was "
+                                "saved (checksum mismatch)")
+  stored = record.get(digest.METADATA_KEY)
+  if isinstance(stored, dict):
+    digest.verify(state, stored, step_dir)
 
 
 def restore_variables(path, step: int | None = None) -> dict:
@@ -464,7 +498,9 @@ def restore_variables(path, step: int | None = None) -> dict:
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    return handler.restore(epath.Path(state_dir),
-                           args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    state = handler.restore(epath.Path(state_dir),
+                            args=ocp.args.PyTreeRestore(restore_args=restore_args))
   finally:
     handler.close()
+  verify_step(os.path.dirname(state_dir), state)
+  return state
