@@ -36,6 +36,20 @@ def test_health_names_the_latest_checkpoint_before_a_divergence(tmp_path):
   assert sorted(stored['records']) == ['1'] and stored['applied_resume_steps'] == [1]
 
 
+def test_advised_resume_step_is_honoured_after_every_divergence_and_not_on_a_restart(tmp_path):
+  log = HealthLog(str(tmp_path))
+  assert log.should_apply(20)               # a first request
+  log.diverged()                            # the trainer advised --config.resume_step=20
+  log.mark_applied(20)
+  restarted = HealthLog(str(tmp_path))      # the same command line after a pre-emption
+  assert not restarted.should_apply(20)
+  restarted.diverged()                      # diverged again: the same advice, honoured again
+  assert HealthLog(str(tmp_path)).should_apply(20)
+  restarted.mark_applied(20)
+  assert not HealthLog(str(tmp_path)).should_apply(20)
+  assert HealthLog(str(tmp_path)).should_apply(10)
+
+
 def test_health_tolerates_a_slow_rise_and_flags_a_tenfold_one(tmp_path):
   log = HealthLog(str(tmp_path))
   log.start(0)

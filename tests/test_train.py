@@ -94,18 +94,26 @@ def test_recovery_from_divergence_config_drift_corrupt_checkpoint_and_stale_metr
   assert sorted(losses(tmp_path)) == [1, 2, 3] and 9.0 not in losses(tmp_path).values()
   assert json.loads((tmp_path / 'config.json').read_text())['model']['num_heads'] == 2
 
-  # Another model with the same shapes: refused, nothing touched.
-  line = error_line(train(tmp_path, *steps, '--config.model.num_heads=4', check=False))
+  # Another model with the same shapes, with the advice: refused before anything is moved.
+  line = error_line(train(tmp_path, *steps, *advice, '--config.model.num_heads=4', check=False))
   assert 'model.num_heads: 2 -> 4' in line and 'allow_config_change=True' in line
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2', '3', 'health.json']
+  assert not (tmp_path / 'set_aside').exists()
 
+  # The advice followed with an lr still too high: diverges again, and the same advice is
+  # given and honoured a second time.
+  line = error_line(train(tmp_path, *steps, *advice, '--config.optimizer.lr=1e5', check=False))
+  assert 'became nan' in line and re.findall(r'--config\.resume_step=\d+', line) == advice
+  assert sorted(os.listdir(tmp_path / 'set_aside')) == ['2-after_resume_step_1',
+                                                        '3-after_resume_step_1']
   # The advice, followed literally, completes.
   resumed = train(tmp_path, *steps, *advice, '--config.optimizer.lr=1e-3')
   assert 'resumed from' in resumed.stdout and 'at step 1' in resumed.stdout
   assert sorted(losses(tmp_path)) == list(range(1, 9))     # one row per step
   assert max(losses(tmp_path).values()) < 3.0
-  assert sorted(os.listdir(tmp_path / 'set_aside')) == ['2-after_resume_step_1',
-                                                        '3-after_resume_step_1']
+  assert sorted(os.listdir(tmp_path / 'set_aside')) == [
+      '2-after_resume_step_1', '2-after_resume_step_1-2', '3-after_resume_step_1',
+      '3-after_resume_step_1-2']
   # Every checkpoint and the deploy model say what they hold (the spec), tdrl block and all.
   from repvit_jax import io  # pylint: disable=import-outside-toplevel
   spec, variables = io.open(str(tmp_path))

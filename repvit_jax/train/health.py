@@ -6,11 +6,17 @@ them in `<checkpoint dir>/health.json` as the run goes:
 
   {"records": {"<step>": {"loss": L(step + 1), "grad_norm": G(step + 1),
                           "min_loss": lowest loss seen up to step + 1}},
-   "applied_resume_steps": [...]}
+   "applied_resume_steps": [...], "awaiting_advice": bool}
 
 A checkpoint is healthy when both are finite and its loss is at most `DIVERGENCE_FACTOR` times
 the lowest loss seen so far. After a non-finite loss the trainer names the latest healthy
 checkpoint, and `--config.resume_step=N` resumes there.
+
+The same `--config.resume_step=N` stays on the command line of a job that is pre-empted and
+restarted; applying it again would throw away the progress made since. So a resume step is
+applied when the run is answering a divergence (`awaiting_advice`, set when the trainer gave
+its advice) or when it was never applied before; otherwise the run resumes from its latest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ class HealthLog:
     self.is_chief = is_chief
     self.records: Dict[int, Dict[str, float]] = {}
     self.applied_resume_steps: List[int] = []
+    self.awaiting_advice = False
     try:
       with open(self.path, encoding='utf-8') as f:
         stored = json.load(f)
       self.records = {int(k): dict(v) for k, v in stored.get('records', {}).items()}
       self.applied_resume_steps = [int(s) for s in stored.get('applied_resume_steps', [])]
+      self.awaiting_advice = bool(stored.get('awaiting_advice', False))
     except (OSError, ValueError, AttributeError, TypeError):
       pass    # no file yet, or one from a killed write: health is unknown, never wrong
     self.min_loss = math.inf
@@ -95,8 +103,19 @@ class HealthLog:
     self.records = {s: r for s, r in self.records.items() if s <= step}
     self._write()
 
+  def diverged(self) -> None:
+    """The run stopped on a divergence and advised a resume step: the next one is honoured."""
+    self.awaiting_advice = True
+    self._write()
+
+  def should_apply(self, resume_step: int) -> bool:
+    """Whether `--config.resume_step=resume_step` is an answer to advice (or a first request),
+    rather than the same flag on a restarted job."""
+    return self.awaiting_advice or int(resume_step) not in self.applied_resume_steps
+
   def mark_applied(self, resume_step: int) -> None:
     self.applied_resume_steps.append(int(resume_step))
+    self.awaiting_advice = False
     self._write()
 
   def _write(self) -> None:
@@ -106,7 +125,8 @@ class HealthLog:
     tmp = self.path + '.tmp'
     with open(tmp, 'w', encoding='utf-8') as f:
       json.dump({'records': {str(k): v for k, v in sorted(self.records.items())},
-                 'applied_resume_steps': self.applied_resume_steps}, f, indent=1)
+                 'applied_resume_steps': self.applied_resume_steps,
+                 'awaiting_advice': self.awaiting_advice}, f, indent=1)
     os.replace(tmp, self.path)
 
 

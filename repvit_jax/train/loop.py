@@ -296,6 +296,7 @@ def _divergence_advice(checkpointer: Checkpointer, health: HealthLog, config) ->
   else:
     lower = 'a lower lr'
   remedy = (f'{lower}, or set --config.optimizer.grad_clip, or check the data')
+  health.diverged()     # the resume step advised below is honoured on the next run
   good = health.latest_healthy(kept)
   after = [health.describe(s) for s in kept if good is None or s > good]
   diverged = f' (later checkpoints had diverged: {", ".join(after)})' if after else ''
@@ -313,19 +314,27 @@ def _divergence_advice(checkpointer: Checkpointer, health: HealthLog, config) ->
 def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog, target,
             is_chief: bool):
   """(restored state or None, start step): the latest readable checkpoint, or
-  `config.resume_step` (newer checkpoints set aside), or nothing (a fresh start)."""
+  `config.resume_step` (newer checkpoints set aside), or nothing (a fresh start).
+
+  Everything that can refuse the command (the resume step, config drift) is checked before
+  any checkpoint is moved.
+  """
   kept = checkpointer.all_steps()
   resume_step = config.get('resume_step')
-  if resume_step is not None and int(resume_step) in health.applied_resume_steps:
+  if resume_step is not None and not health.should_apply(int(resume_step)):
     if kept and max(kept) > int(resume_step):
-      _warn(f'warning: config.resume_step={resume_step} was applied before in this workdir; '
-            f'resuming from the latest checkpoint (step {max(kept)}) instead')
+      _warn(f'warning: config.resume_step={resume_step} was applied before in this workdir and '
+            'no divergence has happened since (a restarted job?); resuming from the latest '
+            f'checkpoint (step {max(kept)}) instead')
     resume_step = None
   if resume_step is not None:
     resume_step = int(resume_step)
     if resume_step < 0 or (resume_step > 0 and resume_step not in kept):
       raise ValueError(f'config.resume_step={resume_step} is not a kept checkpoint of '
                        f'{checkpointer.directory} (kept: {kept or "none"}; 0 starts over)')
+  if kept and resume_step != 0:
+    config_record.check_resume(workdir, config, _warn)
+  if resume_step is not None:
     for step in kept:
       if step > resume_step:
         moved = checkpointer.set_aside(step, f'after_resume_step_{resume_step}')
@@ -335,7 +344,6 @@ def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog,
     kept = checkpointer.all_steps()
   if not kept:
     return None, 0
-  config_record.check_resume(workdir, config, _warn)
   state, step = checkpointer.restore_newest_readable(target)
   _info(is_chief, f'resumed from {checkpointer.directory} at step {step}')
   return state, step
