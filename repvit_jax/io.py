@@ -140,7 +140,9 @@ def open(path: str, *, ema: bool = False  # pylint: disable=redefined-builtin
   workdir's `deploy/`), a training workdir (its latest checkpoint; its `deploy/` when it has no
   checkpoint left), a checkpoint directory, or one step of it. Variables are
   {'params': ..., 'batch_stats': ...} host arrays, in the form the spec says (a checkpoint
-  holds the training form). The spec is None only for a checkpoint that records none.
+  holds the training form; the newest step that reads back and matches its checksums, with a
+  warning line for each newer one that does not). The spec is None only for a checkpoint that
+  records none.
   `ema=True` gives the EMA of the weights a checkpoint holds (trained with `config.ema`).
 
   Raises:
@@ -176,7 +178,7 @@ def open(path: str, *, ema: bool = False  # pylint: disable=redefined-builtin
         f'{path} holds no checkpoint and no saved model: give a training workdir, its '
         "'checkpoints' directory or one step of it, or a model directory (model.json + "
         'variables.msgpack)') from None
-  state = checkpoint.restore_variables(step_dir)
+  step_dir, state = checkpoint.read_newest_readable(path)
   if ema:
     if 'ema' not in state:
       raise ValueError(f'{step_dir} holds no EMA of the weights (trained without '

@@ -294,6 +294,23 @@ def test_every_saved_array_has_a_digest_that_a_targetless_read_verifies(tmp_path
   assert digest.array_digest(x) != digest.array_digest(y)
 
 
+def test_readers_fall_back_to_the_newest_readable_step_and_move_nothing(tmp_path, capfd):
+  from repvit_jax import io
+  directory = _three_checkpoints(tmp_path)
+  _truncate_data_files(directory / "3")
+  spec, variables = io.open(str(tmp_path))
+  assert spec is None
+  _assert_same(variables["params"], jax.device_get(_state(seed=2, step=2)["params"]))
+  err = capfd.readouterr().err
+  warnings = [l for l in err.splitlines() if l.startswith("warning: ")]
+  assert len(warnings) == 1 and warnings[0].startswith(
+      f"warning: checkpoint step 3 in {directory} could not be read ("), err
+  assert "Traceback" not in err and "Event loop is closed" not in err
+  assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2", "3"]
+  with pytest.raises(ValueError, match="could not be"):   # the step itself, when named
+    io.open(str(directory / "3"))
+
+
 def test_unreadable_metrics_set_the_checkpoint_aside_when_opening(tmp_path):
   directory = _three_checkpoints(tmp_path)
   (directory / "3" / "metrics" / "metrics").write_text("")

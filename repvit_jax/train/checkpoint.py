@@ -83,8 +83,11 @@ def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
       if not failure:
         os.write(2, captured)
       else:
-        with open(path, "ab") as log:
-          log.write("".join(failure).encode() + captured)
+        try:
+          with open(path, "ab") as log:
+            log.write("".join(failure).encode() + captured)
+        except OSError:
+          pass    # a read-only workdir: the one warning line is what the user gets
 
 
 def _first_line(error: BaseException) -> str:
@@ -476,6 +479,52 @@ def verify_step(step_dir: str, state: PyTree) -> None:
   stored = record.get(digest.METADATA_KEY)
   if isinstance(stored, dict):
     digest.verify(state, stored, step_dir)
+
+
+def read_newest_readable(path, warn: Callable[[str], None] | None = None
+                         ) -> tuple[str, dict]:
+  """(step directory, state) of the newest checkpoint under `path` that reads back and verifies.
+
+  `path` as for `restore_variables`. A step directory is read as it is; in a workdir or
+  checkpoint directory an unreadable or corrupt newer step costs one warning line and the
+  next older one is tried, as training does (nothing is moved: this is a reader).
+
+  Raises:
+    FileNotFoundError: `path` holds no finished checkpoint.
+    ValueError: no step reads back (one line: the steps and the first reason).
+  """
+  newest = find_step_dir(path)
+  directory = os.path.dirname(newest)
+  if os.path.isdir(os.path.join(os.path.abspath(os.fspath(path)), STATE_ITEM)):
+    steps = [ocp.step.step_from_checkpoint_name(os.path.basename(newest))]
+  else:
+    steps = sorted((ocp.step.step_from_checkpoint_name(p.name)
+                    for p in ocp.utils.checkpoint_steps_paths(directory)), reverse=True)
+  warn = warn or _warn_on_stderr
+  log_path = os.path.join(os.path.dirname(directory), RESTORE_ERRORS_FILE)
+  failed = []
+  for step in steps:
+    step_dir = os.path.join(directory, str(step))
+    failure: list = []
+    try:
+      with _capture_stderr(log_path, failure):
+        try:
+          return step_dir, restore_variables(step_dir)
+        except Exception:  # pylint: disable=broad-except
+          failure.append(f"--- checkpoint step {step}, {time.ctime()}:\n"
+                         + traceback.format_exc())
+          raise
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((step, _first_line(e)))
+      if len(steps) > 1:
+        warn(f"warning: checkpoint step {step} in {directory} could not be read "
+             f"({failed[-1][1]}); trying an older one")
+  if len(steps) == 1:
+    raise ValueError(f"checkpoint {newest} could not be read ({failed[0][1]}); give its "
+                     "workdir to read the newest step that can be")
+  raise ValueError(f"no checkpoint in {directory} could be read (steps "
+                   f"{', '.join(str(s) for s, _ in failed)}; step {failed[0][0]}: "
+                   f"{failed[0][1]})")
 
 
 def restore_variables(path, step: int | None = None) -> dict:
