@@ -3,6 +3,8 @@ and the checks that turn silent corruption into one clear error."""
 
 import json
 import math
+import os
+import time
 
 import jax
 import ml_collections
@@ -110,6 +112,51 @@ def test_distributed_settings_from_config_and_environment(monkeypatch):
   monkeypatch.setenv('JAX_PROCESS_ID', 'one')
   with pytest.raises(ValueError, match="JAX_PROCESS_ID='one' is not an integer"):
     distributed.settings(config)
+
+
+def test_jax_process_variables_without_distributed_enabled_warn_once(monkeypatch):
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  monkeypatch.delenv('JAX_COORDINATOR_ADDRESS', raising=False)
+  warnings = []
+  assert not distributed.initialize(load_config('vit_tiny.py:demo').distributed,
+                                    warn=warnings.append)
+  assert warnings == ['warning: JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=1 set, but '
+                      'config.distributed.enabled is False: this process trains alone; add '
+                      '--config.distributed.enabled=True to join the others']
+
+
+def test_workdir_lock_refuses_a_live_run_takes_over_a_dead_ones_and_releases(tmp_path):
+  import socket
+  import subprocess
+  import sys
+  from repvit_jax.train import workdir_lock
+  warnings = []
+  with workdir_lock.hold(str(tmp_path), warnings.append) as lock:
+    record = json.loads((tmp_path / '.lock').read_text())
+    assert record['pid'] == os.getpid() and record['host'] == socket.gethostname()
+    with pytest.raises(workdir_lock.WorkdirInUse, match=f'pid {os.getpid()} on host'):
+      workdir_lock.hold(str(tmp_path), warnings.append).__enter__()
+    lock.refresh()
+  assert not (tmp_path / '.lock').exists() and warnings == []
+  # A run that died holding it (its pid is gone) on this host: taken over with a warning.
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  (tmp_path / '.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': int(dead),
+                                              'started': 0}))
+  with workdir_lock.hold(str(tmp_path), warnings.append):
+    assert json.loads((tmp_path / '.lock').read_text())['pid'] == os.getpid()
+  assert len(warnings) == 1 and warnings[0].startswith(
+      f'warning: taking over the lock of a training run that is gone (pid {dead} on host')
+  # Another host's lock: live while refreshed, stale after STALE_AFTER_S.
+  (tmp_path / '.lock').write_text(json.dumps({'host': 'elsewhere', 'pid': 1, 'started': 0}))
+  with pytest.raises(workdir_lock.WorkdirInUse, match='on host elsewhere'):
+    workdir_lock.hold(str(tmp_path), warnings.append).__enter__()
+  old = time.time() - workdir_lock.STALE_AFTER_S - 60
+  os.utime(tmp_path / '.lock', (old, old))
+  with workdir_lock.hold(str(tmp_path), warnings.append):
+    pass
+  assert len(warnings) == 2 and 'on host elsewhere' in warnings[1]
 
 
 @pytest.mark.parametrize('bad', [np.nan, -1.0])

@@ -76,6 +76,18 @@ def test_bad_input_is_one_clear_line(tmp_path, flags, devices, message):
   assert message in line
 
 
+def test_a_second_run_on_a_live_workdir_is_one_line_and_touches_nothing(tmp_path):
+  # This test's own process stands for the live run holding the workdir.
+  import socket  # pylint: disable=import-outside-toplevel
+  lock = tmp_path / '.lock'
+  lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                              'started': 0, 'processes': 1}))
+  line = error_line(train(tmp_path, '--config.total_steps=2', check=False))
+  assert f'workdir {tmp_path} is in use by another training run (pid {os.getpid()}' in line
+  assert 'use another --workdir' in line
+  assert sorted(os.listdir(tmp_path)) == ['.lock'] and lock.read_text().count(str(os.getpid()))
+
+
 @pytest.mark.slow
 def test_recovery_from_divergence_config_drift_corrupt_checkpoint_and_stale_metrics(tmp_path):
   """One workdir through what goes wrong, in the order a user meets it."""

@@ -18,7 +18,7 @@ A plain bool (`config.distributed = True`) is accepted too: enabled, everything 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 
@@ -65,8 +65,11 @@ def settings(distributed: Any) -> Optional[dict]:
   return kwargs
 
 
-def initialize(distributed: Any) -> bool:
+def initialize(distributed: Any, warn: Optional[Callable[[str], None]] = None) -> bool:
   """Joins the other processes when `distributed` is enabled; returns whether it did.
+
+  When it is not enabled but the JAX_* variables above are set (a launcher meant several
+  processes), `warn` gets one line: each process will train alone.
 
   Raises:
     ValueError: the environment does not say how many processes there are, or who this one
@@ -74,6 +77,11 @@ def initialize(distributed: Any) -> bool:
   """
   kwargs = settings(distributed)
   if kwargs is None:
+    present = [f'{name}={os.environ[name].strip()}' for name in ENVIRONMENT.values()
+               if os.environ.get(name, '').strip()]
+    if present and warn is not None:
+      warn(f'warning: {", ".join(present)} set, but config.distributed.enabled is False: '
+           'this process trains alone; add --config.distributed.enabled=True to join the others')
     return False
   try:
     jax.distributed.initialize(**kwargs)

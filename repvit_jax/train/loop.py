@@ -1,6 +1,7 @@
 """The training loop: `run(config, workdir)`.
 
-One compiled train step over a device mesh; resumes from `workdir/checkpoints` when it holds
+One run per workdir (`workdir/.lock`, workdir_lock.py). One compiled train step over a
+device mesh; resumes from `workdir/checkpoints` when it holds
 a checkpoint (the newest that reads back, unreadable ones set aside; or `config.resume_step`),
 after comparing the config with `workdir/config.json`; SIGTERM saves and returns; a
 non-finite loss stops the run (`TrainingError`) without saving, naming the latest checkpoint
@@ -32,6 +33,7 @@ from repvit_jax.reparam.check import count_params
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import optimizer as optimizer_lib
 from repvit_jax.train import config_record, distributed, pretrained, sharding, tasks
+from repvit_jax.train import workdir_lock
 from repvit_jax.train import ema as ema_lib
 from repvit_jax.train.checkpoint import Checkpointer
 from repvit_jax.train.health import HealthLog
@@ -97,10 +99,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     TrainingError: the loss became NaN or infinite.
   """
   check_config(config)
-  distributed.initialize(config.get('distributed'))
-  is_chief = jax.process_index() == 0
+  distributed.initialize(config.get('distributed'), warn=_warn)
   _make_workdir(workdir)
+  with workdir_lock.hold(workdir, _warn) as lock:
+    return _train(config, workdir, lock)
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           lock: workdir_lock.WorkdirLock) -> Dict[str, Any]:
+  """`run` once the workdir is this run's."""
+  is_chief = jax.process_index() == 0
   mesh = sharding.make_mesh(config.get('mesh'))
   sharding.check_batch_size(config.batch_size, mesh)
   accum_steps = int(config.get('grad_accum_steps', 1) or 1)
@@ -214,6 +222,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
           progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']},
                        images=images_since_log)
           images_since_log = 0
+          lock.refresh()
         if do_eval:
           last_eval = evaluator(state)
           if evaluator.compile_seconds is not None and not evaluator.reported:
