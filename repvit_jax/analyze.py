@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from repvit_jax import cli
+
 
 # ---------------------------------------------------------------------------------------------
 # Collecting what the models sow.
@@ -383,9 +385,6 @@ def _describe(source: str, name: str) -> str:
 
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-  from repvit_jax import export  # pylint: disable=import-outside-toplevel
-  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog='python -m repvit_jax.analyze',
                                    description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -400,7 +399,8 @@ def main(argv=None) -> int:
     p.add_argument('--config', default=None, metavar='FILE[:ARG]',
                    help='take the images from this training config\'s eval split (default: '
                         'the run\'s own data set, from its workdir\'s config.json)')
-    p.add_argument('--num-images', type=int, default=64)
+    p.add_argument('--num-images', type=cli.positive_int, default=64,
+                   help='images the statistics are taken over (default 64)')
     p.add_argument('--images', choices=('data', 'noise'), default='data',
                    help='the eval split of the data set (default), or random normal images')
     p.add_argument('--image-size', type=int, default=None)
@@ -409,33 +409,37 @@ def main(argv=None) -> int:
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE')
     p.add_argument('--title', default='')
   args = parser.parse_args(argv)
+  return cli.run(lambda: _main(args))
+
+
+def _main(args) -> int:
+  """`main` once the arguments parse; the output directory is checked before any work."""
+  from repvit_jax import export  # pylint: disable=import-outside-toplevel
+  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
+  cli.check_output(args.out, 'directory')
   overrides = parse_overrides(args.overrides)
   load = lambda src: export.load_for_export(src, model=args.model_name, overrides=overrides,
                                             image_size=args.image_size)
-  try:
-    if args.command == 'attention':
-      model = load(args.model)
-      images = _images(args, args.model, model.image_size)
-      record = analyze_attention(model.module, model.variables, images, args.out,
-                                 title=args.title or f'attention distance: '
-                                 f'{_describe(args.model, model.name)}')
-      for i, value in enumerate(record['mean_distance_per_layer']):
-        heads = ', '.join(f'{d:.1f}' for d in record['distance'][i])
-        print(f'layer {i + 1:2d}: mean {value:6.2f} px  heads [{heads}]')
-    else:
-      model_a, model_b = load(args.model_a), load(args.model_b)
-      images = _images(args, args.model_a, model_a.image_size)
-      record = analyze_cka(model_a.module, model_a.variables, model_b.module, model_b.variables,
-                           images, args.out,
-                           title=args.title or f'CKA: {_describe(args.model_a, model_a.name)} '
-                           f'vs {_describe(args.model_b, model_b.name)}',
-                           names=(os.path.basename(os.path.normpath(args.model_a)),
-                                  os.path.basename(os.path.normpath(args.model_b))))
-      if record['diagonal'] is not None:
-        print('CKA per layer: ' + ', '.join(f'{v:.3f}' for v in record['diagonal']))
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  if args.command == 'attention':
+    model = load(args.model)
+    images = _images(args, args.model, model.image_size)
+    record = analyze_attention(model.module, model.variables, images, args.out,
+                               title=args.title or f'attention distance: '
+                               f'{_describe(args.model, model.name)}')
+    for i, value in enumerate(record['mean_distance_per_layer']):
+      heads = ', '.join(f'{d:.1f}' for d in record['distance'][i])
+      print(f'layer {i + 1:2d}: mean {value:6.2f} px  heads [{heads}]')
+  else:
+    model_a, model_b = load(args.model_a), load(args.model_b)
+    images = _images(args, args.model_a, model_a.image_size)
+    record = analyze_cka(model_a.module, model_a.variables, model_b.module, model_b.variables,
+                         images, args.out,
+                         title=args.title or f'CKA: {_describe(args.model_a, model_a.name)} '
+                         f'vs {_describe(args.model_b, model_b.name)}',
+                         names=(os.path.basename(os.path.normpath(args.model_a)),
+                                os.path.basename(os.path.normpath(args.model_b))))
+    if record['diagonal'] is not None:
+      print('CKA per layer: ' + ', '.join(f'{v:.3f}' for v in record['diagonal']))
   if record['png']:
     print(f'wrote {record["json"]} and {record["png"]}')
   else:

@@ -14,6 +14,7 @@ resolution, `io.at_image_size`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any, Dict, Optional
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from repvit_jax import io
+from repvit_jax import cli, io
 from repvit_jax.models.registry import get_registration
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
@@ -81,6 +82,8 @@ def evaluate(path: str, data_config=None, *, changes: Optional[Dict[str, Any]] =
   if spec is None:
     raise ValueError(f'{path} does not say which model it holds (a checkpoint from before model '
                      'specs); load it with repvit_jax.io.open and evaluate it yourself')
+  from repvit_jax.export import check_fit  # pylint: disable=import-outside-toplevel
+  check_fit(path, spec, {k: v for k, v in variables.items() if v})
   if data_config is None:
     recorded = io.run_config(path)
     if recorded is None:
@@ -143,14 +146,13 @@ _DATA_FLAG = re.compile(r'^--config\.data\.(\w+)=(.*)$')
 
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  from repvit_jax import config_files, data  # pylint: disable=import-outside-toplevel
-  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog='python -m repvit_jax.evaluate',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('path', help='workdir, checkpoint or model directory')
   parser.add_argument('--config', default=None, metavar='FILE[:ARG]',
                       help="take the data set from this config (default: the run's own)")
-  parser.add_argument('--batch-size', type=int, default=128)
+  parser.add_argument('--batch-size', type=cli.positive_int, default=128,
+                      help='images per evaluation batch (default 128)')
   parser.add_argument('--ema', action='store_true',
                       help="the EMA of the weights (a checkpoint of a run with config.ema)")
   parser.add_argument('--json', default=None, metavar='FILE', help='also write the results')
@@ -158,16 +160,22 @@ def main(argv=None) -> int:
   bad = [a for a in rest if not _DATA_FLAG.match(a)]
   if bad:
     parser.error(f'unknown arguments {bad}; data fields are given as --config.data.KEY=VALUE')
+  return cli.run(lambda: _main(args, rest))
+
+
+def _main(args, rest) -> int:
+  """`main` once the arguments parse; the output file is checked before the evaluation."""
+  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
+  if args.json:
+    cli.check_output(args.json, 'file', '--json')
   changes = parse_overrides([f'{m.group(1)}={m.group(2)}' for m in map(_DATA_FLAG.match, rest)])
-  try:
-    data_config = config_files.load(args.config).data if args.config else None
-    record = evaluate(args.path, data_config, changes=changes, batch_size=args.batch_size,
-                      ema=args.ema)
-  except (ValueError, FileNotFoundError, data.DataError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  data_config = config_files.load(args.config).data if args.config else None
+  record = evaluate(args.path, data_config, changes=changes, batch_size=args.batch_size,
+                    ema=args.ema)
   print(table(record))
   if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, 'w', encoding='utf-8') as f:
       json.dump(record, f, indent=1)
     print(f'wrote {args.json}')

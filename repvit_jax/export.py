@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax import io, tflite_ops
+from repvit_jax import cli, io, tflite_ops
 from repvit_jax.layers.activations import select_free_gelu
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
@@ -104,7 +104,7 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
         overrides={**(dict(base.overrides) if base is not None else {}), **(overrides or {})},
         input=base.input if base is not None else None)
   variables = {k: v for k, v in variables.items() if v}
-  _check_fit(source, spec, variables)
+  check_fit(source, spec, variables)
   if image_size:
     spec, variables = io.at_image_size(spec, variables, image_size)
   # Compiled once as a whole: much faster than folding op by op.
@@ -113,7 +113,7 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
   return Exported(spec, spec.build(), deploy)
 
 
-def _check_fit(source: str, spec: ModelSpec, variables) -> None:
+def check_fit(source: str, spec: ModelSpec, variables) -> None:
   """One error line when the weights do not have the shapes of the model `spec` builds (a
   wrong --model or missing --set overrides), instead of a shape error deep inside Flax."""
   from repvit_jax.train import pretrained  # pylint: disable=import-outside-toplevel
@@ -349,9 +349,6 @@ def data_config_for(source: str, config: Optional[str] = None):
 def main(argv=None) -> int:
   """python -m repvit_jax.export SRC OUT --format tflite|tflite-int8|savedmodel[,...]."""
   import argparse  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-  import time  # pylint: disable=import-outside-toplevel
-  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(
       prog='python -m repvit_jax.export',
       description='Export a deploy model to TFLite (float32 or dynamic-range int8) or a TF '
@@ -362,7 +359,8 @@ def main(argv=None) -> int:
                                   '(model.tflite, model_int8.tflite, savedmodel/)')
   parser.add_argument('--format', default='tflite',
                       help=f'comma-separated, from {", ".join(FORMATS)} (default tflite)')
-  parser.add_argument('--batch-size', type=int, default=1, help='fixed batch of the graph')
+  parser.add_argument('--batch-size', type=cli.positive_int, default=1,
+                      help='fixed batch of the graph (default 1)')
   parser.add_argument('--micro-batch', type=int, default=None,
                       help='TFLite: images per pass through the network inside the graph '
                            '(default: the model\'s, 4 for ViT and MobileViT, which run large '
@@ -384,6 +382,13 @@ def main(argv=None) -> int:
                       help='top-1 accuracy of JAX and of each TFLite model on the eval split '
                            'of the run\'s data set (or --config\'s)')
   args = parser.parse_args(argv)
+  return cli.run(lambda: _main(parser, args))
+
+
+def _main(parser, args) -> int:
+  """`main` once the arguments parse: every check before any work."""
+  import time  # pylint: disable=import-outside-toplevel
+  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
   formats = [f.strip() for f in args.format.split(',') if f.strip()]
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
@@ -391,24 +396,21 @@ def main(argv=None) -> int:
   if args.micro_batch is not None and args.micro_batch < 0:
     parser.error(f'--micro-batch {args.micro_batch}: give a positive number of images per '
                  'pass, or 0 for the whole batch at once')
-  try:
-    spec = config_spec(args.config) if args.config else None
-    exported = load_for_export(args.src, spec=spec, model=args.model,
-                               num_classes=args.num_classes,
-                               overrides=parse_overrides(args.overrides),
-                               image_size=args.image_size)
-    data_config = data_config_for(args.src, args.config) if args.evaluate else None
-    if args.evaluate and data_config is None:
-      raise ValueError(f'--evaluate: {args.src} is not in a training workdir (no config.json '
-                       'names its data set); add --config configs/<name>.py[:arg]')
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'{exported.name} (deploy form, {exported.num_classes} classes, input '
-        f'{args.batch_size}x{exported.image_size}x{exported.image_size}x3)')
   single_file = args.out.endswith('.tflite')
   if single_file and (len(formats) > 1 or 'savedmodel' in formats):
     parser.error('OUT is a .tflite file: give one TFLite format, or a directory')
+  cli.check_output(args.out, 'file' if single_file else 'directory')
+  spec = config_spec(args.config) if args.config else None
+  exported = load_for_export(args.src, spec=spec, model=args.model,
+                             num_classes=args.num_classes,
+                             overrides=parse_overrides(args.overrides),
+                             image_size=args.image_size)
+  data_config = data_config_for(args.src, args.config) if args.evaluate else None
+  if args.evaluate and data_config is None:
+    raise ValueError(f'--evaluate: {args.src} is not in a training workdir (no config.json '
+                     'names its data set); add --config configs/<name>.py[:arg]')
+  print(f'{exported.name} (deploy form, {exported.num_classes} classes, input '
+        f'{args.batch_size}x{exported.image_size}x{exported.image_size}x3)')
   images = np.random.default_rng(0).normal(
       size=(args.batch_size, exported.image_size, exported.image_size, 3)).astype(np.float32)
   reference = np.asarray(exported.apply(images)) if args.verify else None

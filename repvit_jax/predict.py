@@ -1,4 +1,4 @@
-"""Top-k labels of image files: `python -m repvit_jax.predict MODEL IMAGE... [--top-k 5]`.
+"""Top-k labels of image files: `python -m repvit_jax.predict MODEL IMAGE|FOLDER... [--top-k 5]`.
 
 MODEL is anything `repvit_jax.io.open` reads; it runs in its deploy form. Each image is
 prepared as the model's saved input contract says, by the same code as training's evaluation
@@ -8,16 +8,19 @@ from the data set the run trained on, when it has them and is available here.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Sequence, Tuple
 
 import jax
 import numpy as np
 
-from repvit_jax import io
+from repvit_jax import cli, io
 from repvit_jax.models.inputs import InputSpec
 
 Prediction = Tuple[str, List[Tuple[int, str, float]]]
+# What a folder given as IMAGE contributes.
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
 def prepare(paths: Sequence[str], contract: InputSpec) -> np.ndarray:
@@ -36,7 +39,7 @@ def prepare(paths: Sequence[str], contract: InputSpec) -> np.ndarray:
     try:
       raw = tf.io.read_file(path)
       images.append(preprocess.eval_image(raw, decode_encoded_crop, resolved).numpy())
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+    except tf.errors.OpError as e:
       raise ValueError(f'{path}: cannot read it as an image ({e.message.splitlines()[0]})') \
           from None
   return np.stack(images)
@@ -72,27 +75,50 @@ def predict(model: str, paths: Sequence[str], *, top_k: int = 5) -> List[Predict
   return out
 
 
+def image_files(paths: Sequence[str]) -> List[str]:
+  """The image files `paths` name: files as given, directories as their image files (by
+  suffix, recursively, sorted).
+
+  Raises:
+    FileNotFoundError: a path does not exist. ValueError: a directory holds no image file.
+  """
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
+                     if f.lower().endswith(IMAGE_SUFFIXES))
+      if not found:
+        raise ValueError(f'{path} is a directory without image files '
+                         f'({", ".join(IMAGE_SUFFIXES)}); give image files or a folder of them')
+      files += found
+    elif os.path.exists(path):
+      files.append(path)
+    else:
+      raise FileNotFoundError(f'image {path} not found')
+  return files
+
+
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  from repvit_jax import data  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog='python -m repvit_jax.predict',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('model', help='workdir, checkpoint or model directory')
-  parser.add_argument('images', nargs='+', help='image files')
-  parser.add_argument('--top-k', type=int, default=5)
+  parser.add_argument('images', nargs='+', help='image files, or folders of them')
+  parser.add_argument('--top-k', type=cli.positive_int, default=5,
+                      help='labels shown per image (default 5)')
   args = parser.parse_args(argv)
-  try:
-    results = predict(args.model, args.images, top_k=args.top_k)
-  except (ValueError, FileNotFoundError, data.DataError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  return cli.run(lambda: _main(args))
+
+
+def _main(args) -> int:
+  results = predict(args.model, image_files(args.images), top_k=args.top_k)
   for path, best in results:
     shown = ', '.join(f'{name} {p:.3f}' for _, name, p in best)
     print(f'{path}: {shown}')
   return 0
 
 
-__all__ = ['predict', 'prepare', 'class_names', 'main']
+__all__ = ['predict', 'prepare', 'class_names', 'image_files', 'main']
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -69,4 +69,43 @@ def test_predict_reads_image_files_with_the_saved_contract(workdir, reference, t
   assert predict.main([str(root / 'deploy'), paths[0]]) == 0
   assert capsys.readouterr().out.startswith(f'{paths[0]}: ')
   assert predict.main([str(root / 'deploy'), str(tmp_path / 'missing.png')]) == 1
-  assert 'cannot read it as an image' in capsys.readouterr().err
+  assert one_error_line(capsys) == f'error: image {tmp_path / "missing.png"} not found'
+  (tmp_path / 'bad.png').write_bytes(b'not a png')
+  assert predict.main([str(root / 'deploy'), str(tmp_path / 'bad.png')]) == 1
+  assert 'bad.png: cannot read it as an image' in one_error_line(capsys)
+  # A folder: its image files, in order.
+  (tmp_path / 'bad.png').unlink()
+  assert predict.main([str(root / 'deploy'), str(tmp_path)]) == 0
+  assert [l.split(':')[0] for l in capsys.readouterr().out.splitlines()] == paths
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  assert predict.main([str(root / 'deploy'), str(empty)]) == 1
+  assert 'is a directory without image files' in one_error_line(capsys)
+
+
+def one_error_line(capsys) -> str:
+  """The one line a user sees on a mistake: no traceback, one `error:` line."""
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1 and 'Traceback' not in err, err
+  return lines[0]
+
+
+def test_evaluate_checks_its_output_and_the_model_record_before_working(workdir, tmp_path,
+                                                                        capsys):
+  root = workdir[0]
+  assert evaluate.main([str(root / 'deploy'), '--json', str(tmp_path / 'no' / 'x.json')]) == 0
+  capsys.readouterr()
+  (tmp_path / 'file').write_text('')
+  assert evaluate.main([str(root / 'deploy'), '--json', str(tmp_path / 'file' / 'x.json')]) == 1
+  assert 'is a file, not a directory' in one_error_line(capsys)
+  assert capsys.readouterr().out == ''          # refused before evaluating
+  # A model.json that lies about the width: one line, as export says it.
+  import shutil  # pylint: disable=import-outside-toplevel
+  liar = tmp_path / 'liar'
+  shutil.copytree(root / 'deploy', liar)
+  record = json.loads((liar / 'model.json').read_text())
+  record['overrides']['width'] = 2 * record['overrides']['width']
+  (liar / 'model.json').write_text(json.dumps(record))
+  assert evaluate.main([str(liar)]) == 1
+  assert 'give the model and --set key=value overrides the run used' in one_error_line(capsys)

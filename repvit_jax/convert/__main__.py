@@ -16,6 +16,8 @@ import ast
 import sys
 from typing import Any, Dict, List, Optional
 
+from repvit_jax import cli
+
 
 def parse_overrides(items: List[str]) -> Dict[str, Any]:
   """['num_heads=12', 'tdrl.num_branches=3'] -> {'num_heads': 12, 'tdrl': {'num_branches': 3}}."""
@@ -68,17 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
   args = build_parser().parse_args(argv)
+  return cli.run(lambda: _main(args))
+
+
+def _main(args) -> int:
+  """`main` once the arguments parse; the destination is checked before any work."""
   # Imported after parsing so that --help is instant.
   from repvit_jax import convert  # pylint: disable=import-outside-toplevel
   from repvit_jax.reparam.check import count_params  # pylint: disable=import-outside-toplevel
-  try:
-    result = convert.convert_checkpoint(
-        args.src, args.dst, model=args.model, num_classes=args.num_classes,
-        deploy=args.deploy, overrides=parse_overrides(args.overrides),
-        image_size=args.image_size, ignore=args.ignore)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  cli.check_output(args.dst, 'directory', 'DST')
+  result = convert.convert_checkpoint(
+      args.src, args.dst, model=args.model, num_classes=args.num_classes,
+      deploy=args.deploy, overrides=parse_overrides(args.overrides),
+      image_size=args.image_size, ignore=args.ignore)
   plan = result.plan
   for note in plan.notes:
     print(f'  {note}')

@@ -178,9 +178,16 @@ def _read_torch(path: str) -> Any:
   try:
     return torch.load(path, map_location='cpu', weights_only=True)
   except Exception:  # pylint: disable=broad-except
+    pass
+  try:
     # Older training checkpoints pickle other objects (argparse namespaces, ...) beside the
     # weights; they are only trusted when the user hands them to us explicitly.
     return torch.load(path, map_location='cpu', weights_only=False)
+  except Exception as e:  # pylint: disable=broad-except
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise ValueError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}'
+                     f'{": " + detail[:120] if detail else ""}); check the file (a complete '
+                     'download?) or convert it to .safetensors') from None
 
 
 def _is_array(value: Any) -> bool:
