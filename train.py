@@ -77,14 +77,23 @@ def main(argv):
   from repvit_jax import data, train  # pylint: disable=import-outside-toplevel
   try:
     result = train.run(FLAGS.config, FLAGS.workdir)
+  except KeyboardInterrupt:
+    # Ctrl-C before the first step or after the last: the training loop saves on its own.
+    if FLAGS.traceback:
+      raise
+    print('error: interrupted (Ctrl-C) outside the training steps; run again with the same '
+          '--workdir to resume from its last saved checkpoint', file=sys.stderr, flush=True)
+    sys.exit(130)
   except (ValueError, FileNotFoundError, data.DataError, train.TrainingError) as e:
     if FLAGS.traceback:
       raise
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
   if result['preempted']:
-    print(f'stopped at step {result["step"]} on SIGTERM; resume with the same --workdir',
-          flush=True)
+    print(f'stopped at step {result["step"]} on {result["stopped_by"]}; resume with the same '
+          '--workdir', flush=True)
+    if result['stopped_by'] == 'Ctrl-C':
+      sys.exit(130)
   # Everything is written. The interpreter's last garbage collection would now walk every
   # object JAX and TensorFlow made (seconds on a small machine); freezing them skips that.
   gc.freeze()

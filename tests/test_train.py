@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import xla_flags
@@ -86,6 +88,41 @@ def test_a_second_run_on_a_live_workdir_is_one_line_and_touches_nothing(tmp_path
   assert f'workdir {tmp_path} is in use by another training run (pid {os.getpid()}' in line
   assert 'use another --workdir' in line
   assert sorted(os.listdir(tmp_path)) == ['.lock'] and lock.read_text().count(str(os.getpid()))
+
+
+def interrupt_after(workdir, rows, *flags, signals=1):
+  """Starts train.py and sends `signals` Ctrl-Cs once metrics.jsonl has `rows` more lines."""
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  before = len(open(metrics).readlines()) if os.path.exists(metrics) else 0
+  process = subprocess.Popen(command(workdir, *flags), cwd=ROOT, env=environment(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics) and len(open(metrics).readlines()) >= before + rows:
+      for _ in range(signals):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+      break
+    time.sleep(0.02)
+  out, err = process.communicate(timeout=300)
+  return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_ctrl_c_saves_like_sigterm_and_a_second_one_stops_at_once(tmp_path):
+  flags = ('--config.total_steps=1000',)
+  first = interrupt_after(tmp_path, 3, *flags)
+  assert first.returncode == 130 and 'Traceback' not in first.stderr, first.stderr[-3000:]
+  saved = int(re.search(r'^Ctrl-C: saved step (\d+) in ', first.stdout, re.M).group(1))
+  assert 3 <= saved < 1000 and (tmp_path / 'checkpoints' / str(saved)).is_dir()
+  assert f'stopped at step {saved} on Ctrl-C' in first.stdout
+  assert 'Ctrl-C again stops at once' in first.stderr
+
+  second = interrupt_after(tmp_path, 3, *flags, signals=2)
+  assert error_line(second).startswith('error: stopped at once on a second Ctrl-C, without '
+                                       'saving; run again with the same --workdir')
+  assert second.returncode == 130
+  assert f'resumed from {tmp_path / "checkpoints"} at step {saved}' in second.stdout
+  assert (tmp_path / 'checkpoints' / str(saved)).is_dir()
 
 
 @pytest.mark.slow

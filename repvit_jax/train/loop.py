@@ -4,6 +4,7 @@ One run per workdir (`workdir/.lock`, workdir_lock.py). One compiled train step 
 device mesh; resumes from `workdir/checkpoints` when it holds
 a checkpoint (the newest that reads back, unreadable ones set aside; or `config.resume_step`),
 after comparing the config with `workdir/config.json`; SIGTERM saves and returns; a
+first Ctrl-C does the same (a second exits at once); a
 non-finite loss stops the run (`TrainingError`) without saving, naming the latest checkpoint
 from before the divergence (`checkpoints/health.json`); evaluates the training form and the
 reparameterized deploy form (and both forms of the EMA of the weights, with `config.ema`); at
@@ -51,30 +52,47 @@ class TrainingError(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag checked between steps (all processes agree on it)."""
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag checked between steps (all processes agree
+  on it); the loop then saves and returns. A second Ctrl-C exits at once, without saving."""
+
+  SIGNALS = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = None      # the name of the first signal received
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    name = self.SIGNALS[signum]
+    if self.requested and signum == signal.SIGINT:
+      print('error: stopped at once on a second Ctrl-C, without saving; run again with the '
+            'same --workdir to resume from its last saved checkpoint', file=sys.stderr,
+            flush=True)
+      os._exit(130)    # pylint: disable=protected-access
+    if not self.requested:
+      self.requested = name
+      if signum == signal.SIGINT:
+        print('Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again stops '
+              'at once, without saving)', file=sys.stderr, flush=True)
 
   def should_stop(self) -> bool:
     if jax.process_count() == 1:
-      return self.requested
-    flags = multihost_utils.process_allgather(np.asarray(self.requested))
-    return bool(np.any(flags))
+      return bool(self.requested)
+    # Every process learns which signal stopped the run, wherever it arrived.
+    names = [None, *self.SIGNALS.values()]
+    codes = multihost_utils.process_allgather(np.asarray(names.index(self.requested)))
+    self.requested = self.requested or names[int(np.max(codes))]
+    return bool(self.requested)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -92,7 +110,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) according to `config`, writing everything into `workdir`.
 
   Returns:
-    {'step': last step done, 'preempted': bool, 'metrics': last eval metrics (dict)}.
+    {'step': last step done, 'preempted': bool (stopped by SIGTERM or Ctrl-C, after saving),
+     'stopped_by': 'SIGTERM', 'Ctrl-C' or None, 'metrics': last eval metrics (dict)}.
 
   Raises:
     ValueError / FileNotFoundError / data.DataError: a problem with the config or inputs.
@@ -184,7 +203,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   _info(is_chief, f'input pipeline ready in {time.perf_counter() - started:.1f} s')
   pending: List[Dict[str, jax.Array]] = []
   last_eval: Dict[str, float] = {}
-  step, preempted = start_step, False
+  step, preempted, stopped_by = start_step, False, None
   images_since_log = 0   # the multi-scale sampler varies the batch size from step to step
   compiled_shapes = set()
   try:
@@ -240,7 +259,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           health.checkpoint_saved(step)
         if stop:
           preempted = True
-          _info(is_chief, f'SIGTERM: saved step {step} in {checkpointer.directory}; '
+          stopped_by = preemption.requested or 'a stop request'
+          _info(is_chief, f'{stopped_by}: saved step {step} in {checkpointer.directory}; '
                           'run again with the same workdir to resume')
           break
     if not preempted:
@@ -252,7 +272,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   finally:
     checkpointer.close()
     writer.close()
-  return {'step': step, 'preempted': preempted, 'metrics': last_eval}
+  return {'step': step, 'preempted': preempted, 'stopped_by': stopped_by, 'metrics': last_eval}
 
 
 def _optimizer(config, task, image_size: int, total_steps: int):
