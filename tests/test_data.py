@@ -7,6 +7,7 @@ cropping and resizing.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -368,8 +369,54 @@ def test_skip_corrupt_leaves_the_images_out_with_one_warning(image_folder, tmp_p
                                        process_count=1))
   assert sum(int(b['mask'].sum()) for b in evals) == 5
   warnings = [l for l in capfd.readouterr().err.splitlines() if l.startswith('warning: ')]
-  assert len(warnings) == 2, warnings      # one per split
-  assert 'skipping 1 image(s)' in warnings[0] and train_bad in warnings[0]
+  assert warnings == [f'warning: leaving out 2 file(s) of {root} that do not read or decode '
+                      "(data.skip_corrupt): 1 of split 'train', 1 of split 'val'; e.g. "
+                      f'{train_bad}'], warnings
+  assert eval_bad not in warnings[0]
+
+
+def broken_entries(root):
+  """Entries named like images that are no readable file, one of each kind."""
+  os.symlink('/nonexistent/gone.png', root / 'train' / 'cat' / 'dangling.png')
+  os.symlink('loop_b.png', root / 'train' / 'ant' / 'loop_a.png')
+  os.symlink('loop_a.png', root / 'train' / 'ant' / 'loop_b.png')
+  os.makedirs(root / 'val' / 'cat' / 'folder.png')
+  return {'dangling': str(root / 'train' / 'cat' / 'dangling.png'),
+          'loop': str(root / 'train' / 'ant' / 'loop_a.png'),
+          'directory': str(root / 'val' / 'cat' / 'folder.png')}
+
+
+def test_links_and_folders_named_like_images_are_one_error_before_training(image_folder,
+                                                                            tmp_path, capfd):
+  root = tmp_path / 'broken'
+  shutil.copytree(image_folder, root)
+  broken = broken_entries(root)
+  # Listed (not decoded) when the data set opens: before any training step.
+  with pytest.raises(data.DataError) as error:
+    data.get_dataset_info(config(name=f'folder:{root}'))
+  assert str(error.value) == (
+      f"{broken['loop']} is a symbolic link loop (2 more like it in split 'train'); remove it, "
+      'or set --config.data.skip_corrupt=True to leave out files that do not read or decode')
+  os.remove(broken['loop'])
+  os.remove(str(root / 'train' / 'ant' / 'loop_b.png'))
+  with pytest.raises(data.DataError, match='^' + re.escape(
+      f"{broken['dangling']} is a symbolic link to '/nonexistent/gone.png', which does not "
+      'exist; remove it')):
+    data.get_dataset_info(config(name=f'folder:{root}'))
+  os.remove(broken['dangling'])
+  with pytest.raises(data.DataError, match='^' + re.escape(
+      f"{broken['directory']} is a directory; remove it")):
+    data.get_dataset_info(config(name=f'folder:{root}'))   # the eval split, listed up front
+
+  # skip_corrupt leaves every kind out, in the one warning.
+  shutil.rmtree(root)
+  shutil.copytree(image_folder, root)
+  broken = broken_entries(root)
+  capfd.readouterr()
+  info = data.get_dataset_info(config(name=f'folder:{root}', skip_corrupt=True))
+  assert (info.num_train, info.num_eval) == (12, 6)
+  warnings = [l for l in capfd.readouterr().err.splitlines() if l.startswith('warning: ')]
+  assert len(warnings) == 1 and "3 of split 'train', 1 of split 'val'" in warnings[0], warnings
 
 
 def test_an_empty_class_folder_is_an_error_naming_it(image_folder, tmp_path):

@@ -125,6 +125,26 @@ def test_ctrl_c_saves_like_sigterm_and_a_second_one_stops_at_once(tmp_path):
   assert (tmp_path / 'checkpoints' / str(saved)).is_dir()
 
 
+def test_an_eval_image_that_does_not_decode_keeps_the_steps_trained(tmp_path):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  for split in ('train', 'val'):
+    for name in ('a', 'b'):
+      os.makedirs(tmp_path / 'images' / split / name)
+      for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(
+            tmp_path / 'images' / split / name / f'{i}.png')
+  (tmp_path / 'images' / 'val' / 'b' / 'bad.jpg').write_bytes(b'not a jpeg')
+  result = train(tmp_path / 'run', '--config.total_steps=5', '--config.eval_every=2',
+                 f'--config.data.name=folder:{tmp_path / "images"}', check=False)
+  line = error_line(result)
+  assert line.startswith(f'error: {tmp_path / "images" / "val" / "b" / "bad.jpg"} does not '
+                         'decode (')
+  assert line.endswith('(the evaluation at step 2 stopped; step 2 is saved, so the same '
+                       'command resumes from it)')
+  assert [s for s in os.listdir(tmp_path / 'run' / 'checkpoints') if s.isdigit()] == ['2']
+
+
 @pytest.mark.slow
 def test_recovery_from_divergence_config_drift_corrupt_checkpoint_and_stale_metrics(tmp_path):
   """One workdir through what goes wrong, in the order a user meets it."""

@@ -7,6 +7,7 @@ example order (and so every run) is reproducible.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -18,7 +19,7 @@ from repvit_jax.data.errors import DataError
 PREFIX = 'folder:'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 EVAL_SPLIT_CANDIDATES = ('val', 'validation', 'test')
-_WARNED: set = set()   # (split, count) already reported by this process
+_WARNED: set = set()   # (root, per-split counts) already reported by this process
 
 
 def _list_classes(split_dir: str) -> tuple[str, ...]:
@@ -26,24 +27,53 @@ def _list_classes(split_dir: str) -> tuple[str, ...]:
                       if e.is_dir() and not e.name.startswith('.')))
 
 
+def _not_a_file(entry: os.DirEntry) -> str | None:
+  """Why an entry named like an image cannot be read as one, or None when it is a file."""
+  try:
+    if entry.is_file():
+      return None
+    if entry.is_dir():
+      return 'is a directory'
+  except OSError:
+    pass
+  try:
+    os.stat(entry.path)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      return 'is a symbolic link loop'
+    if entry.is_symlink():
+      return f'is a symbolic link to {os.readlink(entry.path)!r}, which does not exist'
+    return e.strerror or str(e)
+  return 'is not a regular file'
+
+
 @functools.lru_cache(maxsize=8)
-def _list_files_cached(split_dir: str, classes: tuple[str, ...],
-                       stamp: tuple) -> tuple[tuple[str, ...], np.ndarray]:
+def _list_files_cached(split_dir: str, classes: tuple[str, ...], stamp: tuple
+                       ) -> tuple[tuple[str, ...], np.ndarray, tuple[tuple[str, str], ...]]:
   del stamp  # Part of the cache key only.
-  paths, labels = [], []
+  paths, labels, broken = [], [], []
   for label, name in enumerate(classes):
     class_dir = os.path.join(split_dir, name)
     if not os.path.isdir(class_dir):
       continue
-    files = sorted(f for f in os.listdir(class_dir)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
-    paths.extend(os.path.join(class_dir, f) for f in files)
-    labels.extend([label] * len(files))
-  return tuple(paths), np.asarray(labels, np.int32)
+    entries = sorted((e for e in os.scandir(class_dir)
+                      if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith('.')),
+                     key=lambda e: e.name)
+    for entry in entries:
+      why = _not_a_file(entry)
+      if why:
+        broken.append((entry.path, why))
+      else:
+        paths.append(entry.path)
+        labels.append(label)
+  return tuple(paths), np.asarray(labels, np.int32), tuple(broken)
 
 
-def _list_files(split_dir: str, classes: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
-  """All image paths of a split and their int32 labels, class by class, sorted.
+def _list_files(split_dir: str, classes: tuple[str, ...]
+                ) -> tuple[tuple[str, ...], np.ndarray, tuple[tuple[str, str], ...]]:
+  """All image paths of a split and their int32 labels, class by class, sorted; and the
+  entries named like images that are no readable file ((path, why): a dangling symbolic link,
+  a link loop, a directory).
 
   Listing ImageNet takes seconds and the info, train and eval calls all need it, so it is
   cached; the folders' modification times are part of the key, so added files are seen.
@@ -78,12 +108,15 @@ class FolderSource:
   Args:
     name: 'folder:/path'.
     train_split: the split whose class folders define the labels (default 'train').
-    skip_corrupt: leave out images that do not decode (each split is decoded once, when it
-      is first listed), with one warning line; otherwise the pipeline stops at the first one,
-      naming it.
+    eval_split: the split evaluated on (default: the first of val, validation, test).
+    skip_corrupt: leave out files that do not read or decode (the train and eval splits are
+      decoded once, when the source opens), with one warning line for both; otherwise a file
+      that is no readable file (a dangling link, a directory) is one error when its split is
+      listed, and an image that does not decode stops the pipeline, naming it.
   """
 
-  def __init__(self, name: str, train_split: str | None = None, skip_corrupt: bool = False):
+  def __init__(self, name: str, train_split: str | None = None, eval_split: str | None = None,
+               skip_corrupt: bool = False):
     root = os.path.abspath(os.path.expanduser(name[len(PREFIX):]))
     self.name = name
     self.root = root
@@ -106,8 +139,9 @@ class FolderSource:
                       f'expected the layout {layout}')
     self.num_classes = len(self.classes)
     self.skip_corrupt = skip_corrupt
+    self._skipped: dict[str, tuple[str, ...]] = {}
     train_dir = os.path.join(root, train_split)
-    _, labels = _list_files(train_dir, self.classes)
+    _, labels, _ = _list_files(train_dir, self.classes)
     empty = [os.path.join(train_dir, c) for i, c in enumerate(self.classes)
              if not np.any(labels == i)]
     if empty:
@@ -115,6 +149,22 @@ class FolderSource:
                       + (f' (and {len(empty) - 1} more)' if len(empty) > 1 else '')
                       + '; it would still be a class the model must predict: add images or '
                       'remove the folder')
+    if skip_corrupt:
+      eval_split = eval_split or self.default_eval_split
+      self._warn_skipped([s for s in dict.fromkeys((train_split, eval_split)) if s in splits])
+
+  def _warn_skipped(self, splits) -> None:
+    """One warning line for the files `skip_corrupt` leaves out of `splits` (once per process)."""
+    for split in splits:
+      self.files(split)
+    counts = [(s, len(self._skipped.get(s, ()))) for s in splits]
+    skipped = [p for s in splits for p in self._skipped.get(s, ())]
+    if skipped and (self.root, tuple(counts)) not in _WARNED:
+      _WARNED.add((self.root, tuple(counts)))
+      where = ', '.join(f'{n} of split {s!r}' for s, n in counts if n)
+      print(f'warning: leaving out {len(skipped)} file(s) of {self.root} that do not read or '
+            f'decode (data.skip_corrupt): {where}; e.g. {skipped[0]}', file=sys.stderr,
+            flush=True)
 
   def _split_dir(self, split: str) -> str:
     split_dir = os.path.join(self.root, split)
@@ -128,19 +178,25 @@ class FolderSource:
     return split_dir
 
   def files(self, split: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """Paths and int32 labels of one split. DataError if the split has no images."""
-    paths, labels = _list_files(self._split_dir(split), self.classes)
+    """Paths and int32 labels of one split.
+
+    Raises:
+      DataError: the split has no images, or (without skip_corrupt) an entry named like an
+        image is no readable file.
+    """
+    paths, labels, broken = _list_files(self._split_dir(split), self.classes)
+    if broken and not self.skip_corrupt:
+      (path, why), more = broken[0], len(broken) - 1
+      more = f' ({more} more like it in split {split!r})' if more else ''
+      raise DataError(f'{path} {why}{more}; remove it, or set --config.data.skip_corrupt=True '
+                      'to leave out files that do not read or decode')
     if self.skip_corrupt and paths:
       stamp = tuple(os.stat(p).st_mtime_ns for p in paths)
       bad = set(_unreadable_cached(paths, stamp))
       if bad:
         keep = np.asarray([p not in bad for p in paths])
         paths, labels = tuple(np.asarray(paths, dtype=object)[keep]), labels[keep]
-        if (split, len(bad)) not in _WARNED:
-          _WARNED.add((split, len(bad)))
-          print(f'warning: skipping {len(bad)} image(s) of split {split!r} of {self.root} that '
-                f'do not decode (data.skip_corrupt), e.g. {sorted(bad)[0]}', file=sys.stderr,
-                flush=True)
+      self._skipped[split] = tuple(p for p, _ in broken) + tuple(sorted(bad))
     if not paths:
       raise DataError(f'split {split!r} of image folder {self.root!r} holds no images '
                       f'({", ".join(IMAGE_EXTENSIONS)}) in its class folders')

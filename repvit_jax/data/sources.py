@@ -38,7 +38,8 @@ def _open(config):
     if not name[len(folder.PREFIX):].strip():
       raise DataError("data.name='folder:' needs a path: 'folder:/abs/path' with images in "
                       'path/<split>/<class>/<image file>')
-    return folder.FolderSource(name, config.train_split, skip_corrupt=config.skip_corrupt)
+    return folder.FolderSource(name, config.train_split, config.eval_split,
+                               skip_corrupt=config.skip_corrupt)
   if name in idx.KNOWN or name.startswith(idx.PREFIX):
     return idx.IdxSource(name, config.data_dir)
   from repvit_jax.data import tfds_source  # pylint: disable=g-import-not-at-top

@@ -68,9 +68,14 @@ def whole_image(shape: tf.Tensor) -> tf.Tensor:
 
 
 def op_error_text(error) -> str:
-  """TF's error message without its '{{function_node ...}}' and '[Op:...]' wrapping."""
-  text = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\]', '', getattr(error, 'message', '') or str(error))
-  return ' '.join(text.split())[:200]
+  """TF's error message without its '{{function_node ...}}', '[Op:...]' and 'name:' wrapping;
+  'Input is empty.' (the decoder's word for a file of 0 bytes) as 'the file is empty'."""
+  text = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\]|\bname:\s*\S*\s*$', '',
+                getattr(error, 'message', '') or str(error))
+  text = ' '.join(text.split()).rstrip(' ;')
+  if text == 'Input is empty.':
+    text = 'the file is empty'
+  return text[:200]
 
 
 def undecodable(split: Split, items) -> list[tuple[str, str]]:

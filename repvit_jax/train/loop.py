@@ -243,7 +243,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           images_since_log = 0
           lock.refresh()
         if do_eval:
-          last_eval = evaluator(state)
+          try:
+            last_eval = evaluator(state)
+          except data.DataError as e:
+            # An eval image that does not decode: keep the steps trained so far.
+            checkpointer.save(step, state, force=True)
+            checkpointer.wait_until_finished()
+            health.checkpoint_saved(step)
+            raise data.DataError(f'{e} (the evaluation at step {step} stopped; step {step} is '
+                                 'saved, so the same command resumes from it)') from None
           if evaluator.compile_seconds is not None and not evaluator.reported:
             evaluator.reported = True
             progress.exclude(evaluator.compile_seconds)
