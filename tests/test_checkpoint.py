@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from repvit_jax.train import checkpoint as checkpoint_lib
 from repvit_jax.train.checkpoint import Checkpointer, CheckpointMismatch, restore_variables
 from conftest import xla_flags
 
@@ -230,11 +231,11 @@ def test_unreadable_newest_checkpoint_falls_back_to_an_older_one(tmp_path, damag
   assert len(warnings) == 2, warnings
   assert warnings[0].startswith(f"warning: checkpoint step 3 in {directory} could not be "
                                 "restored (")
-  assert "\n" not in warnings[0] and "restore_errors.log" in warnings[0]
+  assert "\n" not in warnings[0] and "checkpoint_errors.log" in warnings[0]
   aside = tmp_path / "set_aside" / "3-unreadable"
   assert warnings[1] == f"warning: moved the unreadable checkpoint step 3 to {aside}"
   assert aside.is_dir() and ckpt.all_steps() == [1, 2]
-  assert "Traceback" in (tmp_path / "restore_errors.log").read_text()   # the details, kept
+  assert "Traceback" in (tmp_path / "checkpoint_errors.log").read_text()   # the details, kept
   assert ckpt.save(3, _state(seed=7, step=3))     # the step is free again
   ckpt.close()
 
@@ -340,4 +341,23 @@ def test_another_configs_checkpoint_is_an_error_not_a_fallback(tmp_path):
   with pytest.raises(CheckpointMismatch, match="blocks_0/kernel: shape"):
     ckpt.restore_newest_readable(other)
   assert ckpt.all_steps() == [1, 2, 3]
+  ckpt.close()
+
+
+def test_a_disk_too_full_for_a_step_is_one_error_before_anything_is_written(tmp_path,
+                                                                            monkeypatch):
+  ckpt = Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.save(1, _state(step=1))
+  ckpt.wait_until_finished()
+  full = type("Usage", (), {"total": 2**30, "used": 2**30 - 5000, "free": 5000})()
+  monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda path: full)
+  with pytest.raises(checkpoint_lib.SaveError) as error:
+    ckpt.save(2, _state(step=2))
+  assert str(error.value).startswith(
+      f"could not save checkpoint step 2 in {tmp_path / 'checkpoints'} (the step needs about ")
+  assert str(error.value).endswith(
+      ", 4.9 KiB free there); the last good checkpoint is step 1: free some space (or lower "
+      "--config.keep_checkpoints) and run again with the same workdir to resume from it")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  monkeypatch.undo()
   ckpt.close()

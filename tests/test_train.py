@@ -145,6 +145,30 @@ def test_an_eval_image_that_does_not_decode_keeps_the_steps_trained(tmp_path):
   assert [s for s in os.listdir(tmp_path / 'run' / 'checkpoints') if s.isdigit()] == ['2']
 
 
+def test_a_save_that_fails_in_the_background_is_one_line_naming_the_step(tmp_path):
+  # A file-size limit stands for a full disk: the space check passes, the write then fails.
+  import resource  # pylint: disable=import-outside-toplevel
+
+  def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+  result = subprocess.run(command(tmp_path, '--config.total_steps=12',
+                                  '--config.checkpoint_every=5'),
+                          cwd=ROOT, env=environment(), capture_output=True, text=True,
+                          timeout=600, preexec_fn=limit_file_size)
+  line = error_line(result)
+  assert re.fullmatch(
+      rf'error: could not save checkpoint step 5 in {re.escape(str(tmp_path))}/checkpoints '
+      r'\(File too large, [\d.]+ [KMG]iB free there\); no checkpoint was saved before it: '
+      'free some space and run again', line), line
+  noise = [l for l in result.stderr.splitlines() if 'Event loop' in l or 'never retrieved' in l
+           or l.startswith(('E1', 'E0', 'W1', 'W0')) and 'orbax' in l]
+  assert not noise, noise[:5]
+  assert [s for s in os.listdir(tmp_path / 'checkpoints') if s[0].isdigit()] == []
+  assert 'File too large' in (tmp_path / 'checkpoint_errors.log').read_text()
+
+
 @pytest.mark.slow
 def test_recovery_from_divergence_config_drift_corrupt_checkpoint_and_stale_metrics(tmp_path):
   """One workdir through what goes wrong, in the order a user meets it."""

@@ -13,11 +13,13 @@ import contextlib
 import dataclasses
 import gc
 import json
+import logging
 import math
 import os
 import shutil
 import sys
 import tempfile
+import re
 import time
 import traceback
 from typing import Any, Callable, Mapping, Sequence
@@ -38,14 +40,75 @@ CHECKPOINT_SUBDIR = "checkpoints"
 # Checkpoints that will not be used (unreadable, or newer than a chosen resume step) are moved
 # here, beside the checkpoint directory, as `<step>-<reason>`; nothing is ever deleted.
 SET_ASIDE_SUBDIR = "set_aside"
-# Full tracebacks of failed restores, beside the checkpoint directory.
-RESTORE_ERRORS_FILE = "restore_errors.log"
+# Full tracebacks of failed reads and writes (and Orbax's own error log), beside the
+# checkpoint directory: the console gets one line.
+ERRORS_FILE = "checkpoint_errors.log"
 # Orbax's per-step metadata file; its `custom_metadata` holds the Checkpointer's `metadata`.
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 
 
 class CheckpointMismatch(ValueError):
   """The checkpoint is readable but holds a different train state (another config)."""
+
+
+class SaveError(RuntimeError):
+  """A checkpoint step could not be written (a full disk, a permission): the message names
+  the step, the directory, the reason, the free space and the last good checkpoint."""
+
+
+class _OrbaxLogToFile(logging.Filter):
+  """Sends Orbax's (and asyncio's) log records of WARNING and above, and the unraisable
+  exceptions of their background writes (tracebacks, one per thread and task), to a file
+  instead of the console, where the failure is one line. It stays installed once a Checkpointer opened: asyncio reports a failed
+  write's futures only when they are garbage collected, which can be at the process's exit.
+  The records go to the errors file of the latest Checkpointer opened."""
+
+  def __init__(self):
+    super().__init__()
+    self.path = None
+    self._previous_hook = sys.unraisablehook
+    self._format = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(pathname)s:"
+                                     "%(lineno)d] %(message)s")
+
+  def install(self, path: str) -> None:
+    """Sends Orbax's records to `path` from now on (installs the filter and hook once)."""
+    self.path = path
+    for logger in _orbax_loggers():
+      logger.addFilter(self)     # a no-op when it is there already
+    if getattr(sys.unraisablehook, "__self__", None) is not self:
+      self._previous_hook = sys.unraisablehook
+      sys.unraisablehook = self._unraisable
+
+  def _unraisable(self, unraisable) -> None:
+    """TensorStore's callbacks into an event loop Orbax has closed after a failed write
+    ("Event loop is closed"), and the coroutines such a failure abandons, go to the file."""
+    code = getattr(unraisable.object, "cr_code", None)
+    abandoned = code is not None and any(
+        f"{os.sep}{name}{os.sep}" in code.co_filename for name in ("orbax", "asyncio"))
+    closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
+                   and str(unraisable.exc_value) == "Event loop is closed")
+    if not (abandoned or closed_loop) or self.path is None:
+      self._previous_hook(unraisable)
+      return
+    with contextlib.suppress(OSError):
+      with open(self.path, "a", encoding="utf-8") as log:
+        log.write(f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n"
+                  + "".join(traceback.format_exception(unraisable.exc_type,
+                                                       unraisable.exc_value,
+                                                       unraisable.exc_traceback)))
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    # asyncio's "Future exception was never retrieved" records are the same failures, seen
+    # from the event loops Orbax runs its writes on.
+    ours = f"{os.sep}orbax{os.sep}" in (record.pathname or "") or record.name == "asyncio"
+    if not ours or record.levelno < logging.WARNING or self.path is None:
+      return True
+    try:
+      with open(self.path, "a", encoding="utf-8") as log:
+        log.write(self._format.format(record) + "\n")
+    except OSError:
+      pass    # a full or read-only disk: the one error line is what the user gets
+    return False
 
 
 def _warn_on_stderr(line: str) -> None:
@@ -229,6 +292,8 @@ class Checkpointer:
     )
     self._mngr = ocp.CheckpointManager(self.directory, item_names=(STATE_ITEM,),
                                        options=options)
+    self._saving: int | None = None       # the step of the save in flight, if any
+    _ORBAX_LOG.install(os.path.join(os.path.dirname(self.directory), ERRORS_FILE))
 
   def all_steps(self) -> list[int]:
     """Steps of the checkpoints kept (including one still being written), ascending."""
@@ -257,8 +322,12 @@ class Checkpointer:
       True if a save was started.
     """
     step = int(step)
+    # Orbax waits for the previous save before it starts a new one anyway; waiting here
+    # first attributes a failure to the step that failed.
+    self.wait_until_finished()
     if step in self._mngr.all_steps():
       return False
+    self._check_space(step, state)
     stored = {}
     for k, v in (metrics or {}).items():
       try:
@@ -270,9 +339,59 @@ class Checkpointer:
     record[digest.METADATA_KEY] = digest.tree_digests(state)
     if 'model' in record:
       record[digest.SPEC_KEY] = digest.spec_digest(record['model'])
-    return bool(self._mngr.save(
-        step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}),
-        metrics=stored, force=force, custom_metadata=record))
+    try:
+      started = self._mngr.save(
+          step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}),
+          metrics=stored, force=force, custom_metadata=record)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from None
+    if started:
+      self._saving = step
+    return bool(started)
+
+  def _check_space(self, step: int, state: PyTree) -> None:
+    """SaveError before anything is written when the disk cannot hold the step (every process
+    checks its own shards; all agree)."""
+    needed = sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
+                 if isinstance(leaf, jax.Array) for shard in leaf.addressable_shards
+                 if shard.replica_id == 0)
+    needed += sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)
+                  if not isinstance(leaf, jax.Array))
+    free = _free_bytes(self.directory)
+    short = free is not None and free < needed * 1.05 + 2**20
+    if jax.process_count() > 1:
+      short = bool(np.any(multihost_utils.process_allgather(np.asarray(short))))
+    if short:
+      raise self._save_failed(step, None, f"the step needs about {_size(needed)}")
+
+  def check_saves(self) -> None:
+    """Raises SaveError if the last asynchronous save failed; returns at once otherwise
+    (also while it is still being written)."""
+    if self._saving is None or self._mngr.is_saving_in_progress():
+      return
+    self.wait_until_finished()
+
+  def _save_failed(self, step: int, error: BaseException | None,
+                   reason: str | None = None) -> SaveError:
+    """The one-line SaveError for `step`; its partial files are removed (process 0)."""
+    free = _free_bytes(self.directory)
+    if error is not None:
+      reason = _os_reason(error)
+      with contextlib.suppress(OSError):
+        with open(os.path.join(os.path.dirname(self.directory), ERRORS_FILE), "a",
+                  encoding="utf-8") as log:
+          log.write(f"--- saving checkpoint step {step}, {time.ctime()}:\n"
+                    + "".join(traceback.format_exception(error)))
+    if jax.process_index() == 0:
+      for partial in epath.Path(self.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    good = [s for s in _finished_steps(self.directory) if s != step]
+    last = (f"the last good checkpoint is step {max(good)}: free some space (or lower "
+            "--config.keep_checkpoints) and run again with the same workdir to resume from it"
+            if good else "no checkpoint was saved before it: free some space and run again")
+    free_text = f", {_size(free)} free there" if free is not None else ""
+    return SaveError(f"could not save checkpoint step {step} in {self.directory} ({reason}"
+                     f"{free_text}); {last}")
 
   def restore(self, state_like: PyTree, step: int | None = None) -> PyTree:
     """Restores checkpoint `step` (default: latest) onto `state_like`'s shapes/shardings.
@@ -286,7 +405,7 @@ class Checkpointer:
     Returns:
       the restored pytree, placed on the target shardings.
     """
-    self._mngr.wait_until_finished()  # a save in flight is not on disk yet
+    self.wait_until_finished()  # a save in flight is not on disk yet
     step_dir, step = _step_dir(self.directory, step)
     target = jax.tree.map(_abstract_leaf, state_like)
     _check_matches(target, _read_tree_metadata(os.path.join(step_dir, STATE_ITEM)),
@@ -310,9 +429,9 @@ class Checkpointer:
       ValueError: no checkpoint restores (one line naming the steps and the first reason);
         nothing is moved.
     """
-    self._mngr.wait_until_finished()
+    self.wait_until_finished()
     candidates = sorted(self.all_steps() if steps is None else steps, reverse=True)
-    log_path = os.path.join(os.path.dirname(self.directory), RESTORE_ERRORS_FILE)
+    log_path = os.path.join(os.path.dirname(self.directory), ERRORS_FILE)
     failed = []
     for step in candidates:
       failure = []
@@ -348,7 +467,7 @@ class Checkpointer:
 
     Process 0 moves it (the directory is shared); every process must call this.
     """
-    self._mngr.wait_until_finished()
+    self.wait_until_finished()
     target = _move_aside(self.directory, step, reason)
     self._mngr.reload()
     return target
@@ -358,19 +477,71 @@ class Checkpointer:
     return self._mngr.metrics(step)
 
   def wait_until_finished(self):
-    """Blocks until the pending asynchronous save (if any) is on disk."""
-    self._mngr.wait_until_finished()
+    """Blocks until the pending asynchronous save (if any) is on disk.
+
+    Raises:
+      SaveError: that save failed (reported once).
+    """
+    step, self._saving = self._saving, None
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from None
 
   def close(self):
-    """Waits for pending saves and releases the manager."""
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    """Waits for pending saves and releases the manager (SaveError if the last one failed)."""
+    try:
+      self.wait_until_finished()
+    finally:
+      self._mngr.close()
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
     self.close()
+
+
+_ORBAX_LOG = _OrbaxLogToFile()
+
+
+def _orbax_loggers() -> list[logging.Logger]:
+  """The loggers Orbax's failures reach: absl's (its modules log through absl), its own and
+  asyncio's."""
+  return [logging.getLogger(name) for name in ("absl", "orbax", "asyncio")]
+
+
+def _free_bytes(directory: str) -> int | None:
+  try:
+    return shutil.disk_usage(directory).free
+  except OSError:
+    return None
+
+
+def _size(num_bytes: float) -> str:
+  for unit in ("bytes", "KiB", "MiB", "GiB"):
+    if num_bytes < 1024 or unit == "GiB":
+      return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+    num_bytes /= 1024
+  return f"{num_bytes:.1f} TiB"
+
+
+def _os_reason(error: BaseException) -> str:
+  """'No space left on device' for TensorStore's "[os_error_code='28']", else the first line."""
+  code = re.search(r"os_error_code='(\d+)'", str(error))
+  if code:
+    return os.strerror(int(code.group(1)))
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  return _first_line(error)
+
+
+def _finished_steps(directory: str) -> list[int]:
+  """Steps whose save finished (Orbax renames a step's directory to its number when done)."""
+  try:
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  except OSError:
+    return []
 
 
 def _step_dir(directory: str, step: int | None) -> tuple[str, int]:
@@ -501,7 +672,7 @@ def read_newest_readable(path, warn: Callable[[str], None] | None = None
     steps = sorted((ocp.step.step_from_checkpoint_name(p.name)
                     for p in ocp.utils.checkpoint_steps_paths(directory)), reverse=True)
   warn = warn or _warn_on_stderr
-  log_path = os.path.join(os.path.dirname(directory), RESTORE_ERRORS_FILE)
+  log_path = os.path.join(os.path.dirname(directory), ERRORS_FILE)
   failed = []
   for step in steps:
     step_dir = os.path.join(directory, str(step))

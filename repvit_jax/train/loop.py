@@ -15,6 +15,7 @@ process 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from repvit_jax.train import optimizer as optimizer_lib
 from repvit_jax.train import config_record, distributed, pretrained, sharding, tasks
 from repvit_jax.train import workdir_lock
 from repvit_jax.train import ema as ema_lib
+from repvit_jax.train import checkpoint as checkpoint_lib
 from repvit_jax.train.checkpoint import Checkpointer
 from repvit_jax.train.health import HealthLog
 from repvit_jax.train.metrics import MetricWriter, Progress
@@ -207,7 +209,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   images_since_log = 0   # the multi-scale sampler varies the batch size from step to step
   compiled_shapes = set()
   try:
-    with _Preemption() as preemption:
+    with _Preemption() as preemption, _save_errors_stop_training():
       while step < total_steps:
         batch = sharding.to_global(next(train_iter), batch_sharding)
         shape = tuple(batch['image'].shape)
@@ -242,6 +244,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                        images=images_since_log)
           images_since_log = 0
           lock.refresh()
+          checkpointer.check_saves()    # a failed background save stops the run here
         if do_eval:
           try:
             last_eval = evaluator(state)
@@ -278,9 +281,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       if is_chief:
         _export(task, deploy_variables, workdir, ema=exported is not state)
   finally:
-    checkpointer.close()
-    writer.close()
+    with _save_errors_stop_training():
+      try:
+        checkpointer.close()
+      finally:
+        writer.close()
   return {'step': step, 'preempted': preempted, 'stopped_by': stopped_by, 'metrics': last_eval}
+
+
+@contextlib.contextmanager
+def _save_errors_stop_training():
+  """A checkpoint that cannot be written (a full disk) stops the run with its one line."""
+  try:
+    yield
+  except checkpoint_lib.SaveError as e:
+    raise TrainingError(str(e)) from None
 
 
 def _optimizer(config, task, image_size: int, total_steps: int):
