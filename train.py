@@ -75,6 +75,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help works without initialising JAX.
   from repvit_jax import data, train  # pylint: disable=import-outside-toplevel
+  from repvit_jax.train import distributed  # pylint: disable=import-outside-toplevel
   try:
     result = train.run(FLAGS.config, FLAGS.workdir)
   except KeyboardInterrupt:
@@ -87,8 +88,12 @@ def main(argv):
   except (ValueError, FileNotFoundError, data.DataError, train.TrainingError) as e:
     if FLAGS.traceback:
       raise
+    distributed.wait_if_a_peer_was_lost(e)
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    distributed.wait_if_a_peer_was_lost(e)   # a lost process is named in one line
+    raise
   if result['preempted']:
     print(f'stopped at step {result["step"]} on {result["stopped_by"]}; resume with the same '
           '--workdir', flush=True)

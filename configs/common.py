@@ -69,7 +69,7 @@ def run_config(task: str) -> ml_collections.ConfigDict:
   # Multi-host: see repvit_jax/train/distributed.py (None: from JAX_* variables or detected).
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address=placeholder(str), num_processes=placeholder(int),
-      process_id=placeholder(int)))
+      process_id=placeholder(int), join_timeout_s=300, heartbeat_timeout_s=100))
   return config
 
 

@@ -153,3 +153,52 @@ def test_mae_tdrl_pretraining_on_two_processes(tmp_path):
   classification test above; a one-process MAE reference run would repeat it (~40 s)."""
   finish(*two_processes(tmp_path / 'two', MAE))
   check_mae_run(tmp_path / 'two')
+
+
+def only_error_line(stderr):
+  lines = [l for l in stderr.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1 and 'Check failure stack trace' not in stderr, stderr[-3000:]
+  assert not [l for l in stderr.splitlines() if l.startswith('    @ ')], stderr[-3000:]
+  return lines[0]
+
+
+@pytest.mark.parametrize('killed', [1, 0])
+def test_a_lost_process_ends_the_other_within_the_heartbeat_timeout_in_one_line(tmp_path,
+                                                                                killed):
+  workdir = tmp_path / 'run'
+  flags = [*CLASSIFICATION, '--config.total_steps=100000', '--config.checkpoint_every=3',
+           '--config.distributed.heartbeat_timeout_s=5']
+  processes = two_processes(workdir, flags)
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      metrics.exists() and len(metrics.read_text().splitlines()) >= 7
+      and (workdir / 'checkpoints' / '3').is_dir()):
+    time.sleep(0.05)
+  processes[killed].kill()
+  killed_at = time.time()
+  survivor = processes[1 - killed]
+  _, stderr = survivor.communicate(timeout=120)
+  waited = time.time() - killed_at
+  assert survivor.returncode != 0 and waited < 60, (survivor.returncode, waited)
+  line = only_error_line(stderr)
+  saved = max(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
+  lost = ('process 1 of 2 stopped answering (no heartbeat for 5 s)' if killed == 1 else
+          'process 0 of 2, the coordinator at 127.0.0.1:')
+  assert line.startswith(f'error: {lost}'), line
+  assert line.endswith(f'process {1 - killed} stopped too, and the last checkpoint, step '
+                       f'{saved} in {workdir / "checkpoints"}, is intact: start all 2 '
+                       'processes again with the same workdir to resume'), line
+
+
+def test_a_process_that_never_joins_is_one_line_after_the_join_timeout(tmp_path):
+  started = time.time()
+  alone = start(tmp_path / 'run', [*CLASSIFICATION, '--config.distributed.join_timeout_s=3'],
+                process_id=1, port=free_port())
+  out, stderr = alone.communicate(timeout=120)
+  assert alone.returncode != 0 and time.time() - started < 60
+  assert 'joining 2 processes at 127.0.0.1:' in out and 'as process 1 (waiting up to 3 s)' in out
+  line = only_error_line(stderr)
+  assert line.startswith('error: not all 2 processes joined at 127.0.0.1:') and line.endswith(
+      'within 3 s (this is process 1); start every process with the same '
+      '--config.distributed settings, or raise --config.distributed.join_timeout_s'), line

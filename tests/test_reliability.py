@@ -99,13 +99,18 @@ def test_distributed_settings_from_config_and_environment(monkeypatch):
     monkeypatch.delenv(name, raising=False)
   config = load_config('vit_tiny.py:demo').distributed
   assert distributed.settings(config) is None and distributed.settings(False) is None
-  assert distributed.settings(True) == {}
+  timeouts = {'initialization_timeout': 300, 'heartbeat_timeout_seconds': 100}
+  assert distributed.settings(True) == timeouts
   config.enabled = True
   config.coordinator_address = '127.0.0.1:1234'
   config.num_processes = 2
   monkeypatch.setenv('JAX_PROCESS_ID', '1')
   assert distributed.settings(config) == {'coordinator_address': '127.0.0.1:1234',
-                                          'num_processes': 2, 'process_id': 1}
+                                          'num_processes': 2, 'process_id': 1, **timeouts}
+  config.heartbeat_timeout_s = 0
+  with pytest.raises(ValueError, match='heartbeat_timeout_s=0 must be a number of seconds'):
+    distributed.settings(config)
+  config.heartbeat_timeout_s = 20
   monkeypatch.setenv('JAX_PROCESS_ID', '2')
   with pytest.raises(ValueError, match='process_id 2 is not below num_processes 2'):
     distributed.settings(config)

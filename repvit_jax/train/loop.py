@@ -120,7 +120,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     TrainingError: the loss became NaN or infinite.
   """
   check_config(config)
-  distributed.initialize(config.get('distributed'), warn=_warn)
+  distributed.initialize(config.get('distributed'), warn=_warn,
+                         checkpoints=os.path.join(os.path.abspath(workdir), 'checkpoints'))
   _make_workdir(workdir)
   with workdir_lock.hold(workdir, _warn) as lock:
     return _train(config, workdir, lock)
