@@ -228,12 +228,16 @@ def test_unreadable_newest_checkpoint_falls_back_to_an_older_one(tmp_path, damag
   state, step = ckpt.restore_newest_readable(_state())
   assert step == 2
   _assert_same(state, _state(seed=2, step=2))
-  assert len(warnings) == 2, warnings
+  aside = tmp_path / "set_aside" / "3-unreadable"
+  assert len(warnings) == 1, warnings       # one line per unreadable step
   assert warnings[0].startswith(f"warning: checkpoint step 3 in {directory} could not be "
                                 "restored (")
-  assert "\n" not in warnings[0] and "checkpoint_errors.log" in warnings[0]
-  aside = tmp_path / "set_aside" / "3-unreadable"
-  assert warnings[1] == f"warning: moved the unreadable checkpoint step 3 to {aside}"
+  assert warnings[0].endswith(f"; details in {tmp_path / 'checkpoint_errors.log'}); moved it "
+                              f"to {aside} and used step 2")
+  reason = warnings[0].split(" restored (")[1].split("; details")[0]
+  assert {"_truncate_data_files": "Error reading",
+          "_empty_metadata": "a metadata file is not valid JSON"}[damage.__name__] in reason
+  assert "\n" not in warnings[0] and "bound method" not in reason and ": " not in reason[:12]
   assert aside.is_dir() and ckpt.all_steps() == [1, 2]
   assert "Traceback" in (tmp_path / "checkpoint_errors.log").read_text()   # the details, kept
   assert ckpt.save(3, _state(seed=7, step=3))     # the step is free again

@@ -154,10 +154,23 @@ def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
 
 
 def _first_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
+  """Why a read failed, in one line, without TensorStore's status code and spec; where Orbax
+  wraps TensorStore's reason in an error whose text is a bound method, the reason."""
+  root = error
+  while root.__cause__ is not None and (not str(root).strip()
+                                        or "See full TensorStore details" in str(root)):
+    root = root.__cause__
+  if isinstance(root, json.JSONDecodeError):
+    return f"a metadata file is not valid JSON ({root.msg} at line {root.lineno})"
+  text = str(root).strip().splitlines()
   line = text[0] if text else ""
-  line = f"{type(error).__name__}: {line}" if line else type(error).__name__
-  return line if len(line) <= 200 else line[:197] + "..."
+  line = re.sub(r"\s*\[tensorstore_spec=.*$|\s*See full TensorStore details:.*$", "", line)
+  line = re.sub(r"^[A-Z_]{4,}: ", "", line)      # TensorStore's status code
+  if not line:
+    line = type(root).__name__
+  elif isinstance(root, (KeyError, TypeError, AttributeError)):
+    line = f"{type(root).__name__}: {line}"
+  return line if len(line) <= 240 else line[:237] + "..."
 
 
 def _metric_value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
@@ -448,14 +461,13 @@ class Checkpointer:
       except CheckpointMismatch:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        reason = _first_line(e)
-        self._warn(f"warning: checkpoint step {step} in {self.directory} could not be restored "
-                   f"({reason}; details in {log_path}); trying an older one")
-        failed.append((step, reason))
+        failed.append((step, _first_line(e)))
         continue
-      for bad, _ in failed:
+      for bad, reason in failed:     # one line each, once the outcome is known
         moved = self.set_aside(bad, "unreadable")
-        self._warn(f"warning: moved the unreadable checkpoint step {bad} to {moved}")
+        self._warn(f"warning: checkpoint step {bad} in {self.directory} could not be restored "
+                   f"({reason}; details in {log_path}); moved it to {moved} and used step "
+                   f"{step}")
       return state, step
     steps_text = ", ".join(str(s) for s, _ in failed)
     raise ValueError(f"no checkpoint in {self.directory} could be restored (steps {steps_text}; "
