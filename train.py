@@ -5,9 +5,16 @@ Any config field can be overridden on the command line, e.g.
 workdir resumes from its last checkpoint.
 """
 
-import gc
-import re
-import sys
+import os
+
+# TensorFlow's C++ warnings (a failed read inside the input pipeline, before the one error line
+# that names the file) are noise to a JAX user; the level is read before repvit_jax.data
+# imports TensorFlow, so it is set first.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import gc  # pylint: disable=wrong-import-position
+import re  # pylint: disable=wrong-import-position
+import sys  # pylint: disable=wrong-import-position
 
 from absl import app, flags, logging
 from ml_collections import config_flags

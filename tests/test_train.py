@@ -143,6 +143,7 @@ def test_an_eval_image_that_does_not_decode_keeps_the_steps_trained(tmp_path):
   assert line.endswith('(the evaluation at step 2 stopped; step 2 is saved, so the same '
                        'command resumes from it)')
   assert [s for s in os.listdir(tmp_path / 'run' / 'checkpoints') if s.isdigit()] == ['2']
+  assert not [l for l in result.stderr.splitlines() if l.startswith('W0000')], result.stderr
 
 
 def test_a_save_that_fails_in_the_background_is_one_line_naming_the_step(tmp_path):
