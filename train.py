@@ -8,8 +8,8 @@ workdir resumes from its last checkpoint.
 import os
 
 # TensorFlow's C++ warnings (a failed read inside the input pipeline, before the one error line
-# that names the file) are noise to a JAX user; the level is read before repvit_jax.data
-# imports TensorFlow, so it is set first.
+# that names the file) are noise to a JAX user. Set before anything imports JAX, which sets
+# its own default level (1) for the variable.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import gc  # pylint: disable=wrong-import-position

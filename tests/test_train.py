@@ -25,6 +25,7 @@ def command(workdir, *flags):
 
 def environment(devices=1):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)   # `import jax` here set it; a user's shell has none
   env['XLA_FLAGS'] = xla_flags(devices)
   return env
 
