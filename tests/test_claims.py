@@ -46,7 +46,7 @@ def test_report_table_and_figure(tmp_path, monkeypatch):
   monkeypatch.setattr(claims, 'recipe_hash', lambda config: 'r')
   text = claims.report([claim], [], str(path), str(tmp_path / 'figures'))
   assert '| a | 3 | 0.8100 +- 0.0100 | 0.8000 +- 0.0000 | 0.001M | 10 | 1.0 | 1 x cpu |' in text
-  assert '| b | +10.00 pt | 0.82 pt | reproduced in direction (> 2 SE) |' in text
+  assert '| b - a | +10.00 pt | 0.82 pt | reproduced in direction (> 2 SE) | |' in text
   assert 'Paper: +1.0 on ImageNet.' in text
   assert (tmp_path / 'claims.md').read_text() == text
   assert (tmp_path / 'figures' / 'claims_c.png').stat().st_size > 10_000
