@@ -114,8 +114,8 @@ def verdict(diff: float, se: float, n: int) -> str:
   if diff > 2 * se:
     return 'reproduced in direction (> 2 SE)'
   if diff < -2 * se:
+    return 'reversed (< -2 SE)'
   return 'within noise (within 2 SE)'
-  return 'within noise (|diff| <= 2 SE)'
 
 
 # ---------------------------------------------------------------------------------------------
