@@ -234,17 +234,33 @@ def finish(claim: str, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
   }
 
 
+def _time_spent(clock: str, metrics: str) -> float:
+  """Seconds the run's earlier invocations took; one that never came back (`running_since`
+  still set) counts until metrics.jsonl was last written."""
+  if not os.path.exists(clock):
+    return 0.0
+  with open(clock, encoding='utf-8') as f:
+    recorded = json.load(f)
+  spent = recorded['wall_s']
+  if 'running_since' in recorded and os.path.exists(metrics):
+    spent += max(0.0, os.path.getmtime(metrics) - recorded['running_since'])
+  return spent
+
+
 def run_one(claim: str, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str],
             record_path: str) -> dict:
   """Trains (or resumes) one arm x seed, evaluates it and adds it to the record."""
   workdir = os.path.join(runs_dir, claim, arm.name, f'seed{seed}')
   os.makedirs(workdir, exist_ok=True)
-  # Wall time survives interruptions: each train.py invocation adds its own.
+  # Wall time survives interruptions: each train.py invocation adds its own. A run killed
+  # with this script (the machine went away) counts until its last metrics line.
   clock = os.path.join(workdir, 'claims_wall_s.json')
-  spent = json.load(open(clock, encoding='utf-8'))['wall_s'] if os.path.exists(clock) else 0.0
+  spent = _time_spent(clock, os.path.join(workdir, 'metrics.jsonl'))
   command = train_command(arm, seed, workdir, extra)
   print(f'[{claim}/{arm.name}/seed{seed}] {" ".join(command[1:])}', flush=True)
   start = time.time()
+  with open(clock, 'w', encoding='utf-8') as f:
+    json.dump({'wall_s': spent, 'running_since': start}, f)
   result = subprocess.run(command, cwd=ROOT, check=False)
   spent += time.time() - start
   with open(clock, 'w', encoding='utf-8') as f:

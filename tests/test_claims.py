@@ -109,3 +109,14 @@ def test_the_tdrl_claims_arms_share_one_recipe_under_1m_deployed_parameters():
       jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
   params = sum(x.size for x in jax.tree.leaves(shapes['params']))
   assert 250_000 < params <= 1_000_000
+
+
+def test_an_invocation_that_never_came_back_counts_until_its_last_metrics_line(tmp_path):
+  clock, metrics = tmp_path / 'claims_wall_s.json', tmp_path / 'metrics.jsonl'
+  assert claims._time_spent(str(clock), str(metrics)) == 0.0  # pylint: disable=protected-access
+  clock.write_text(json.dumps({'wall_s': 100.0, 'running_since': 1000.0}))
+  metrics.write_text('{}\n')
+  os.utime(metrics, (1250.0, 1250.0))
+  assert claims._time_spent(str(clock), str(metrics)) == 350.0  # pylint: disable=protected-access
+  clock.write_text(json.dumps({'wall_s': 100.0}))
+  assert claims._time_spent(str(clock), str(metrics)) == 100.0  # pylint: disable=protected-access
