@@ -60,7 +60,8 @@ class _Preemption:
   SIGNALS = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}
 
   def __init__(self):
-    self.requested = None      # the name of the first signal received
+    self.received = None       # the first signal this process received (set by the handler)
+    self.requested = None      # the signal that stops the run, the same on every process
     self._previous = {}
 
   def __enter__(self):
@@ -71,25 +72,29 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     del frame
-    name = self.SIGNALS[signum]
-    if self.requested and signum == signal.SIGINT:
+    if self.received and signum == signal.SIGINT:
       print('error: stopped at once on a second Ctrl-C, without saving; run again with the '
             'same --workdir to resume from its last saved checkpoint', file=sys.stderr,
             flush=True)
       os._exit(130)    # pylint: disable=protected-access
-    if not self.requested:
-      self.requested = name
+    if not self.received:
+      self.received = self.SIGNALS[signum]
       if signum == signal.SIGINT:
         print('Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again stops '
               'at once, without saving)', file=sys.stderr, flush=True)
 
   def should_stop(self) -> bool:
-    if jax.process_count() == 1:
-      return bool(self.requested)
-    # Every process learns which signal stopped the run, wherever it arrived.
-    names = [None, *self.SIGNALS.values()]
-    codes = multihost_utils.process_allgather(np.asarray(names.index(self.requested)))
-    self.requested = self.requested or names[int(np.max(codes))]
+    """Whether to save and stop after this step; every process gets the same answer.
+
+    The answer comes from one snapshot of `received`: a signal that arrives while the
+    processes compare notes counts at the next step, not at this one on this process only.
+    """
+    received = self.received
+    if jax.process_count() > 1:
+      names = [None, *self.SIGNALS.values()]
+      codes = multihost_utils.process_allgather(np.asarray(names.index(received)))
+      received = names[int(np.max(codes))]
+    self.requested = self.requested or received
     return bool(self.requested)
 
   def __exit__(self, *exc):
