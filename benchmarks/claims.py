@@ -144,6 +144,9 @@ def save_record(record: dict, path: str = RECORD) -> None:
 # every recorded run another experiment.
 OPERATIONAL = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'mesh',
                'distributed', 'eval_batch_size', 'resume_step', 'allow_config_change')
+# Fields added to the configs after runs were recorded, at the value that computes what those
+# runs computed: left out of the hash at that value, so the records stay the same experiment.
+NEUTRAL = {('data', 'train_fraction'): 1.0}
 
 
 def recipe_hash(config: str) -> str:
@@ -154,6 +157,9 @@ def recipe_hash(config: str) -> str:
   recipe = json.loads(config_files.load(config).to_json_best_effort(sort_keys=True))
   for field in OPERATIONAL:
     recipe.pop(field, None)
+  for (group, field), value in NEUTRAL.items():
+    if recipe.get(group, {}).get(field) == value:
+      del recipe[group][field]
   return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 

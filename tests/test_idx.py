@@ -155,6 +155,29 @@ def test_validation_split_is_carved_from_train(idx_dir):
     data.get_dataset_info(config(f'idx:{idx_dir}', validation_size=-1))
 
 
+def test_train_fraction_keeps_a_fixed_class_balanced_part_of_train(idx_dir):
+  c = config(f'idx:{idx_dir}', validation_size=8, train_fraction=0.5)
+  validation = eval_ids(c)
+  assert validation == eval_ids(config(f'idx:{idx_dir}', validation_size=8))  # untouched
+  remaining = sorted(set(range(40)) - set(validation))
+  per_class = {k: sum(1 for e in remaining if e % 4 == k) for k in range(4)}
+  expected = sum(max(1, round(n / 2)) for n in per_class.values())
+  assert data.get_dataset_info(c).num_train == expected < 32
+
+  def epoch(seed):
+    train = data.make_train_iterator(c, expected, seed=seed, process_index=0, process_count=1)
+    return ids(next(train)['image'])
+
+  kept = sorted(epoch(3))
+  assert len(set(kept)) == expected and set(kept) <= set(remaining)     # never validation
+  assert {k: sum(1 for e in kept if e % 4 == k) for k in range(4)} == {
+      k: max(1, round(n / 2)) for k, n in per_class.items()}          # balanced per class
+  assert sorted(epoch(4)) == kept                                       # the same every run
+  for bad in (0, 1.5, -0.1):
+    with pytest.raises(data.DataError, match='train_fraction is the fraction'):
+      data.get_dataset_info(config(f'idx:{idx_dir}', train_fraction=bad))
+
+
 def test_validation_split_refused_where_the_data_set_has_one(tmp_path):
   for split in ('train', 'validation'):
     os.makedirs(tmp_path / split / 'a')

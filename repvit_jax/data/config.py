@@ -21,6 +21,10 @@ Fields (all live in `config.data` of a trainer config):
   validation_size: N > 0 moves N examples of the train split into a new 'validation' split
     (a fixed random subset; the tail of a streamed TFDS split), which then is the default
     eval split: choose hyper-parameters on it and keep 'test' for reporting. 0 is off.
+  train_fraction: f in (0, 1]; f < 1 trains on a fixed class-balanced subset of the train split
+    (after validation_size has taken its part): round(f x n_c) examples of each class c, the
+    same in every run (label-scarce experiments). Needs a source that knows its labels without
+    reading the images (digits, IDX, folders, cached TFDS). 1 is off.
   image_size: side of the square images the model sees, in pixels.
   crop_scale: (min, max) area fraction of the random-resized crop (timm's `scale`).
   crop_ratio: (min, max) aspect ratio (width / height) of the random-resized crop.
@@ -80,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
       train_split=ml_collections.FieldReference(None, field_type=str),
       eval_split=ml_collections.FieldReference(None, field_type=str),
       validation_size=0,
+      train_fraction=1.0,
       image_size=224,
       crop_scale=(0.08, 1.0),
       crop_ratio=(3 / 4, 4 / 3),
@@ -178,6 +183,14 @@ def resolve(config: Any) -> ml_collections.FrozenConfigDict:
   if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
     raise DataError(f'data.validation_size is a count of train examples >= 0 (0 is off), got '
                     f'{held_out!r}')
+  try:
+    train_fraction = float(out['train_fraction'])
+  except (TypeError, ValueError):
+    train_fraction = math.nan
+  if isinstance(out['train_fraction'], bool) or not 0 < train_fraction <= 1:
+    raise DataError(f'data.train_fraction is the fraction of the train split to train on, in '
+                    f"(0, 1] (1 is all of it), got {out['train_fraction']!r}")
+  out['train_fraction'] = train_fraction
   if int(out['shuffle_buffer']) < 0:
     raise DataError(f"data.shuffle_buffer must be >= 0, got {out['shuffle_buffer']!r}")
   out['shuffle_buffer'] = int(out['shuffle_buffer'])

@@ -218,4 +218,5 @@ class FolderSource:
       return tf.io.read_file(tf.gather(paths_t, index)), tf.gather(labels_t, index)
 
     return split_lib.Split(num_examples=len(paths), decode_crop=decode.decode_encoded_crop,
-                           read_index=read_index, describe=lambda index: paths[index])
+                           read_index=read_index, describe=lambda index: paths[index],
+                           labels=np.asarray(labels, np.int32))

@@ -6,7 +6,8 @@ returns the `Split` the pipeline reads.
 
 `data.validation_size` > 0 wraps any source in `HeldOut`: that many examples of the train
 split become a 'validation' split, to choose hyper-parameters on while the test split stays
-for reporting.
+for reporting. `data.train_fraction` < 1 then wraps it in `TrainFraction`: training sees a fixed
+class-balanced part of what is left of the train split.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def open_source(config):
   source = _open(config)
   if config.validation_size:
     source = HeldOut(source, config.validation_size)
+  if config.train_fraction < 1:
+    source = TrainFraction(source, config.train_fraction, config)
   return source
 
 
@@ -110,3 +113,62 @@ class HeldOut:
       return self.source.split(split, config)
     train, validation = self._parts(self.source.split(self.default_train_split, config))
     return validation if split == VALIDATION else train
+
+
+class TrainFraction:
+  """`source` whose train split keeps round(fraction x n_c) examples of each class c (at
+  least one), the same examples in every run: per class a fixed random choice
+  (numpy RandomState(1)), kept in the split's order. Every other split is the source's own.
+  """
+
+  def __init__(self, source, fraction: float, config):
+    self.source = source
+    self.fraction = float(fraction)
+    self.name = source.name
+    self.num_classes = source.num_classes
+    self.classes = getattr(source, 'classes', ())
+    self.default_train_split = source.default_train_split
+    self.default_eval_split = source.default_eval_split
+    self._config = config
+    self._kept = None
+    self._whole_split = None
+
+  def _whole(self):
+    """The source's whole train split, read into memory first when only that gives labels
+    (a streamed TFDS split with data.cache=True)."""
+    if self._whole_split is None:
+      whole = self.source.split(self.default_train_split, self._config)
+      if whole.labels is None and self._config.cache:
+        from repvit_jax.data import split as split_lib  # pylint: disable=g-import-not-at-top
+        whole = split_lib.materialise(whole)
+      if whole.labels is None:
+        raise DataError(f'data.train_fraction={self.fraction} needs the labels of the train '
+                        f'split of {self.name!r} before reading it, which a streamed TFDS '
+                        'split does not give: set data.cache=True (the split must fit in host '
+                        'memory), or data.train_fraction=1')
+      self._whole_split = whole
+    return self._whole_split
+
+  def kept(self) -> np.ndarray:
+    """Indices into the source's train split of the examples kept, sorted."""
+    if self._kept is None:
+      labels = self._whole().labels
+      rng = np.random.RandomState(1)
+      kept = []
+      for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = max(1, int(round(self.fraction * len(members))))
+        kept.append(members[rng.permutation(len(members))[:count]])
+      self._kept = np.sort(np.concatenate(kept))
+    return self._kept
+
+  def num_examples(self, split: str) -> int:
+    if split == self.default_train_split:
+      return len(self.kept())
+    return self.source.num_examples(split)
+
+  def split(self, split: str, config):
+    if split != self.default_train_split:
+      return self.source.split(split, config)
+    from repvit_jax.data import split as split_lib  # pylint: disable=g-import-not-at-top
+    return split_lib.subset(self._whole(), self.kept())

@@ -40,6 +40,8 @@ class Split:
     resident: the examples already live in host memory (nothing for `cache` to do).
     describe: example index -> where it is stored (a file path), for error messages; None
       names it by index.
+    labels: int [num_examples], every example's label, where the source knows them without
+      reading the examples (in-memory arrays, folders); None otherwise.
   """
   num_examples: int
   decode_crop: Callable[[tf.Tensor, WindowFn], tf.Tensor]
@@ -48,6 +50,7 @@ class Split:
   parse: Optional[Callable[[tf.Tensor], Example]] = None
   resident: bool = False
   describe: Optional[Callable[[int], str]] = None
+  labels: Optional[np.ndarray] = None
 
   @property
   def indexed(self) -> bool:
@@ -96,13 +99,14 @@ def in_memory(raw: np.ndarray, labels: np.ndarray,
               decode_crop: Callable[[tf.Tensor, WindowFn], tf.Tensor]) -> Split:
   """An indexed split over arrays held in host memory: raw [n, ...], labels [n] ints."""
   raw_t = tf.constant(raw)
-  labels_t = tf.constant(np.asarray(labels, np.int32))
+  labels = np.asarray(labels, np.int32)
+  labels_t = tf.constant(labels)
 
   def read_index(index):
     return tf.gather(raw_t, index), tf.gather(labels_t, index)
 
   return Split(num_examples=len(labels), decode_crop=decode_crop, read_index=read_index,
-               resident=True)
+               resident=True, labels=labels)
 
 
 def materialise(split: Split) -> Split:
@@ -132,7 +136,8 @@ def subset(split: Split, indices: np.ndarray) -> Split:
   describe = split.describe
   return dataclasses.replace(
       split, num_examples=len(indices), read_index=read_index,
-      describe=(lambda index: describe(int(indices[index]))) if describe else None)
+      describe=(lambda index: describe(int(indices[index]))) if describe else None,
+      labels=None if split.labels is None else split.labels[indices])
 
 
 def window(split: Split, start: int, stop: int) -> Split:
