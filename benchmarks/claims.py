@@ -4,17 +4,21 @@
     python benchmarks/claims.py --claims tdrl --report     # table and figure from the record
 
 Each run is `train.py --config <arm's config> --config.seed=<seed>` in its own workdir
-(`--runs-dir`/<claim>/<arm>/seed<seed>): a run that was interrupted resumes there. A finished
-run is evaluated in its deploy form on the validation split (the run's eval split, on which
-recipes were chosen) and once on the test split, and appended to the record,
+(`--runs-dir`/<claim>/<arm>/seed<seed>): a run that was interrupted resumes there. An arm may
+start from stages (pre-training, a teacher: `Arm.uses`), trained first for the same seed in
+`--runs-dir`/stages/<stage>/seed<seed> and shared by every arm and claim naming them. A
+finished arm is evaluated in its deploy form on the validation split (the run's eval split,
+on which recipes were chosen) and once on the test split, and appended to the record,
 `benchmarks/results/claims.json`:
 
-    {"runs": [{"claim", "arm", "seed", "config", "flags", "recipe", "steps", "test_accuracy",
-               "val_accuracy", "deploy_params", "model", "wall_s", "device", "curve"}, ...]}
+    {"runs": [{"claim", "arm", "seed", "config", "flags", "recipe", "steps", ["uses"],
+               "test_accuracy", "val_accuracy", "deploy_params", "model", "wall_s",
+               ["stages_wall_s"], "device", "curve"}, ...]}
 
-A run already in the record (same claim, arm, seed, config file, flags and recipe: a hash of
-the config the file gives) is not redone, so the record can be committed run by run and
-completed on another machine; editing a recipe makes its runs another experiment. Nothing here names a
+A run already in the record as the same experiment (seed, config file, flags, recipe: a hash
+of the config the file gives, steps, and the same of each stage it starts from) is not redone,
+whichever claim recorded it, so the record can be committed run by run and completed on
+another machine; editing a recipe makes its runs another experiment. Nothing here names a
 device: on a GPU or TPU host the same command trains there.
 
 The report: each arm's mean +- std (sample std over seeds), each arm's difference from the
@@ -45,12 +49,19 @@ FIGURES = os.path.join(ROOT, 'benchmarks', 'figures')
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-  """One contender: a config file (with its variant) and the flags that make this arm."""
+  """One contender: a config file (with its variant) and the flags that make this arm.
+
+  A claim's stages (pre-training, teachers) are `Arm`s too: trained per seed before the arms
+  that use them, never evaluated or tabulated.
+  """
   name: str
   config: str
   flags: tuple = ()
   # Multiplies the config's total_steps (equal training time for a cheaper step).
   steps_factor: float = 1.0
+  # (config key, stage name): the run gets --config.<key>=<that stage's workdir, same seed>,
+  # e.g. ('init_from', 'mae_pretraining') or ('teacher.init_from', 'teacher').
+  uses: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +76,29 @@ class Claim:
   # (arm, compared with, in what sense): the differences tabulated. Default: every arm
   # against the reference arm.
   comparisons: tuple = ()
+  # The runs the arms start from (`Arm.uses` names them), in the order they are trained.
+  stages: tuple = ()
+
+  def stage(self, name: str) -> Arm:
+    for stage in self.stages:
+      if stage.name == name:
+        return stage
+    raise KeyError(f'claim {self.name!r} has no stage {name!r}; its stages: '
+                   f'{[s.name for s in self.stages]}')
 
   def pairs(self) -> tuple:
     return self.comparisons or tuple((arm.name, self.reference, '')
                                      for arm in self.arms if arm.name != self.reference)
+
+
+# Label-scarce fine-tuning: a fixed class-balanced 10% of the train split (5,501 images),
+# 20 passes over it.
+TEN_PERCENT = ('--config.data.train_fraction=0.1', '--config.total_steps=3438',
+               '--config.eval_every=688')
+
+
+def _fine_tuned(name: str, config: str, flags: tuple = (), stage: str = '') -> Arm:
+  return Arm(name, config, flags, uses=(('init_from', stage),) if stage else ())
 
 
 CLAIMS: Dict[str, Claim] = {
@@ -86,6 +116,29 @@ CLAIMS: Dict[str, Claim] = {
         comparisons=(('tdrl', 'vit', 'the same steps'),
                      ('tdrl', 'vit_1.5x_steps', 'at least the same training time'),
                      ('vit_1.5x_steps', 'vit', 'what 1.5x the steps buys the ViT'))),
+    'mae': Claim(
+        name='mae',
+        question='Does MAE pre-training on the same images, without their labels, make the '
+                 'fine-tuned ViT more accurate, with all labels and with 10% of them?',
+        stages=(Arm('mae_vit', 'configs/mae_lite_tiny.py:fashion'),
+                Arm('mae_tdrl_vit', 'configs/mae_tdrl_vit_tiny.py:fashion')),
+        arms=(_fine_tuned('scratch', 'configs/vit_tiny.py:fashion'),
+              _fine_tuned('mae', 'configs/vit_tiny.py:fashion', stage='mae_vit'),
+              _fine_tuned('scratch_10pct', 'configs/vit_tiny.py:fashion', TEN_PERCENT),
+              _fine_tuned('mae_10pct', 'configs/vit_tiny.py:fashion', TEN_PERCENT, 'mae_vit'),
+              _fine_tuned('tdrl_scratch', 'configs/tdrl_vit_tiny.py:fashion'),
+              _fine_tuned('tdrl_mae', 'configs/tdrl_vit_tiny.py:fashion', stage='mae_tdrl_vit'),
+              _fine_tuned('tdrl_scratch_10pct', 'configs/tdrl_vit_tiny.py:fashion', TEN_PERCENT),
+              _fine_tuned('tdrl_mae_10pct', 'configs/tdrl_vit_tiny.py:fashion', TEN_PERCENT,
+                          'mae_tdrl_vit')),
+        reference='scratch',
+        paper='ImageNet-1k, ViT-Tiny fine-tuned 300 epochs: from scratch 75.8, MAE-Lite '
+              'pre-trained 78.0 (+2.2); TDRL on the same pre-training 78.7 (+0.7 over MAE-Lite)',
+        comparisons=(('mae', 'scratch', 'all labels'),
+                     ('mae_10pct', 'scratch_10pct', '10% of the labels'),
+                     ('tdrl_mae', 'tdrl_scratch', 'TDRL ViT, all labels'),
+                     ('tdrl_mae_10pct', 'tdrl_scratch_10pct', 'TDRL ViT, 10% of the labels'),
+                     ('tdrl_mae', 'mae', 'TDRL on MAE pre-training (the TDRL paper)'))),
 }
 
 
@@ -163,14 +216,27 @@ def recipe_hash(config: str) -> str:
   return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def identity(claim: str, arm: Arm, extra: Sequence[str]) -> dict:
-  """What makes two runs of an arm the same experiment (the seed aside)."""
-  return {'claim': claim, 'arm': arm.name, 'config': arm.config,
-          'flags': list(tuple(arm.flags) + tuple(extra)), 'recipe': recipe_hash(arm.config)}
+def experiment(claim: Claim, arm: Arm, extra: Sequence[str]) -> dict:
+  """What makes two runs the same experiment, the seed aside: config file, flags, recipe,
+  steps, and the experiments of the stages it starts from. Claim and arm names are labels:
+  a run recorded under one claim serves every claim with the same experiment."""
+  out = {'config': arm.config, 'flags': list(tuple(arm.flags) + tuple(extra)),
+         'recipe': recipe_hash(arm.config), 'steps': total_steps(arm, extra)}
+  if arm.uses:
+    out['uses'] = {key: {'stage': name, **experiment(claim, claim.stage(name), extra)}
+                   for key, name in arm.uses}
+  return out
+
+
+def identity(claim: Claim, arm: Arm, extra: Sequence[str]) -> dict:
+  """The record's labels for a run of `arm` and its experiment."""
+  return {'claim': claim.name, 'arm': arm.name, **experiment(claim, arm, extra)}
 
 
 def matches(run: dict, ident: dict, seed: Optional[int] = None) -> bool:
-  return all(run.get(k) == v for k, v in ident.items()) and seed in (None, run['seed'])
+  keys = [k for k in ident if k not in ('claim', 'arm')]
+  return (all(run.get(k) == ident[k] for k in keys) and ('uses' in run) == ('uses' in ident)
+          and seed in (None, run['seed']))
 
 
 def recorded(record: dict, ident: dict, seed: int) -> Optional[dict]:
@@ -188,8 +254,16 @@ def total_steps(arm: Arm, extra: Sequence[str]) -> int:
   return int(round(steps * arm.steps_factor))
 
 
-def train_command(arm: Arm, seed: int, workdir: str, extra: Sequence[str]) -> List[str]:
+def stage_workdir(runs_dir: str, stage: Arm, seed: int) -> str:
+  """Stages live beside the claims, by name: every claim naming a stage shares its runs."""
+  return os.path.join(runs_dir, 'stages', stage.name, f'seed{seed}')
+
+
+def train_command(claim: Claim, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
+                  runs_dir: str) -> List[str]:
   flags = [f for f in tuple(arm.flags) + tuple(extra) if not f.startswith('--config.total_steps=')]
+  flags += [f'--config.{key}={stage_workdir(runs_dir, claim.stage(name), seed)}'
+            for key, name in arm.uses]
   return [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={arm.config}',
           f'--workdir={workdir}', f'--config.seed={seed}',
           f'--config.total_steps={total_steps(arm, extra)}', *flags]
@@ -218,7 +292,7 @@ def device_name() -> str:
   return f'{len(devices)} x {kind}'
 
 
-def finish(claim: str, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
+def finish(claim: Claim, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
            wall_s: float) -> dict:
   """Evaluates a trained workdir's deploy form on validation and test: the run's record."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -233,7 +307,7 @@ def finish(claim: str, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
   params = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
   form = 'deploy' if 'deploy' in test['forms'] else 'model'
   return {
-      **identity(claim, arm, extra), 'seed': seed, 'steps': total_steps(arm, extra),
+      **identity(claim, arm, extra), 'seed': seed,
       'test_accuracy': test['forms'][form]['top1'], 'val_accuracy': val['forms'][form]['top1'],
       'deploy_params': params, 'model': spec.name, 'wall_s': round(wall_s, 1),
       'device': device_name(), 'curve': validation_curve(workdir),
@@ -253,17 +327,19 @@ def _time_spent(clock: str, metrics: str) -> float:
   return spent
 
 
-def run_one(claim: str, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str],
-            record_path: str) -> dict:
-  """Trains (or resumes) one arm x seed, evaluates it and adds it to the record."""
-  workdir = os.path.join(runs_dir, claim, arm.name, f'seed{seed}')
+def train(claim: Claim, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
+          runs_dir: str) -> float:
+  """Trains (or resumes) one run in `workdir`; returns the wall seconds of all its invocations.
+
+  Wall time survives interruptions: each train.py invocation adds its own, and one killed with
+  this script (the machine went away) counts until its last metrics line.
+  """
   os.makedirs(workdir, exist_ok=True)
-  # Wall time survives interruptions: each train.py invocation adds its own. A run killed
-  # with this script (the machine went away) counts until its last metrics line.
   clock = os.path.join(workdir, 'claims_wall_s.json')
   spent = _time_spent(clock, os.path.join(workdir, 'metrics.jsonl'))
-  command = train_command(arm, seed, workdir, extra)
-  print(f'[{claim}/{arm.name}/seed{seed}] {" ".join(command[1:])}', flush=True)
+  command = train_command(claim, arm, seed, workdir, extra, runs_dir)
+  label = f'{claim.name}/{arm.name}/seed{seed}'
+  print(f'[{label}] {" ".join(command[1:])}', flush=True)
   start = time.time()
   with open(clock, 'w', encoding='utf-8') as f:
     json.dump({'wall_s': spent, 'running_since': start}, f)
@@ -272,15 +348,71 @@ def run_one(claim: str, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str]
   with open(clock, 'w', encoding='utf-8') as f:
     json.dump({'wall_s': spent}, f)
   if result.returncode != 0:
-    raise SystemExit(f'error: {claim}/{arm.name}/seed{seed} stopped (exit {result.returncode}); '
-                     f'run the same command again to resume it in {workdir}')
+    raise SystemExit(f'error: {label} stopped (exit {result.returncode}); run the same command '
+                     f'again to resume it in {workdir}')
+  return spent
+
+
+STAGE_DONE = 'claims_stage.json'
+
+
+def stage_order(claim: Claim, arm: Arm) -> List[str]:
+  """The stages `arm` depends on, directly or through other stages, each once, every stage
+  after the stages it uses."""
+  order = []
+
+  def visit(run: Arm):
+    for _, name in run.uses:
+      if name not in order:
+        visit(claim.stage(name))
+        order.append(name)
+
+  visit(arm)
+  return order
+
+
+def run_stages(claim: Claim, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str]) -> float:
+  """Trains the stages `arm` depends on that are not done yet; returns the wall seconds of all
+  of them, each counted once."""
+  return sum(run_stage(claim, claim.stage(name), seed, runs_dir, extra)
+             for name in stage_order(claim, arm))
+
+
+def run_stage(claim: Claim, stage: Arm, seed: int, runs_dir: str, extra: Sequence[str]) -> float:
+  """One stage for one seed, trained once; its marker file holds its experiment and wall time.
+  A stage directory trained with another recipe is an error, not silently reused."""
+  workdir = stage_workdir(runs_dir, stage, seed)
+  marker = os.path.join(workdir, STAGE_DONE)
+  expected = experiment(claim, stage, extra)
+  if os.path.exists(marker):
+    with open(marker, encoding='utf-8') as f:
+      done = json.load(f)
+    if done['experiment'] != expected:
+      raise SystemExit(f'error: stage {stage.name!r} in {workdir} was trained with another '
+                       'recipe or flags than the claim now gives; move that directory away '
+                       '(or give --runs-dir another folder) and run again')
+    return done['wall_s']
+  spent = train(claim, stage, seed, workdir, extra, runs_dir)
+  with open(marker, 'w', encoding='utf-8') as f:
+    json.dump({'experiment': expected, 'wall_s': spent}, f, indent=1)
+  return spent
+
+
+def run_one(claim: Claim, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str],
+            record_path: str) -> dict:
+  """Trains (or resumes) one arm x seed after its stages, evaluates it, adds it to the record."""
+  upstream = run_stages(claim, arm, seed, runs_dir, extra)
+  workdir = os.path.join(runs_dir, claim.name, arm.name, f'seed{seed}')
+  spent = train(claim, arm, seed, workdir, extra, runs_dir)
   run = finish(claim, arm, seed, workdir, extra, spent)
+  if arm.uses:
+    run['stages_wall_s'] = round(upstream, 1)
   record = load_record(record_path)
   ident = identity(claim, arm, extra)
   record['runs'] = [r for r in record['runs'] if not matches(r, ident, seed)]
   record['runs'].append(run)
   save_record(record, record_path)
-  print(f'[{claim}/{arm.name}/seed{seed}] test {run["test_accuracy"]:.4f} val '
+  print(f'[{claim.name}/{arm.name}/seed{seed}] test {run["test_accuracy"]:.4f} val '
         f'{run["val_accuracy"]:.4f} in {spent / 60:.1f} min; recorded in {record_path}',
         flush=True)
   return run
@@ -294,7 +426,7 @@ def runs_of(record: dict, claim: Claim, extra: Sequence[str]) -> Dict[str, List[
   """The recorded runs of each arm of `claim`, as the arm is defined now (recipe and flags)."""
   out = {}
   for arm in claim.arms:
-    ident = identity(claim.name, arm, extra)
+    ident = identity(claim, arm, extra)
     out[arm.name] = sorted((r for r in record['runs'] if matches(r, ident)),
                            key=lambda r: r['seed'])
   return out
@@ -305,6 +437,7 @@ def markdown(claim: Claim, runs: Dict[str, List[dict]]) -> str:
   lines = [f'**{claim.name}**: {claim.question}', '',
            '| arm | seeds | test acc. (deploy) | val. acc. | deploy params | steps | '
            'wall (min) | device |', '|---|---|---|---|---|---|---|---|']
+  staged = False
   for arm in claim.arms:
     rs = runs[arm.name]
     if not rs:
@@ -312,11 +445,17 @@ def markdown(claim: Claim, runs: Dict[str, List[dict]]) -> str:
       continue
     tm, ts = mean_std([r['test_accuracy'] for r in rs])
     vm, vs = mean_std([r['val_accuracy'] for r in rs])
-    wall = sum(r['wall_s'] for r in rs) / len(rs) / 60
+    wall = f"{sum(r['wall_s'] for r in rs) / len(rs) / 60:.1f}"
+    if any('stages_wall_s' in r for r in rs):
+      staged = True
+      wall += f" + {sum(r.get('stages_wall_s', 0) for r in rs) / len(rs) / 60:.1f}"
     devices = ', '.join(sorted({r['device'] for r in rs}))
     lines.append(f'| {arm.name} | {len(rs)} | {tm:.4f} +- {ts:.4f} | {vm:.4f} +- {vs:.4f} | '
-                 f'{rs[0]["deploy_params"] / 1e6:.3f}M | {rs[0]["steps"]} | {wall:.1f} | '
+                 f'{rs[0]["deploy_params"] / 1e6:.3f}M | {rs[0]["steps"]} | {wall} | '
                  f'{devices} |')
+  if staged:
+    lines += ['', 'wall: the arm\'s own run + the stages it starts from (pre-training, '
+                  'teachers), per seed.']
   lines += ['', '| arms | difference (test) | SE | verdict | compared at |',
             '|---|---|---|---|---|']
   for name, against, sense in claim.pairs():
@@ -432,19 +571,28 @@ def main(argv=None) -> int:
     parser.error(f'unknown arm(s) {sorted(only - known_arms)}; known: {sorted(known_arms)}')
   if not args.report:
     record = load_record(args.record)
+    listed = set()      # stages a dry run has printed
     for claim in claims:
       for seed in seeds:        # seed-major: every arm has a seed before any has two
         for arm in claim.arms:
           if only and arm.name not in only:
             continue
-          if recorded(record, identity(claim.name, arm, extra), seed):
+          if recorded(record, identity(claim, arm, extra), seed):
             print(f'[{claim.name}/{arm.name}/seed{seed}] recorded; not redone')
             continue
           if args.dry_run:
+            for name in stage_order(claim, arm):
+              stage = claim.stage(name)
+              stage_dir = stage_workdir(args.runs_dir, stage, seed)
+              if stage_dir not in listed and not os.path.exists(
+                  os.path.join(stage_dir, STAGE_DONE)):
+                listed.add(stage_dir)
+                print(' '.join(train_command(claim, stage, seed, stage_workdir(
+                    args.runs_dir, stage, seed), extra, args.runs_dir)[1:]))
             workdir = os.path.join(args.runs_dir, claim.name, arm.name, f'seed{seed}')
-            print(' '.join(train_command(arm, seed, workdir, extra)[1:]))
+            print(' '.join(train_command(claim, arm, seed, workdir, extra, args.runs_dir)[1:]))
             continue
-          run_one(claim.name, arm, seed, args.runs_dir, extra, args.record)
+          run_one(claim, arm, seed, args.runs_dir, extra, args.record)
           record = load_record(args.record)
   if not args.dry_run:
     print(report(claims, extra, args.record, args.figures))

@@ -32,6 +32,10 @@ DEMO_MODEL = dict(patch_size=4, width=96, depth=6, num_heads=6, decoder_width=64
                   decoder_depth=1, decoder_num_heads=4)
 DEMO_TEACHER = dict(patch_size=4, width=128, depth=6, num_heads=8, decoder_width=64,
                     decoder_depth=1, decoder_num_heads=4)
+# Fashion-MNIST (28x28 images, 4x4 patches: 49 tokens, 12 of them visible at mask 0.75): the
+# encoder of configs/vit_tiny.py:fashion, so that its fine-tuning starts from this one.
+FASHION_MODEL = dict(patch_size=4, width=64, depth=6, num_heads=2, decoder_width=64,
+                     decoder_depth=2, decoder_num_heads=2)
 
 
 def mae_config(model: dict, teacher_model=None) -> ml_collections.ConfigDict:
@@ -91,12 +95,37 @@ def demo(model_name: str, variant: str):
   return config
 
 
+def fashion(model_name: str):
+  """MAE pre-training on Fashion-MNIST's train images (labels unused), the validation split
+  held out as in the classification recipe; fine-tune with configs/vit_tiny.py:fashion
+  `--config.init_from=<this workdir>`.
+
+  Departures from MAE-Lite, for 28x28 images on a CPU: crops of at least half the image, a
+  larger learning rate for the narrow model and short schedule, gradient clipping.
+  """
+  config = mae_config(dict(name=model_name, **FASHION_MODEL))
+  config.data = common.fashion_data(crop_scale=(0.5, 1.0), random_erasing=0.0)
+  config.batch_size = 64
+  config.eval_batch_size = 500
+  steps_per_epoch = common.fashion_steps_per_epoch(config.batch_size)
+  config.total_steps = 20 * steps_per_epoch
+  config.optimizer = common.adamw(base_lr=2e-3 * 256 / 64, min_lr=1e-5,
+                                  warmup_steps=steps_per_epoch, weight_decay=0.05, b1=0.9,
+                                  b2=0.95, grad_clip=1.0)
+  config.log_every = 200
+  config.eval_every = 5 * steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+  return config
+
+
 def get_config(arg: str = '', model_name: str = 'mae_vit_tiny'):
   """Variants: '' MAE-Lite on ImageNet-1k; 'dmae' D-MAE-Lite on ImageNet-1k (MAE-Base teacher,
   `--config.teacher.init_from` required); 'demo' on the embedded digits; 'teacher_demo' a wider
   vanilla MAE on digits to serve as the demo teacher; 'dmae_demo' = 'demo' + that teacher
-  (`--config.teacher.init_from=<teacher_demo workdir>`)."""
-  variant = common.parse_arg(arg, '', 'dmae', 'demo', 'teacher_demo', 'dmae_demo')
+  (`--config.teacher.init_from=<teacher_demo workdir>`); 'fashion' on Fashion-MNIST."""
+  variant = common.parse_arg(arg, '', 'dmae', 'demo', 'teacher_demo', 'dmae_demo', 'fashion')
+  if variant == 'fashion':
+    return fashion(model_name)
   if variant in ('', 'dmae'):
     return imagenet(model_name, 'mae_vit_base' if variant == 'dmae' else None)
   return demo(model_name, variant)

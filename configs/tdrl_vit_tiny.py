@@ -78,14 +78,10 @@ def fashion():
   config.model = ml_collections.ConfigDict(dict(
       name='tdrl_vit_tiny', dtype='float32', patch_size=4, width=64, depth=6, num_heads=2,
       global_pool='avg', drop_path_rate=0.0, tdrl=tdrl()))
-  config.data = common.data_config(
-      name='fashion_mnist', validation_size=5000, image_size=28, crop_scale=(0.8, 1.0),
-      flip=True, randaugment=None, color_jitter=0.0, random_erasing=0.1,
-      mean=(0.286,) * 3, std=(0.353,) * 3, eval_crop_fraction=1.0)
+  config.data = common.fashion_data()
   config.batch_size = 32
   config.eval_batch_size = 500
-  steps_per_epoch = common.steps_for(1, common.FASHION_MNIST_TRAIN_EXAMPLES - 5000,
-                                     config.batch_size)
+  steps_per_epoch = common.fashion_steps_per_epoch(config.batch_size)
   config.total_steps = 16 * steps_per_epoch
   config.optimizer = common.adamw(base_lr=8e-3, min_lr=1e-5, warmup_steps=steps_per_epoch // 4,
                                   weight_decay=0.05, grad_clip=1.0)

@@ -1,6 +1,7 @@
 """benchmarks/claims.py: the statistics, the verdict, the report, and one tiny claim end to end
 (two arms on the embedded digits with a validation split), resumed from its record."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -44,6 +45,7 @@ def test_report_table_and_figure(tmp_path, monkeypatch):
   path = tmp_path / 'claims.json'
   path.write_text(json.dumps(record))
   monkeypatch.setattr(claims, 'recipe_hash', lambda config: 'r')
+  monkeypatch.setattr(claims, 'total_steps', lambda arm, extra: 10)
   text = claims.report([claim], [], str(path), str(tmp_path / 'figures'))
   assert '| a | 3 | 0.8100 +- 0.0100 | 0.8000 +- 0.0000 | 0.001M | 10 | 1.0 | 1 x cpu |' in text
   assert '| b - a | +10.00 pt | 0.82 pt | reproduced in direction (> 2 SE) | |' in text
@@ -90,6 +92,52 @@ def test_a_claim_end_to_end_then_not_redone(tmp_path, monkeypatch, capfd):
   monkeypatch.setattr(claims, 'recipe_hash', lambda config: 'edited')
   assert claims.main([*args, '--dry-run']) == 0
   assert capfd.readouterr().out.count('train.py') == 2
+
+
+@pytest.mark.slow
+def test_an_arm_starts_from_a_stage_trained_once_per_seed(tmp_path, monkeypatch, capfd):
+  """MAE pre-training as a stage, fine-tuned by one arm; the scratch arm is the same
+  experiment as another claim's recorded run, so it is not trained again."""
+  encoder = ('--config.model.patch_size=8', '--config.model.width=16', '--config.model.depth=1',
+             '--config.model.num_heads=2', '--config.batch_size=16',
+             '--config.data.validation_size=200', '--config.optimizer.warmup_steps=2',
+             '--config.checkpoint_every=100')
+  pre = claims.Arm('pre', 'configs/mae_lite_tiny.py:demo', encoder + (
+      '--config.model.decoder_width=16', '--config.model.decoder_depth=1',
+      '--config.model.decoder_num_heads=2', '--config.eval_every=0'))
+  scratch = claims.Arm('scratch', 'configs/vit_tiny.py:demo', encoder + ('--config.eval_every=4',))
+  tuned = dataclasses.replace(scratch, name='mae', uses=(('init_from', 'pre'),))
+  claim = claims.Claim('staged', 'Does pre-training help?', arms=(scratch, tuned),
+                       reference='scratch', stages=(pre,))
+  monkeypatch.setitem(claims.CLAIMS, 'staged', claim)
+  monkeypatch.setenv('XLA_FLAGS', xla_flags(1))
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  record = tmp_path / 'claims.json'
+  common = ['--seeds=0', f'--runs-dir={tmp_path}/runs', f'--record={record}',
+            f'--figures={tmp_path}/figures', '--config.total_steps=4']
+  # The scratch arm's experiment is already recorded, under another claim and arm name.
+  monkeypatch.setitem(claims.CLAIMS, 'other', claims.Claim('other', '?', (
+      dataclasses.replace(scratch, name='vit'),), 'vit'))
+  assert claims.main(['--claims=other', *common]) == 0
+  capfd.readouterr()
+  assert claims.main(['--claims=staged', *common]) == 0
+  out = capfd.readouterr().out
+  assert '[staged/scratch/seed0] recorded; not redone' in out
+  commands = [line for line in out.splitlines() if 'train.py' in line]
+  assert len(commands) == 2 and '[staged/pre/seed0]' in commands[0]
+  stage_dir = tmp_path / 'runs' / 'stages' / 'pre' / 'seed0'
+  assert f'--config.init_from={stage_dir}' in commands[1]
+  assert 'init_from:' in out        # train.py's line: the arm started from the stage's weights
+  runs = json.loads(record.read_text())['runs']
+  mae = next(r for r in runs if r['arm'] == 'mae')
+  assert mae['uses']['init_from']['stage'] == 'pre' and mae['stages_wall_s'] > 0
+  assert mae['uses']['init_from']['config'] == 'configs/mae_lite_tiny.py:demo'
+  assert '| mae | 1 |' in out and ' + ' in out.split('| mae | 1 |')[1].split('\n')[0]
+  # The stage is done: a second arm run (here: the same one again) does not retrain it; a
+  # stage directory trained with another recipe is refused.
+  monkeypatch.setattr(claims, 'recipe_hash', lambda config: 'edited')
+  with pytest.raises(SystemExit, match="stage 'pre' in .* was trained with another recipe"):
+    claims.main(['--claims=staged', '--arms=mae', *common])
 
 
 def test_the_tdrl_claims_arms_share_one_recipe_under_1m_deployed_parameters():
