@@ -9,6 +9,7 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax.layers import RepLinear
+from repvit_jax.layers.rep_linear import TDRL
 from repvit_jax.reparam import check
 from conftest import TINY_VIT, nontrivial_variables
 
@@ -106,3 +107,11 @@ def test_every_tdrl_option_reparameterizes_exactly(options, tiny_images):
 def test_tdrl_reparameterizes_to_1e10_in_float64(options, tiny_images):
   with jax.enable_x64(True):
     assert tdrl_error(options, tiny_images, dtype=jnp.float64) <= 1e-10
+
+
+def test_rectify_none_as_the_command_line_gives_it():
+  # `--config.model.tdrl.rectify=none` reaches the model as None: it means no rectification.
+  tdrl = TDRL(rectify=None, qkv_rectify=None)
+  assert (tdrl.rectify, tdrl.qkv_rectify) == ('none', 'none')
+  with pytest.raises(ValueError, match="TDRL rectify must be one of"):
+    TDRL(rectify="batchnorm")

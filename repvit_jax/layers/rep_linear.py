@@ -276,6 +276,8 @@ class TDRL:
     if unknown:
       raise ValueError(f'unknown TDRL layers {unknown}; choose from {list(TDRL_LAYERS)}')
     for field in ('qkv_rectify', 'rectify'):
+      if getattr(self, field) is None:   # `--config.model.tdrl.rectify=none` parses as None
+        object.__setattr__(self, field, 'none')
       if getattr(self, field) not in RECTIFY_MODES:
         raise ValueError(f'TDRL {field} must be one of {RECTIFY_MODES}, got '
                          f'{getattr(self, field)!r}')
