@@ -36,6 +36,9 @@ DEMO_TEACHER = dict(patch_size=4, width=128, depth=6, num_heads=8, decoder_width
 # encoder of configs/vit_tiny.py:fashion, so that its fine-tuning starts from this one.
 FASHION_MODEL = dict(patch_size=4, width=64, depth=6, num_heads=2, decoder_width=64,
                      decoder_depth=2, decoder_num_heads=2)
+# The D-MAE teacher on Fashion-MNIST: the same depth and patches, twice as wide.
+FASHION_TEACHER = dict(patch_size=4, width=128, depth=6, num_heads=4, decoder_width=64,
+                       decoder_depth=2, decoder_num_heads=2)
 
 
 def mae_config(model: dict, teacher_model=None) -> ml_collections.ConfigDict:
@@ -95,15 +98,19 @@ def demo(model_name: str, variant: str):
   return config
 
 
-def fashion(model_name: str):
+def fashion(model_name: str, variant: str = 'fashion'):
   """MAE pre-training on Fashion-MNIST's train images (labels unused), the validation split
   held out as in the classification recipe; fine-tune with configs/vit_tiny.py:fashion
-  `--config.init_from=<this workdir>`.
+  `--config.init_from=<this workdir>`. 'teacher_fashion': the wider vanilla MAE that teaches
+  'dmae_fashion' (the same student, distilled from it: `--config.teacher.init_from`).
 
   Departures from MAE-Lite, for 28x28 images on a CPU: crops of at least half the image, a
   larger learning rate for the narrow model and short schedule, gradient clipping.
   """
-  config = mae_config(dict(name=model_name, **FASHION_MODEL))
+  if variant == 'teacher_fashion':
+    config = mae_config(dict(name='mae_vit_base', **FASHION_TEACHER))
+  else:
+    config = mae_config(dict(name=model_name, **FASHION_MODEL))
   config.data = common.fashion_data(crop_scale=(0.5, 1.0), random_erasing=0.0)
   config.batch_size = 64
   config.eval_batch_size = 500
@@ -115,6 +122,10 @@ def fashion(model_name: str):
   config.log_every = 200
   config.eval_every = 5 * steps_per_epoch
   config.checkpoint_every = steps_per_epoch
+  if variant == 'dmae_fashion':
+    config.teacher.model = 'mae_vit_base'
+    config.teacher.overrides = ml_collections.ConfigDict(dict(FASHION_TEACHER))
+    config.teacher.pairs = ((FASHION_MODEL['depth'], FASHION_TEACHER['depth']),)
   return config
 
 
@@ -122,10 +133,12 @@ def get_config(arg: str = '', model_name: str = 'mae_vit_tiny'):
   """Variants: '' MAE-Lite on ImageNet-1k; 'dmae' D-MAE-Lite on ImageNet-1k (MAE-Base teacher,
   `--config.teacher.init_from` required); 'demo' on the embedded digits; 'teacher_demo' a wider
   vanilla MAE on digits to serve as the demo teacher; 'dmae_demo' = 'demo' + that teacher
-  (`--config.teacher.init_from=<teacher_demo workdir>`); 'fashion' on Fashion-MNIST."""
-  variant = common.parse_arg(arg, '', 'dmae', 'demo', 'teacher_demo', 'dmae_demo', 'fashion')
-  if variant == 'fashion':
-    return fashion(model_name)
+  (`--config.teacher.init_from=<teacher_demo workdir>`); 'fashion', 'teacher_fashion' and
+  'dmae_fashion' the same three on Fashion-MNIST."""
+  variant = common.parse_arg(arg, '', 'dmae', 'demo', 'teacher_demo', 'dmae_demo', 'fashion',
+                             'teacher_fashion', 'dmae_fashion')
+  if variant.endswith('fashion'):
+    return fashion(model_name, variant)
   if variant in ('', 'dmae'):
     return imagenet(model_name, 'mae_vit_base' if variant == 'dmae' else None)
   return demo(model_name, variant)
