@@ -76,7 +76,8 @@ class Claim:
   # (arm, compared with, in what sense): the differences tabulated. Default: every arm
   # against the reference arm.
   comparisons: tuple = ()
-  # The runs the arms start from (`Arm.uses` names them), in the order they are trained.
+  # The runs the arms start from (`Arm.uses` names them). A stage may also be an arm (a
+  # teacher tabulated beside its students): it is trained once, in its stage directory.
   stages: tuple = ()
 
   def stage(self, name: str) -> Arm:
@@ -108,6 +109,10 @@ MAE_TEACHER = Arm('mae_teacher', 'configs/mae_lite_tiny.py:teacher_fashion')
 DMAE_VIT = Arm('dmae_vit', 'configs/mae_lite_tiny.py:dmae_fashion',
                uses=(('teacher.init_from', 'mae_teacher'),))
 VIT, TDRL_VIT = 'configs/vit_tiny.py:fashion', 'configs/tdrl_vit_tiny.py:fashion'
+# RIFormer's teacher, and a contender of its own.
+POOLFORMER = Arm('poolformer', 'configs/poolformer_s12.py:fashion')
+RIFORMER_MI = Arm('riformer_mi_init', 'configs/riformer_s12.py:fashion',
+                  uses=(('feature_teacher.init_from', 'poolformer'),))
 MAE_ARMS = (_fine_tuned('mae', VIT, stage='mae_vit'),
             _fine_tuned('mae_10pct', VIT, TEN_PERCENT, 'mae_vit'))
 
@@ -158,6 +163,27 @@ CLAIMS: Dict[str, Claim] = {
               'distilled from MAE-Base) 78.4 (+0.4)',
         comparisons=(('dmae', 'mae', 'all labels'),
                      ('dmae_10pct', 'mae_10pct', '10% of the labels'))),
+    'riformer': Claim(
+        name='riformer',
+        question='Does module imitation of a PoolFormer recover what removing the token mixer '
+                 'loses?',
+        stages=(POOLFORMER,),
+        arms=(POOLFORMER,
+              Arm('riformer', 'configs/riformer_s12.py:plain_fashion'),
+              Arm('riformer_kd', 'configs/riformer_s12.py:kd_fashion',
+                  uses=(('teacher.init_from', 'poolformer'),)),
+              dataclasses.replace(RIFORMER_MI, name='riformer_mi',
+                                  flags=('--config.feature_teacher.init_student=False',)),
+              RIFORMER_MI),
+        reference='riformer',
+        paper='ImageNet-1k, S12: identity mixer 72.31 vs pooling (PoolFormer) 75.01; soft labels '
+              'from a PoolFormer-M48 73.63, module imitation 74.83, and starting from the '
+              "teacher's weights 75.36",
+        comparisons=(('riformer', 'poolformer', 'removing the token mixer'),
+                     ('riformer_kd', 'riformer', "the teacher's soft labels"),
+                     ('riformer_mi', 'riformer_kd', 'module imitation beyond soft labels'),
+                     ('riformer_mi_init', 'riformer_mi', "the teacher's weights as the start"),
+                     ('riformer_mi_init', 'poolformer', 'all of it, against the teacher'))),
 }
 
 
@@ -412,6 +438,7 @@ def run_stage(claim: Claim, stage: Arm, seed: int, runs_dir: str, extra: Sequenc
                        '(or give --runs-dir another folder) and run again')
     return done['wall_s']
   spent = train(claim, stage, seed, workdir, extra, runs_dir)
+  os.makedirs(workdir, exist_ok=True)
   with open(marker, 'w', encoding='utf-8') as f:
     json.dump({'experiment': expected, 'wall_s': spent}, f, indent=1)
   return spent
@@ -421,8 +448,12 @@ def run_one(claim: Claim, arm: Arm, seed: int, runs_dir: str, extra: Sequence[st
             record_path: str) -> dict:
   """Trains (or resumes) one arm x seed after its stages, evaluates it, adds it to the record."""
   upstream = run_stages(claim, arm, seed, runs_dir, extra)
-  workdir = os.path.join(runs_dir, claim.name, arm.name, f'seed{seed}')
-  spent = train(claim, arm, seed, workdir, extra, runs_dir)
+  if arm in claim.stages:        # a stage that is also a contender (a teacher): trained once
+    workdir = stage_workdir(runs_dir, arm, seed)
+    spent = run_stage(claim, arm, seed, runs_dir, extra)
+  else:
+    workdir = os.path.join(runs_dir, claim.name, arm.name, f'seed{seed}')
+    spent = train(claim, arm, seed, workdir, extra, runs_dir)
   run = finish(claim, arm, seed, workdir, extra, spent)
   if arm.uses:
     run['stages_wall_s'] = round(upstream, 1)
@@ -600,7 +631,8 @@ def main(argv=None) -> int:
             print(f'[{claim.name}/{arm.name}/seed{seed}] recorded; not redone')
             continue
           if args.dry_run:
-            for name in stage_order(claim, arm):
+            as_stage = [arm.name] if arm in claim.stages else []
+            for name in stage_order(claim, arm) + as_stage:
               stage = claim.stage(name)
               stage_dir = stage_workdir(args.runs_dir, stage, seed)
               if stage_dir not in listed and not os.path.exists(
@@ -608,8 +640,9 @@ def main(argv=None) -> int:
                 listed.add(stage_dir)
                 print(' '.join(train_command(claim, stage, seed, stage_workdir(
                     args.runs_dir, stage, seed), extra, args.runs_dir)[1:]))
-            workdir = os.path.join(args.runs_dir, claim.name, arm.name, f'seed{seed}')
-            print(' '.join(train_command(claim, arm, seed, workdir, extra, args.runs_dir)[1:]))
+            if not as_stage:
+              workdir = os.path.join(args.runs_dir, claim.name, arm.name, f'seed{seed}')
+              print(' '.join(train_command(claim, arm, seed, workdir, extra, args.runs_dir)[1:]))
             continue
           run_one(claim, arm, seed, args.runs_dir, extra, args.record)
           record = load_record(args.record)

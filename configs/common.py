@@ -188,3 +188,5 @@ def digits_demo(config: ml_collections.ConfigDict, *, image_size: int = 32,
 #: The narrow MetaFormer of the digits demos, PoolFormer teacher and RIFormer student alike
 #: (module imitation needs one shape in both).
 METAFORMER_DEMO = dict(depths=(1, 1, 3, 1), dims=(32, 64, 96, 128))
+# Fashion-MNIST: S12's depths (12 blocks), the demo's widths.
+METAFORMER_FASHION = dict(depths=(2, 2, 6, 2), dims=(32, 64, 96, 128))

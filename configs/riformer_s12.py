@@ -14,6 +14,8 @@ On the embedded digits, in minutes on a CPU (two commands: the teacher, then the
 The run logs train/soft_loss, train/in_loss, train/out_loss and train/rel_loss (unweighted)
 in metrics.jsonl; at the end workdir/deploy holds the token-mixer-free deploy model.
 `:plain_demo` trains the same RIFormer on labels only, without a teacher (the baseline).
+On Fashion-MNIST: `:teacher_fashion` (the PoolFormer), `:fashion` (module imitation),
+`:plain_fashion` (labels only), `:kd_fashion` (the PoolFormer's soft labels, no imitation).
 
 Options (config.feature_teacher): `blocks` (global block indices to imitate; None = the last
 block of every stage, 4 layers as the paper's best setting), `weights.{in,out,rel}`
@@ -43,8 +45,28 @@ def module_imitation(config, *, teacher: str, teacher_overrides=None):
   return config
 
 
+def fashion(variant: str):
+  """Fashion-MNIST (configs/poolformer_s12.py:fashion, the teacher's recipe and shape):
+  'fashion' module imitation from a PoolFormer (`--config.feature_teacher.init_from`),
+  'plain_fashion' labels only, 'kd_fashion' soft labels from the PoolFormer without
+  module imitation (`--config.teacher.init_from`)."""
+  config = poolformer_s12.fashion('riformer_s12')
+  if variant == 'fashion':
+    return module_imitation(config, teacher='poolformer_s12',
+                            teacher_overrides=common.METAFORMER_FASHION)
+  if variant == 'kd_fashion':
+    config.teacher = common.teacher(kind='soft', alpha=1.0, model='poolformer_s12',
+                                    overrides=common.METAFORMER_FASHION)
+  return config
+
+
 def get_config(arg: str = ''):
-  variant = common.parse_arg(arg, '', 'demo', 'teacher_demo', 'plain_demo')
+  variant = common.parse_arg(arg, '', 'demo', 'teacher_demo', 'plain_demo', 'teacher_fashion',
+                             'fashion', 'plain_fashion', 'kd_fashion')
+  if variant == 'teacher_fashion':
+    return poolformer_s12.fashion()
+  if variant.endswith('fashion'):
+    return fashion(variant)
   if variant == 'teacher_demo':
     return poolformer_s12.demo()
   if variant == 'plain_demo':        # the same RIFormer on labels only: the baseline

@@ -140,6 +140,32 @@ def test_an_arm_starts_from_a_stage_trained_once_per_seed(tmp_path, monkeypatch,
     claims.main(['--claims=staged', '--arms=mae', *common])
 
 
+def test_a_teacher_that_is_also_an_arm_is_trained_once(tmp_path, monkeypatch):
+  trained = []
+
+  def train(claim, arm, seed, workdir, extra, runs_dir):
+    del claim, seed, extra, runs_dir
+    trained.append((arm.name, workdir))
+    return 5.0
+
+  monkeypatch.setattr(claims, 'train', train)
+  monkeypatch.setattr(claims, 'finish', lambda claim, arm, seed, workdir, extra, wall: {
+      **claims.identity(claim, arm, extra), 'seed': seed, 'workdir': workdir, 'wall_s': wall,
+      'test_accuracy': 0.5, 'val_accuracy': 0.5})
+  monkeypatch.setattr(claims, 'recipe_hash', lambda config: 'r')
+  monkeypatch.setattr(claims, 'total_steps', lambda arm, extra: 10)
+  teacher = claims.Arm('teacher', 'configs/t.py')
+  student = claims.Arm('student', 'configs/s.py', uses=(('teacher.init_from', 'teacher'),))
+  claim = claims.Claim('c', '?', arms=(teacher, student), reference='teacher', stages=(teacher,))
+  record = str(tmp_path / 'claims.json')
+  runs = [claims.run_one(claim, arm, 0, str(tmp_path), [], record) for arm in claim.arms]
+  stage_dir = str(tmp_path / 'stages' / 'teacher' / 'seed0')
+  assert trained == [('teacher', stage_dir), ('student', str(tmp_path / 'c' / 'student' / 'seed0'))]
+  assert runs[0]['workdir'] == stage_dir and 'stages_wall_s' not in runs[0]
+  assert runs[1]['stages_wall_s'] == 5.0 and runs[1]['uses']['teacher.init_from']['stage'] == 'teacher'
+  assert len(json.loads(open(record).read())['runs']) == 2
+
+
 def test_the_tdrl_claims_arms_share_one_recipe_under_1m_deployed_parameters():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
