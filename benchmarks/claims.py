@@ -13,7 +13,8 @@ on which recipes were chosen) and once on the test split, and appended to the re
 
     {"runs": [{"claim", "arm", "seed", "config", "flags", "recipe", "steps", ["uses"],
                "test_accuracy", "val_accuracy", "deploy_params", "model", "wall_s",
-               ["stages_wall_s"], "device", "curve"}, ...]}
+               ["stages_wall_s"], "device", "curve", "workdir" (relative to --runs-dir)},
+              ...]}
 
 A run already in the record as the same experiment (seed, config file, flags, recipe: a hash
 of the config the file gives, steps, and the same of each stage it starts from) is not redone,
@@ -62,6 +63,12 @@ class Arm:
   # (config key, stage name): the run gets --config.<key>=<that stage's workdir, same seed>,
   # e.g. ('init_from', 'mae_pretraining') or ('teacher.init_from', 'teacher').
   uses: tuple = ()
+  # A stage trained once, with this seed, for every seed of the arms using it (one teacher
+  # for all students, as the papers have); None: one run per seed.
+  seed: Optional[int] = None
+
+  def run_seed(self, seed: int) -> int:
+    return seed if self.seed is None else self.seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,13 +109,17 @@ def _fine_tuned(name: str, config: str, flags: tuple = (), stage: str = '') -> A
   return Arm(name, config, flags, uses=(('init_from', stage),) if stage else ())
 
 
-# Pre-training stages on Fashion-MNIST's train images (labels unused), shared by the claims.
+# Pre-training stages on Fashion-MNIST's train images (labels unused), shared by the claims;
+# one D-MAE teacher for every seed.
 MAE_VIT = Arm('mae_vit', 'configs/mae_lite_tiny.py:fashion')
 MAE_TDRL_VIT = Arm('mae_tdrl_vit', 'configs/mae_tdrl_vit_tiny.py:fashion')
-MAE_TEACHER = Arm('mae_teacher', 'configs/mae_lite_tiny.py:teacher_fashion')
+MAE_TEACHER = Arm('mae_teacher', 'configs/mae_lite_tiny.py:teacher_fashion', seed=0)
 DMAE_VIT = Arm('dmae_vit', 'configs/mae_lite_tiny.py:dmae_fashion',
                uses=(('teacher.init_from', 'mae_teacher'),))
 VIT, TDRL_VIT = 'configs/vit_tiny.py:fashion', 'configs/tdrl_vit_tiny.py:fashion'
+# LeViT's teacher: the best classifier of the tdrl claim, its vit_1.5x_steps arm (the
+# recorded run of seed 1), one teacher for every seed.
+VIT_TEACHER = Arm('vit_teacher', VIT, steps_factor=1.5, seed=1)
 # RIFormer's teacher, and a contender of its own.
 POOLFORMER = Arm('poolformer', 'configs/poolformer_s12.py:fashion')
 RIFORMER_MI = Arm('riformer_mi_init', 'configs/riformer_s12.py:fashion',
@@ -184,6 +195,22 @@ CLAIMS: Dict[str, Claim] = {
                      ('riformer_mi', 'riformer_kd', 'module imitation beyond soft labels'),
                      ('riformer_mi_init', 'riformer_mi', "the teacher's weights as the start"),
                      ('riformer_mi_init', 'poolformer', 'all of it, against the teacher'))),
+    'levit': Claim(
+        name='levit',
+        question="Does distillation from a stronger classifier (the ViT of the tdrl claim) make "
+                 'LeViT more accurate?',
+        stages=(VIT_TEACHER,),
+        arms=(Arm('levit', 'configs/levit_128s.py:fashion'),
+              Arm('levit_hard', 'configs/levit_128s.py:hard_fashion',
+                  uses=(('teacher.init_from', 'vit_teacher'),)),
+              Arm('levit_soft', 'configs/levit_128s.py:soft_fashion',
+                  uses=(('teacher.init_from', 'vit_teacher'),))),
+        reference='levit',
+        paper='ImageNet-1k, LeViT-128S (1000 epochs) 76.6 with hard distillation from a '
+              'RegNetY-16GF teacher (its figure without distillation is not quoted here); the '
+              'same distillation in DeiT: DeiT-Ti 72.2 -> 74.5 at 300 epochs',
+        comparisons=(('levit_hard', 'levit', "the teacher's argmax"),
+                     ('levit_soft', 'levit', "the teacher's soft labels"))),
 }
 
 
@@ -267,6 +294,8 @@ def experiment(claim: Claim, arm: Arm, extra: Sequence[str]) -> dict:
   a run recorded under one claim serves every claim with the same experiment."""
   out = {'config': arm.config, 'flags': list(tuple(arm.flags) + tuple(extra)),
          'recipe': recipe_hash(arm.config), 'steps': total_steps(arm, extra)}
+  if arm.seed is not None:
+    out['seed'] = arm.seed
   if arm.uses:
     out['uses'] = {key: {'stage': name, **experiment(claim, claim.stage(name), extra)}
                    for key, name in arm.uses}
@@ -301,7 +330,7 @@ def total_steps(arm: Arm, extra: Sequence[str]) -> int:
 
 def stage_workdir(runs_dir: str, stage: Arm, seed: int) -> str:
   """Stages live beside the claims, by name: every claim naming a stage shares its runs."""
-  return os.path.join(runs_dir, 'stages', stage.name, f'seed{seed}')
+  return os.path.join(runs_dir, 'stages', stage.name, f'seed{stage.run_seed(seed)}')
 
 
 def train_command(claim: Claim, arm: Arm, seed: int, workdir: str, extra: Sequence[str],
@@ -416,19 +445,45 @@ def stage_order(claim: Claim, arm: Arm) -> List[str]:
   return order
 
 
-def run_stages(claim: Claim, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str]) -> float:
+def run_stages(claim: Claim, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str],
+               record_path: str) -> float:
   """Trains the stages `arm` depends on that are not done yet; returns the wall seconds of all
   of them, each counted once."""
-  return sum(run_stage(claim, claim.stage(name), seed, runs_dir, extra)
+  return sum(run_stage(claim, claim.stage(name), seed, runs_dir, extra, record_path)
              for name in stage_order(claim, arm))
 
 
-def run_stage(claim: Claim, stage: Arm, seed: int, runs_dir: str, extra: Sequence[str]) -> float:
+def recorded_workdir(record_path: str, expected: dict, seed: int, runs_dir: str):
+  """(workdir, record row) of a finished arm run of the experiment `expected`, or None."""
+  for run in load_record(record_path)['runs']:
+    if matches(run, expected, seed):
+      workdir = os.path.join(runs_dir, run.get('workdir') or os.path.join(
+          run['claim'], run['arm'], f'seed{seed}'))
+      if os.path.exists(os.path.join(workdir, 'deploy', 'model.json')):
+        return workdir, run
+  return None
+
+
+def run_stage(claim: Claim, stage: Arm, seed: int, runs_dir: str, extra: Sequence[str],
+              record_path: str) -> float:
   """One stage for one seed, trained once; its marker file holds its experiment and wall time.
-  A stage directory trained with another recipe is an error, not silently reused."""
+  A stage some claim already ran as an arm (a teacher that is another claim's contender) is
+  that run, linked into place. A stage directory trained with another recipe is an error, not
+  silently reused."""
+  seed = stage.run_seed(seed)
   workdir = stage_workdir(runs_dir, stage, seed)
   marker = os.path.join(workdir, STAGE_DONE)
   expected = experiment(claim, stage, extra)
+  expected.pop('seed', None)          # the run's seed is compared as the seed
+  found = None if os.path.lexists(workdir) else recorded_workdir(record_path, expected, seed,
+                                                                 runs_dir)
+  if found:
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+    os.symlink(found[0], workdir)
+    print(f'[{claim.name}/{stage.name}/seed{seed}] the recorded run {found[1]["claim"]}/'
+          f'{found[1]["arm"]}/seed{seed}: {found[0]}', flush=True)
+    with open(marker, 'w', encoding='utf-8') as f:
+      json.dump({'experiment': expected, 'wall_s': found[1]['wall_s']}, f, indent=1)
   if os.path.exists(marker):
     with open(marker, encoding='utf-8') as f:
       done = json.load(f)
@@ -447,14 +502,15 @@ def run_stage(claim: Claim, stage: Arm, seed: int, runs_dir: str, extra: Sequenc
 def run_one(claim: Claim, arm: Arm, seed: int, runs_dir: str, extra: Sequence[str],
             record_path: str) -> dict:
   """Trains (or resumes) one arm x seed after its stages, evaluates it, adds it to the record."""
-  upstream = run_stages(claim, arm, seed, runs_dir, extra)
+  upstream = run_stages(claim, arm, seed, runs_dir, extra, record_path)
   if arm in claim.stages:        # a stage that is also a contender (a teacher): trained once
     workdir = stage_workdir(runs_dir, arm, seed)
-    spent = run_stage(claim, arm, seed, runs_dir, extra)
+    spent = run_stage(claim, arm, seed, runs_dir, extra, record_path)
   else:
     workdir = os.path.join(runs_dir, claim.name, arm.name, f'seed{seed}')
     spent = train(claim, arm, seed, workdir, extra, runs_dir)
   run = finish(claim, arm, seed, workdir, extra, spent)
+  run['workdir'] = os.path.relpath(workdir, runs_dir)
   if arm.uses:
     run['stages_wall_s'] = round(upstream, 1)
   record = load_record(record_path)
@@ -638,7 +694,14 @@ def main(argv=None) -> int:
               if stage_dir not in listed and not os.path.exists(
                   os.path.join(stage_dir, STAGE_DONE)):
                 listed.add(stage_dir)
-                print(' '.join(train_command(claim, stage, seed, stage_workdir(
+                expected = experiment(claim, stage, extra)
+                expected.pop('seed', None)
+                found = recorded_workdir(args.record, expected, stage.run_seed(seed),
+                                         args.runs_dir)
+                if found:
+                  print(f'[{claim.name}/{stage.name}/seed{seed}] the recorded run {found[0]}')
+                  continue
+                print(' '.join(train_command(claim, stage, stage.run_seed(seed), stage_workdir(
                     args.runs_dir, stage, seed), extra, args.runs_dir)[1:]))
             if not as_stage:
               workdir = os.path.join(args.runs_dir, claim.name, arm.name, f'seed{seed}')

@@ -23,6 +23,7 @@ Other sizes: `--config.model.name=levit_256` (levit_128, levit_192, levit_256, l
 import ml_collections
 
 from configs import common
+from configs import vit_tiny
 
 
 def imagenet():
@@ -63,8 +64,40 @@ def demo(distill: bool):
   return config
 
 
+def fashion(teacher_kind=None):
+  """Fashion-MNIST resized to 64x64 (LeViT's 16x stem: a 4x4 token grid), the schedule of
+  configs/vit_tiny.py:fashion (16 epochs of batch 32, validation split held out).
+  'hard_fashion' / 'soft_fashion' distil from that recipe's ViT (`--config.teacher.init_from`
+  a trained configs/vit_tiny.py:fashion workdir; it sees each batch at its own 28x28): the
+  teacher's argmax, or KL at temperature 1.
+  """
+  config = common.run_config('classification')
+  config.model = ml_collections.ConfigDict(dict(name='levit_128s', dtype='float32'))
+  config.data = common.fashion_data(image_size=64)
+  config.batch_size = 32
+  config.eval_batch_size = 500
+  steps_per_epoch = common.fashion_steps_per_epoch(config.batch_size)
+  config.total_steps = 16 * steps_per_epoch
+  config.optimizer = common.adamw(base_lr=4e-3, min_lr=1e-5, warmup_steps=steps_per_epoch // 4,
+                                  weight_decay=0.025, grad_clip=1.0)
+  config.log_every = 200
+  config.eval_every = 2 * steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+  config.label_smoothing = 0.1
+  config.mixup = common.mixup(mixup_alpha=0.0, cutmix_alpha=0.0)
+  config.teacher = common.teacher(kind=teacher_kind or 'hard', alpha=0.5)
+  if teacher_kind:
+    vit = vit_tiny.get_config('fashion').model.to_dict()
+    config.teacher.model = vit.pop('name')
+    config.teacher.overrides = {k: v for k, v in vit.items() if k != 'dtype'}
+  return config
+
+
 def get_config(arg: str = ''):
-  variant = common.parse_arg(arg, '', 'demo', 'distill_demo')
+  variant = common.parse_arg(arg, '', 'demo', 'distill_demo', 'fashion', 'hard_fashion',
+                             'soft_fashion')
+  if variant.endswith('fashion'):
+    return fashion({'hard_fashion': 'hard', 'soft_fashion': 'soft'}.get(variant))
   if variant:
     return demo(distill=variant == 'distill_demo')
   return imagenet()

@@ -161,9 +161,23 @@ def test_a_teacher_that_is_also_an_arm_is_trained_once(tmp_path, monkeypatch):
   runs = [claims.run_one(claim, arm, 0, str(tmp_path), [], record) for arm in claim.arms]
   stage_dir = str(tmp_path / 'stages' / 'teacher' / 'seed0')
   assert trained == [('teacher', stage_dir), ('student', str(tmp_path / 'c' / 'student' / 'seed0'))]
-  assert runs[0]['workdir'] == stage_dir and 'stages_wall_s' not in runs[0]
-  assert runs[1]['stages_wall_s'] == 5.0 and runs[1]['uses']['teacher.init_from']['stage'] == 'teacher'
+  assert runs[0]['workdir'] == os.path.join('stages', 'teacher', 'seed0')
+  assert 'stages_wall_s' not in runs[0] and runs[1]['stages_wall_s'] == 5.0
+  assert runs[1]['uses']['teacher.init_from']['stage'] == 'teacher'
   assert len(json.loads(open(record).read())['runs']) == 2
+  # Another claim's teacher of one fixed seed for every student: that recorded run, linked
+  # (its deploy model marks it finished), not trained again.
+  os.makedirs(os.path.join(stage_dir, 'deploy'))
+  open(os.path.join(stage_dir, 'deploy', 'model.json'), 'w').close()
+  fixed = dataclasses.replace(teacher, name='one_teacher', seed=0)
+  pupil = dataclasses.replace(student, name='pupil', uses=(('teacher.init_from', 'one_teacher'),))
+  other = claims.Claim('d', '?', arms=(pupil,), reference='pupil', stages=(fixed,))
+  trained.clear()
+  run = claims.run_one(other, pupil, 2, str(tmp_path), [], record)
+  linked = tmp_path / 'stages' / 'one_teacher' / 'seed0'
+  assert os.path.realpath(linked) == os.path.realpath(stage_dir)
+  assert trained == [('pupil', str(tmp_path / 'd' / 'pupil' / 'seed2'))]
+  assert run['uses']['teacher.init_from']['seed'] == 0 and run['stages_wall_s'] == 5.0
 
 
 def test_the_tdrl_claims_arms_share_one_recipe_under_1m_deployed_parameters():
