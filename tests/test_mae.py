@@ -394,4 +394,11 @@ def test_reconstruction_picture_shows_no_hidden_pixel_and_tells_trained_from_unt
   png = (tmp_path / 'reconstructions' / 'step_120.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
   width, height = int.from_bytes(png[16:20], 'big'), int.from_bytes(png[20:24], 'big')
-  assert height == 8 * 96 + 9 * 2 + 2 * 19 and width > 5 * 96 + 6 * 2
+  assert height == 8 * 96 + 9 * 2 + 2 * 19 and width > 3 * 96 + 4 * 2
+
+  # Untrained beside trained, the same images and masks: one column each, their losses.
+  image, losses = task.compare({'untrained': untrained, 'trained': {'params': params}}, shown,
+                               title='mae')
+  assert image.shape[1] > 4 * 96 + 5 * 2 and image.shape[0] == height
+  np.testing.assert_allclose(losses[0], untrained_loss, rtol=1e-5)
+  np.testing.assert_allclose(losses[1], trained_loss, rtol=1e-5)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import flax.linen as nn
 import jax
@@ -276,43 +276,43 @@ class MAETask(Task):
   def reconstruction_picture(self, variables, images: np.ndarray,
                              step: int) -> Tuple[np.ndarray, np.ndarray]:
     """The labelled picture of `images` (n, H, W, 3), data-normalised, and each image's
-    masked-patch loss (n,) under the fixed evaluation masks.
+    masked-patch loss (n,) under the fixed evaluation masks: `compare` with one model."""
+    image, losses = self.compare({f'step {step}': variables}, images, title=self.spec.name)
+    return image, losses[0]
 
-    Columns: the original | the model's input (masked patches grey) | the target of the
-    masked patches, in the units of the loss | the prediction, in the same units | the
-    reconstruction: visible patches as they are, masked ones the prediction, brought back to
-    pixels with statistics of the visible patches only. Nothing drawn in the last two columns
-    depends on a masked pixel: what they show in the hidden patches is the model's alone.
+  def compare(self, models: Dict[str, Any], images: np.ndarray, *,
+              title: str) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """One picture of several models' reconstructions of the same images under the same
+    masks (e.g. untrained beside pre-trained), and each model's per-image loss [(n,), ...].
+
+    Columns: the original | the input (masked patches grey) | for each model (name -> model
+    variables), its reconstruction in pixels: visible patches as they are, masked ones its
+    prediction, brought back to pixels with the statistics of the visible patches only, so
+    nothing drawn in the hidden patches depends on a masked pixel. Rows are labelled with
+    each model's masked-patch loss of that image.
     """
-    variables = dict(variables, params=_split_params(variables['params'])[0])
-    panels, losses = jax.device_get(self.reconstruction_panels(variables, jnp.asarray(images)))
     mean = np.asarray(self.config.data.get('mean', (0.485, 0.456, 0.406)), np.float32)
     std = np.asarray(self.config.data.get('std', (0.229, 0.224, 0.225)), np.float32)
     pixels = lambda x: np.clip(x * std + mean, 0.0, 1.0)
-    if self.norm_pix:   # patch-normalised units: +-2 standard deviations span black..white
-      loss_units = lambda x: np.clip(0.5 + x / 4.0, 0.0, 1.0)
-      unit = 'norm-pix'
-    else:
-      loss_units, unit = pixels, 'pixels'
-    hidden = panels['hidden']                                # (n, H, W, 1): 1 where masked
-    # Visible patches in the loss-unit columns: a blue checkerboard, which no value draws.
-    h, w = hidden.shape[1:3]
-    checker = (np.add.outer(np.arange(h), np.arange(w)) % 2)[None, :, :, None]
-    blank = np.where(checker, np.float32([0.2, 0.25, 0.55]), np.float32([0.1, 0.12, 0.3]))
-    columns = np.stack([
-        pixels(panels['original']), pixels(panels['masked']),
-        loss_units(panels['target']) * hidden + blank * (1 - hidden),
-        loss_units(panels['prediction']) * hidden + blank * (1 - hidden),
-        pixels(panels['reconstruction'])])
-    ratio = float(np.mean(hidden))
-    title = (f'{self.spec.name} step {step}: masked-patch loss {float(np.mean(losses)):.4f} '
-             f'({unit}, {ratio:.0%} masked)')
+    columns, losses = [], []
+    for variables in models.values():
+      variables = dict(variables, params=_split_params(variables['params'])[0])
+      panels, loss = jax.device_get(self.reconstruction_panels(variables, jnp.asarray(images)))
+      if not columns:
+        columns += [pixels(panels['original']), pixels(panels['masked'])]
+        ratio = float(np.mean(panels['hidden']))
+      columns.append(pixels(panels['reconstruction']))
+      losses.append(np.asarray(loss))
+    unit = 'norm-pix' if self.norm_pix else 'pixels'
+    summary = ', '.join(f'{name} {float(np.mean(loss)):.4f}'
+                        for name, loss in zip(models, losses))
     image = pictures.labelled_grid(
-        columns, title=title,
-        column_titles=('original', 'input', f'target ({unit})', 'prediction',
-                       'reconstruction'),
-        row_labels=[f'loss {x:.3f}' for x in losses])
-    return image, np.asarray(losses)
+        np.stack(columns), title=f'{title}: masked-patch loss ({unit}, {ratio:.0%} masked) '
+                                 f'{summary}',
+        column_titles=('original', 'input', *models),
+        row_labels=[' / '.join(f'{loss[i]:.3f}' for loss in losses)
+                    for i in range(len(images))])
+    return image, losses
 
   def _fixed_images(self, count: int) -> np.ndarray:
     """The first `count` real images of the first eval batch (n, H, W, 3), normalised."""
