@@ -4,8 +4,10 @@
     python benchmarks/deploy.py --models vit_tiny --batches 32 --runtimes xla,tflite
     python benchmarks/deploy.py --outputs before.npz               # keep the logits ...
     python benchmarks/deploy.py --compare before.npz --runtimes xla  # ... and compare later
+    python benchmarks/deploy.py --models configs/poolformer_s12.py:fashion,configs/riformer_s12.py:plain_fashion
 
-For each model's deploy form (float32, 1000 classes, random weights drawn once with seed 0) and
+For each model's deploy form (float32, 1000 classes, random weights drawn once with seed 0; a
+config file instead of a name gives that config's model, classes and input size) and
 each batch, the runtimes are timed in alternation in this one process (A, B, C, A, B, C, ...;
 median of `--rounds` calls after warm-up):
 
@@ -63,9 +65,20 @@ RUNTIMES = ('xla', 'tflite', 'tflite-whole', 'tflite-int8', 'timm')
 TFLITE_RUNTIMES = {'tflite': (None, None), 'tflite-whole': (None, 0), 'tflite-int8': ('int8', None)}
 
 
+def deploy_spec(name: str) -> ModelSpec:
+  """The deploy spec of a registered model name, or of the model a config file gives
+  (`configs/riformer_s12.py:fashion`: its sizes, classes and input size)."""
+  if '.py' not in name:
+    return ModelSpec.registered(name, deploy=True)
+  from repvit_jax import config_files, data  # pylint: disable=import-outside-toplevel
+  config = config_files.load(name)
+  classes = data.get_dataset_info(config.data).num_classes
+  return ModelSpec.from_config(config, num_classes=classes).deploy_form()
+
+
 def deploy_model(name: str):
-  """(spec, module, variables) of a registered model's deploy form, random weights."""
-  spec = ModelSpec.registered(name, deploy=True)
+  """(spec, module, variables) of a model's deploy form (`deploy_spec`), random weights."""
+  spec = deploy_spec(name)
   module = spec.build()
   size = spec.input.image_size
   variables = jax.jit(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
@@ -120,7 +133,7 @@ def measure(name: str, batch: int, runtimes: List[str], rounds: int,
       row[f'{runtime}_error'] = check.relative_error(run(images), logits)
       row[f'{runtime}_partitions'] = partitions
       fns[runtime] = (lambda r=run: r(images))
-  if 'timm' in runtimes and timm is not None:
+  if 'timm' in runtimes and timm is not None and name in TIMM_NAMES:
     fns['timm'] = timm_runner(name, images)
   seconds = common.time_interleaved(fns, rounds=rounds)
   for runtime, s in seconds.items():
@@ -131,11 +144,14 @@ def measure(name: str, batch: int, runtimes: List[str], rounds: int,
   return row
 
 
-def riformer_vs_poolformer(batch: int, runtimes: List[str], rounds: int) -> List[Dict]:
-  """riformer_s12's deploy form against poolformer_s12, per runtime, timed in alternation."""
+def riformer_vs_poolformer(batch: int, runtimes: List[str], rounds: int,
+                           pair=('poolformer_s12', 'riformer_s12')) -> List[Dict]:
+  """RIFormer's deploy form against PoolFormer's (`pair`: names or configs of the two), per
+  runtime, timed in alternation."""
   rows = []
-  models = {n: deploy_model(n) for n in ('poolformer_s12', 'riformer_s12')}
-  images = np.random.default_rng(0).normal(size=(batch, 224, 224, 3)).astype(np.float32)
+  models = dict(zip(('poolformer_s12', 'riformer_s12'), (deploy_model(n) for n in pair)))
+  size = models['poolformer_s12'][0].input.image_size
+  images = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
   for runtime in [r for r in runtimes if r in ('xla', 'tflite')]:
     fns = {}
     for name, (spec, module, variables) in models.items():
@@ -147,7 +163,7 @@ def riformer_vs_poolformer(batch: int, runtimes: List[str], rounds: int) -> List
         run, _ = tflite_runner(export.Exported(spec, module, variables), batch)
         fns[name] = (lambda r=run: r(images))
     seconds = common.time_interleaved(fns, rounds=rounds)
-    rows.append({'runtime': runtime, 'batch': batch,
+    rows.append({'runtime': runtime, 'batch': batch, 'image_size': size,
                  'poolformer_img_s': batch / seconds['poolformer_s12'],
                  'riformer_img_s': batch / seconds['riformer_s12'],
                  'riformer_vs_poolformer': seconds['poolformer_s12'] / seconds['riformer_s12']})
@@ -192,11 +208,13 @@ def main():
       for k in ('error', 'partitions')] + (['vs_before'] if args.compare else [])
   common.print_table(rows, columns)
   pairs = []
-  if {'poolformer_s12', 'riformer_s12'} <= set(names):
-    pairs = [r for b in batches for r in riformer_vs_poolformer(b, runtimes, args.rounds)]
+  by_model = {deploy_spec(n).name: n for n in names}
+  if {'poolformer_s12', 'riformer_s12'} <= set(by_model):
+    pair = (by_model['poolformer_s12'], by_model['riformer_s12'])
+    pairs = [r for b in batches for r in riformer_vs_poolformer(b, runtimes, args.rounds, pair)]
     print()
-    common.print_table(pairs, ['runtime', 'batch', 'poolformer_img_s', 'riformer_img_s',
-                               'riformer_vs_poolformer'])
+    common.print_table(pairs, ['runtime', 'batch', 'image_size', 'poolformer_img_s',
+                               'riformer_img_s', 'riformer_vs_poolformer'])
   if args.outputs:
     np.savez(args.outputs, **outputs)
   machine = common.machine()
