@@ -12,8 +12,9 @@ or `python -m repvit_jax.export WORKDIR_OR_CKPT OUT --format tflite|savedmodel`.
 The model is always exported in its deploy form (a training-form source is reparameterized
 first), through `jax2tf.convert` with a fixed input shape (batch, S, S, 3), float32, NHWC,
 already normalised as the model was trained (the input pipeline's mean/std are not part of
-the graph). The TF function returns the logits. TensorFlow is imported only inside these
-functions: `import repvit_jax` never imports it.
+the graph). The TF function returns the logits. A SavedModel is lowered for CPU, CUDA and
+TPU, TFLite for CPU, on whatever machine exports them. TensorFlow is imported only inside
+these functions: `import repvit_jax` never imports it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,7 +141,15 @@ def _tf():
   return tf
 
 
-def tf_module(exported: Exported, *, batch_size: int = 1, micro_batch: Optional[int] = 0):
+# Where an exported file runs. A SavedModel serves on any of them (TF Serving on a GPU or TPU
+# host, or a CPU); TFLite runs on CPUs only. Lowered explicitly, so that what a file runs on
+# never depends on the machine it was exported on (the default would be that machine's).
+SAVEDMODEL_PLATFORMS = ('cpu', 'cuda', 'tpu')
+TFLITE_PLATFORMS = ('cpu',)
+
+
+def tf_module(exported: Exported, *, batch_size: int = 1, micro_batch: Optional[int] = 0,
+              platforms: Sequence[str] = TFLITE_PLATFORMS):
   """A `tf.Module`: `.params` (tf.Variables of the deploy variables) and `.serve`, a
   `tf.function` mapping `images` (batch_size, S, S, 3) float32 to {'logits': ...}.
 
@@ -148,6 +157,9 @@ def tf_module(exported: Exported, *, batch_size: int = 1, micro_batch: Optional[
   images, one pass after the other in the graph, sharing the weights (the network treats
   images independently: the same logits). None: the model class's `inference_micro_batch`
   (ViT and MobileViT: 4, XNNPACK's tensors then stay in cache; others: the whole batch).
+
+  platforms: what the graph is lowered for (jax2tf's native_serialization_platforms); it
+    runs on those, whatever machine exports it.
 
   Built with `jax2tf.convert(..., polymorphic_shapes=None, with_gradient=False)`: a fixed
   input shape, no gradient. The weights are variables rather than graph constants, so a
@@ -174,7 +186,8 @@ def tf_module(exported: Exported, *, batch_size: int = 1, micro_batch: Optional[
                for start in range(0, batch_size, chunk)]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
-  fn = jax2tf.convert(forward, polymorphic_shapes=None, with_gradient=False)
+  fn = jax2tf.convert(forward, polymorphic_shapes=None, with_gradient=False,
+                      native_serialization_platforms=tuple(platforms))
   size = exported.image_size
   spec = tf.TensorSpec((batch_size, size, size, 3), tf.float32, name='images')
   holder = tf.Module()
@@ -184,16 +197,36 @@ def tf_module(exported: Exported, *, batch_size: int = 1, micro_batch: Optional[
   return holder
 
 
-def export_savedmodel(exported: Exported, directory: str, *, batch_size: int = 1) -> str:
-  """Writes a TF SavedModel whose `serving_default` signature maps `images` to `logits`.
+def export_savedmodel(exported: Exported, directory: str, *, batch_size: int = 1,
+                      platforms: Sequence[str] = SAVEDMODEL_PLATFORMS) -> str:
+  """Writes a TF SavedModel whose `serving_default` signature maps `images` to `logits`,
+  lowered for `platforms` (by default CPU, CUDA GPUs and TPUs, wherever it is exported).
 
   Load it with `tf.saved_model.load(directory).signatures['serving_default'](images=x)`.
   """
   tf = _tf()
-  holder = tf_module(exported, batch_size=batch_size)
+  holder = tf_module(exported, batch_size=batch_size, platforms=platforms)
   tf.saved_model.save(holder, directory,
                       signatures={'serving_default': holder.serve.get_concrete_function()})
   return directory
+
+
+def savedmodel_runner(directory: str, batch_size: int):
+  """run(images (n, S, S, 3) float32) -> logits (n, classes) of a SavedModel of fixed
+  `batch_size`, fed `batch_size` images at a time (the last part padded)."""
+  tf = _tf()
+  serve = tf.saved_model.load(directory).signatures['serving_default']
+
+  def run(images: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, len(images), batch_size):
+      part = images[start:start + batch_size]
+      padded = np.concatenate([part, np.zeros((batch_size - len(part),) + part.shape[1:],
+                                              part.dtype)])
+      out.append(serve(images=tf.constant(padded))['logits'].numpy()[:len(part)])
+    return np.concatenate(out)
+
+  return run
 
 
 def tflite_bytes(exported: Exported, *, quantize: Optional[str] = None, batch_size: int = 1,
@@ -427,7 +460,15 @@ def _main(parser, args) -> int:
       path = export_savedmodel(exported, os.path.join(args.out, 'savedmodel'),
                                batch_size=args.batch_size)
       size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-      print(f'  savedmodel -> {path} ({size / 1e6:.2f} MB, {time.time() - start:.1f} s)')
+      line = f'  savedmodel -> {path} ({size / 1e6:.2f} MB, {time.time() - start:.1f} s'
+      if reference is not None or eval_images is not None:
+        run = savedmodel_runner(path, args.batch_size)
+        if reference is not None:
+          error = np.max(np.abs(run(images) - reference)) / max(np.max(np.abs(reference)), 1e-30)
+          line += f', max rel. error vs JAX {error:.2e}'
+        if eval_images is not None:
+          line += f', top-1 {accuracy(run(eval_images), eval_labels):.4f}'
+      print(line + ')')
       continue
     quantize = 'int8' if fmt == 'tflite-int8' else None
     path = args.out if single_file else os.path.join(
@@ -446,7 +487,7 @@ def _main(parser, args) -> int:
 
 
 __all__ = ['Exported', 'load_for_export', 'config_spec', 'data_config_for', 'tf_module', 'main',
-           'export_savedmodel', 'tflite_bytes', 'export_tflite', 'make_interpreter',
+           'export_savedmodel', 'savedmodel_runner', 'SAVEDMODEL_PLATFORMS', 'TFLITE_PLATFORMS', 'tflite_bytes', 'export_tflite', 'make_interpreter',
            'run_tflite', 'eval_split', 'accuracy', 'QUANTIZE', 'FORMATS']
 
 

@@ -1,5 +1,6 @@
 """repvit_jax.export: deploy models to TFLite (float32, int8 weights) and TF SavedModel."""
 
+import json
 import os
 import subprocess
 import sys
@@ -86,13 +87,23 @@ def test_tflite_int8_runs_and_is_smaller(tmp_path, exported):
     export.tflite_bytes(exported, quantize='int4')
 
 
-def test_savedmodel_matches_jax(tmp_path, exported):
+def test_savedmodel_matches_jax_and_runs_wherever_it_was_exported(tmp_path, exported,
+                                                                   monkeypatch):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  # Exported as on a TPU host: jax2tf's default would lower for the TPU only, and the file
+  # would refuse the CPU ("The current platform CPU is not among the platforms required").
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(xla_bridge, 'default_backend', lambda: 'tpu')
   directory = export.export_savedmodel(exported, str(tmp_path / 'saved'), batch_size=2)
+  monkeypatch.undo()
   loaded = tf.saved_model.load(directory)
   images = _images(2)
   logits = loaded.signatures['serving_default'](images=tf.constant(images))['logits']
   assert relative_error(logits.numpy(), exported.apply(images)) < 1e-4
+  graph = loaded.signatures['serving_default'].graph.as_graph_def()
+  calls = [n for f in graph.library.function for n in f.node_def if n.op == 'XlaCallModule']
+  assert calls and all(list(n.attr['platforms'].list.s) == [b'CPU', b'CUDA', b'TPU']
+                       for n in calls)
 
 
 def test_command_line_from_a_workdir(tmp_path, tiny_model_dir, capsys):
@@ -104,8 +115,28 @@ def test_command_line_from_a_workdir(tmp_path, tiny_model_dir, capsys):
   assert export.main([str(workdir), str(out), '--format', 'tflite,savedmodel']) == 0
   printed = capsys.readouterr().out
   assert 'tdrl_vit_tiny (deploy form, 5 classes, input 1x32x32x3)' in printed
-  assert 'max rel. error vs JAX' in printed
   assert os.path.isfile(out / 'model.tflite') and os.path.isdir(out / 'savedmodel')
+  for fmt in ('tflite', 'savedmodel'):      # every format written is run and checked
+    line = next(l for l in printed.splitlines() if l.strip().startswith(f'{fmt} ->'))
+    assert float(line.split('max rel. error vs JAX ')[1].rstrip(')')) < 1e-4, line
+
+
+def test_evaluate_runs_every_format_written(tmp_path, tiny_model_dir, capsys):
+  workdir, out = tmp_path / 'run', tmp_path / 'out'
+  deploy = export.load_for_export(tiny_model_dir[0])
+  io.save_model(str(workdir / 'deploy'), deploy.variables, name='tdrl_vit_tiny', num_classes=5,
+                deploy=True, overrides=TINY_VIT)
+  digits = dict(repvit_jax.data.default_config().to_dict(), name='digits', image_size=32)
+  (workdir / 'config.json').write_text(json.dumps({'model': {'name': 'tdrl_vit_tiny'},
+                                                   'data': digits}))
+  assert export.main([str(workdir), str(out), '--format', 'tflite,savedmodel',
+                      '--evaluate']) == 0
+  printed = capsys.readouterr().out
+  reference = printed.split('JAX (float32): top-1 ')[1].split()[0]
+  assert 'on 360 eval images' in printed
+  for fmt in ('tflite', 'savedmodel'):
+    line = next(l for l in printed.splitlines() if l.strip().startswith(f'{fmt} ->'))
+    assert f'top-1 {reference})' in line, line       # the same logits, the same accuracy
 
 
 def test_command_line_errors(tmp_path, capsys):
