@@ -97,7 +97,7 @@ def _config(teacher=None):
   return config
 
 
-def test_task_trains_class_head_on_labels_and_distillation_head_on_teacher(tmp_path):
+def test_task_trains_class_head_on_labels_and_distillation_head_on_teacher(tmp_path, capsys):
   teacher = rj.create_model('levit_128s', num_classes=10, **TINY)
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   io.save_model(str(tmp_path / 'teacher'), nontrivial_variables(teacher, images), name='levit_128s',
@@ -123,6 +123,13 @@ def test_task_trains_class_head_on_labels_and_distillation_head_on_teacher(tmp_p
       return loss, metrics, ce, other
 
     loss, metrics, ce, other = run(variables, frozen)
+    # The teacher is named in one line with how it is fed and its first-batch accuracy.
+    announced = [l for l in capsys.readouterr().out.splitlines() if l.startswith('teacher:')]
+    assert len(announced) == (path is not None)
+    if path:
+      assert announced[0].startswith(f'teacher: levit_128s from {path}, fed 32x32 images '
+                                     '(hard distillation, alpha 0.5): right on ')
+      assert announced[0].endswith('of the first eval batch (128 images)'), announced[0]
     key = 'train/dist_ce' if path is None else 'train/distill_loss'
     np.testing.assert_allclose(metrics[key], other, rtol=1e-5)
     np.testing.assert_allclose(metrics['train/ce'], ce, rtol=1e-5)

@@ -169,3 +169,11 @@ def test_gradient_accumulation_equals_the_large_batch_update():
   np.testing.assert_allclose(metrics['train/loss'], whole_metrics['train/loss'], rtol=1e-5)
   with pytest.raises(ValueError, match='does not split into grad_accum_steps=5'):
     jax.jit(make_train_step(task, tx, accum_steps=5))(state, batch, {})
+
+
+def test_the_console_shows_the_parts_of_a_composite_loss():
+  row = {'train/loss': 3.0, 'train/ce': 1.0, 'train/distill_loss': 2.0, 'train/accuracy': 0.5,
+         'train/lr': 1e-3}
+  assert rj.train.loop.loss_parts(row) == {'ce': 1.0, 'distill_loss': 2.0}
+  assert rj.train.loop.loss_parts({'train/loss': 1.0, 'train/ce': 1.0}) == {}   # one part
+  assert rj.train.loop.loss_parts({'train/loss': 1.0, 'train/mae_loss': 1.0}) == {}

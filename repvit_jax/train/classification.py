@@ -98,8 +98,9 @@ class ClassificationTask(Task):
     return jax.lax.stop_gradient(self.teacher.apply(frozen['teacher'], images, train=False))
 
   def _check_teacher(self, variables) -> None:
-    """One warning line when the teacher is near chance (<= 2 / classes) on the first eval
-    batch: wrong weights, size or normalisation teach the student noise."""
+    """The teacher's line with its accuracy on the first eval batch, and a warning line when
+    it is near chance (<= 2 / classes): wrong weights, size or normalisation teach the
+    student noise."""
     from repvit_jax import data  # pylint: disable=import-outside-toplevel
     batch_size = int(self.config.get('eval_batch_size') or self.config.batch_size)
     batch = next(iter(data.make_eval_iterator(self.config.data, global_batch_size=batch_size)))
@@ -107,6 +108,11 @@ class ClassificationTask(Task):
     mask = np.asarray(batch['mask'])
     right = np.asarray(losses.accuracy(logits, jnp.asarray(batch['label'])))
     accuracy = float(np.sum(right * mask) / max(np.sum(mask), 1.0))
+    size = self.teacher_input.image_size
+    self.announce_teacher('teacher', self.teacher_cfg.model, self.teacher_cfg.init_from, size,
+                          f' ({self.teacher_cfg.kind} distillation, alpha '
+                          f'{self.teacher_cfg.get("alpha", 0.5)}): right on {accuracy:.1%} of '
+                          f'the first eval batch ({int(np.sum(mask))} images)')
     if accuracy <= 2.0 / self.num_classes and jax.process_index() == 0:
       print(f'warning: the teacher ({self.teacher_cfg.model}, {self.teacher_cfg.init_from}) is '
             f'right on {accuracy:.1%} of the first eval batch (chance: {1 / self.num_classes:.1%}),'

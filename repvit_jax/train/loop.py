@@ -102,6 +102,16 @@ class _Preemption:
       signal.signal(signum, previous)
 
 
+def loss_parts(row: Dict[str, Any]) -> Dict[str, float]:
+  """The terms of a composite objective (`train/ce`, `train/dist_ce`, `train/<part>_loss`:
+  unweighted, as metrics.jsonl has them) for the console line beside the total; {} when the
+  loss has fewer than two."""
+  parts = {k[len('train/'):]: v for k, v in row.items()
+           if k.startswith('train/') and k != 'train/loss'
+           and (k.endswith('_loss') or k.endswith('ce'))}
+  return parts if len(parts) >= 2 else {}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   missing = [k for k in REQUIRED if k not in config]
   if missing:
@@ -246,7 +256,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           row = _summarize(pending, step, checkpointer, health, config)
           pending = []
           row['train/lr'] = float(schedule(step - 1))
-          progress.log(step, {'loss': row['train/loss'], 'lr': row['train/lr']},
+          progress.log(step, {'loss': row['train/loss'], **loss_parts(row), 'lr': row['train/lr']},
                        images=images_since_log)
           images_since_log = 0
           lock.refresh()

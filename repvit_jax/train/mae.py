@@ -172,6 +172,8 @@ class MAETask(Task):
         jnp.zeros((1, size, size, 3)), train=False, decode=decode)
     variables, _ = self.load_teacher(self.teacher_cfg.init_from, init, what='teacher',
                                      own_input=False)
+    self.announce_teacher('teacher', self.teacher_cfg.model, self.teacher_cfg.init_from, size,
+                          f' ({self.kind} distillation)')
     return {'teacher': variables}
 
   # -- the trainer's interface ---------------------------------------------------------------

@@ -143,6 +143,8 @@ class ModuleImitationTask(ClassificationTask):
     fitted, _ = self.load_teacher(self.feature_cfg.init_from, init, what='feature teacher',
                                   fold=False, own_input=False)
     self._check_shapes(fitted, sample)
+    self.announce_teacher('feature teacher', self.feature_cfg.model, self.feature_cfg.init_from,
+                          image_size, f' (module imitation of blocks {list(self.blocks)})')
     frozen['feature_teacher'] = fitted
     return frozen
 

@@ -96,6 +96,14 @@ class Task:
 
   # -- shared by the tasks -----------------------------------------------------------------
 
+  @staticmethod
+  def announce_teacher(what: str, model: str, path: str, image_size: int,
+                       detail: str = '') -> None:
+    """The one console line (process 0) saying which teacher was loaded and how it is fed."""
+    if jax.process_index() == 0:
+      print(f'{what}: {model} from {path}, fed {image_size}x{image_size} images{detail}',
+            flush=True)
+
   def teacher_spec(self, teacher_config, *, deploy: bool = True) -> ModelSpec:
     """The spec of a teacher block (`model`, `overrides`): the student's classes and input;
     it computes in the student's dtype unless its overrides give one."""
