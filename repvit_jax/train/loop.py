@@ -192,6 +192,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                         abstract, state_sharding)
   state, start_step = _resume(config, workdir, checkpointer, health, target, is_chief)
   if state is None:
+    _info(is_chief, f'initialising the train state (seed {config.seed}) ...')
     started = time.perf_counter()
     state = jax.block_until_ready(jax.jit(init_state, out_shardings=state_sharding)())
     _info(is_chief, f'initialised the train state (seed {config.seed}) in '
@@ -229,6 +230,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       while step < total_steps:
         batch = sharding.to_global(next(train_iter), batch_sharding)
         shape = tuple(batch['image'].shape)
+        if shape not in compiled_shapes:
+          _info(is_chief, f'compiling the train step for {"x".join(map(str, shape))} images ...')
         dispatched = time.perf_counter()
         state, metrics = train_step(state, batch, frozen)
         images_since_log += int(batch['image'].shape[0])
@@ -262,6 +265,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           lock.refresh()
           checkpointer.check_saves()    # a failed background save stops the run here
         if do_eval:
+          if evaluator.compile_seconds is None:
+            _info(is_chief, 'compiling the evaluation (training and deploy forms) ...')
           try:
             last_eval = evaluator(state)
           except data.DataError as e:
