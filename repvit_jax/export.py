@@ -131,13 +131,8 @@ def check_fit(source: str, spec: ModelSpec, variables) -> None:
 
 
 def _tf():
-  """TensorFlow, kept off the GPUs (JAX owns them), imported on first use."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    pass
+  """TensorFlow, kept off the GPUs (JAX owns them) and imported quietly, on first use."""
+  from repvit_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
   return tf
 
 
@@ -247,7 +242,9 @@ def tflite_bytes(exported: Exported, *, quantize: Optional[str] = None, batch_si
       [holder.serve.get_concrete_function()], holder)
   if quantize == 'int8':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  payload = converter.convert()
+  from repvit_jax.data._tf import quiet_stderr  # pylint: disable=import-outside-toplevel
+  with quiet_stderr():           # the converter's "Ignored output_format." lines
+    payload = converter.convert()
   fused, count = tflite_ops.fuse_gelu(payload)
   if count and not _agrees_with_jax(exported, fused, payload, batch_size):
     warnings.warn(f'{exported.name}: the graph with TFLite\'s GELU op strays from JAX; '
@@ -296,17 +293,19 @@ def make_interpreter(model: str | bytes, *, num_threads: Optional[int] = None):
   kwargs = ({'model_content': model} if isinstance(model, (bytes, bytearray))
             else {'model_path': os.fspath(model)})
   kwargs['num_threads'] = int(num_threads or os.cpu_count() or 1)
-  try:
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    tf = _tf()
-    with warnings.catch_warnings():
-      # TF 2.21 still ships tf.lite.Interpreter, with a deprecation warning for LiteRT.
-      warnings.simplefilter('ignore')
-      interpreter = tf.lite.Interpreter(**kwargs)
-  else:
-    interpreter = Interpreter(**kwargs)
-  interpreter.allocate_tensors()
+  tf = _tf()
+  from repvit_jax.data._tf import quiet_stderr  # pylint: disable=import-outside-toplevel
+  with quiet_stderr():           # "Created TensorFlow Lite XNNPACK delegate for CPU."
+    try:
+      from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      with warnings.catch_warnings():
+        # TF 2.21 still ships tf.lite.Interpreter, with a deprecation warning for LiteRT.
+        warnings.simplefilter('ignore')
+        interpreter = tf.lite.Interpreter(**kwargs)
+    else:
+      interpreter = Interpreter(**kwargs)
+    interpreter.allocate_tensors()
   return interpreter
 
 

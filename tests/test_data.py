@@ -683,3 +683,18 @@ def test_randaugment_is_deterministic_per_key(test_image):
   assert all(o.shape == (13, 17, 3) and o.dtype == np.uint8 for o in outs)
   np.testing.assert_array_equal(outs[0], outs[1])
   assert sum(not np.array_equal(outs[0], o) for o in outs[2:]) >= 2
+
+
+def test_tensorflow_is_imported_without_its_start_up_lines_and_nothing_else_is_lost(capfd):
+  from repvit_jax.data import _tf  # pylint: disable=import-outside-toplevel
+  with _tf.quiet_stderr():
+    os.write(2, b'W0000 1 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.\n')
+    os.write(2, b'a line that matters\n')
+  err = capfd.readouterr().err
+  assert err == 'a line that matters\n'
+  # A fresh process: importing TensorFlow through the package prints nothing at all.
+  result = subprocess.run([sys.executable, '-c', 'import repvit_jax.data._tf'],
+                          capture_output=True, text=True, check=True,
+                          env={k: v for k, v in os.environ.items()
+                               if k != 'TF_CPP_MIN_LOG_LEVEL'})
+  assert result.stderr == '' and result.stdout == ''
