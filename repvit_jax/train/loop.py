@@ -179,7 +179,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   abstract = jax.eval_shape(init_state)
   _info(is_chief, f'model: {_describe_model(task, abstract)}; batch {config.batch_size}'
                   f'{f" ({accum_steps} micro-batches)" if accum_steps > 1 else ""}, '
-                  f'{total_steps} steps, {lr_rule}')
+                  f'{total_steps} step{"s" if total_steps != 1 else ""}, {lr_rule}')
   state_sharding = sharding.state_shardings(mesh, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
 
