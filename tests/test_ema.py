@@ -130,3 +130,14 @@ def test_ema_resumes_exactly_is_evaluated_beside_the_weights_and_exports(tmp_pat
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match='holds one set of weights'):
     io.open(str(tmp_path / 'straight' / 'deploy'), ema=True)
+
+
+def test_the_log_says_when_the_warm_up_never_reaches_the_decay():
+  config = load_config('vit_tiny.py:demo').ema
+  config.decay = 0.9998
+  line = rj.train.ema.describe(config, 600)
+  reached = float(rj.train.ema.decay_at(config, 600))
+  assert line.startswith('EMA of the weights: decay 0.9998; the warm-up reaches only '
+                         f'{reached:.5f} by step 600') and reached < 0.99
+  config.decay = 0.9
+  assert rj.train.ema.describe(config, 600) == 'EMA of the weights: decay 0.9'

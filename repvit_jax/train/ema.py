@@ -51,6 +51,19 @@ def decay_at(config: ml_collections.ConfigDict, update: jax.Array) -> jax.Array:
   return jnp.where(s <= 0, 0.0, decay)
 
 
+def describe(config: ml_collections.ConfigDict, total_steps: int) -> str:
+  """One line for the log: the decay, and when the warm-up keeps the run's last update below
+  it, the decay that update reaches (a short run averages over fewer steps than asked)."""
+  decay = float(config.decay)
+  last = float(decay_at(config, total_steps))
+  line = f'EMA of the weights: decay {decay:g}'
+  if config.warmup and last < decay - 1e-6:   # (float32 decay_at)
+    line += (f'; the warm-up reaches only {last:.5f} by step {total_steps} (an average over '
+             f'about {1 / (1 - last):.0f} steps, not {1 / (1 - decay):.0f}): lower '
+             '--config.ema.decay or set --config.ema.warmup=False')
+  return line
+
+
 def update(ema: PyTree, current: PyTree, decay: jax.Array) -> PyTree:
   """decay * ema + (1 - decay) * current, leaf by leaf; non-float leaves are copied."""
 

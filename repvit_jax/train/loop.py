@@ -180,6 +180,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   _info(is_chief, f'model: {_describe_model(task, abstract)}; batch {config.batch_size}'
                   f'{f" ({accum_steps} micro-batches)" if accum_steps > 1 else ""}, '
                   f'{total_steps} step{"s" if total_steps != 1 else ""}, {lr_rule}')
+  if with_ema:
+    _info(is_chief, ema_lib.describe(ema_config, total_steps))
   state_sharding = sharding.state_shardings(mesh, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
 
