@@ -26,7 +26,6 @@ file (timm never calls those ops for these models).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -42,13 +41,18 @@ sys.modules.setdefault('torchvision._meta_registrations',
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
+try:
+  import timm  # noqa: E402
+  import torch  # noqa: E402
+except ImportError as e:
+  raise SystemExit(f'error: this check needs torch and timm ({e}); install them in a separate '
+                   'environment as the top of benchmarks/check_timm_parity.py shows') from None
 
 import repvit_jax  # noqa: E402
 from repvit_jax import convert  # noqa: E402
 from repvit_jax.convert.readers import write_safetensors  # noqa: E402
 from repvit_jax.reparam.check import relative_error  # noqa: E402
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 MODELS = (  # timm name, our name, input side
     ('vit_tiny_patch16_224', 'vit_tiny', 224),
@@ -132,12 +136,14 @@ def check(timm_name: str, ours: str, size: int, workdir: str, seed: int = 0) -> 
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', nargs='*', default=[m[0] for m in MODELS])
+  parser = cli.parser(__doc__)
+  parser.add_argument('--models', nargs='*', default=[m[0] for m in MODELS],
+                      help='the models to convert and compare with timm')
   parser.add_argument('--keep', default=None, metavar='DIR',
                       help='keep the checkpoints and converted model directories in DIR')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
-                                                    'timm_parity.json'))
+                                                    'timm_parity.json'),
+                      help='where the JSON results go')
   args = parser.parse_args()
   rows = []
   with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,6 @@ benchmarks/results/checkpoint.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -29,10 +28,11 @@ import train_step  # pylint: disable=wrong-import-position
 from repvit_jax.reparam.check import count_params  # pylint: disable=wrong-import-position
 from repvit_jax.train import digest  # pylint: disable=wrong-import-position
 from repvit_jax.train.checkpoint import Checkpointer  # pylint: disable=wrong-import-position
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = cli.parser(__doc__)
   parser.add_argument('--model', default='tdrl_vit_tiny', help='a config in configs/')
   parser.add_argument('--rounds', type=int, default=5, help='timed rounds (median reported)')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',

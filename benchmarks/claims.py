@@ -32,7 +32,6 @@ with its standard-error bar; the validation curves beside it).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -42,6 +41,7 @@ import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = os.path.join(ROOT, 'benchmarks', 'results', 'claims.json')
@@ -649,10 +649,10 @@ def parse_list(text: str) -> List[str]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.parser(__doc__)
   parser.add_argument('--claims', default='tdrl', help=f'comma list of {sorted(CLAIMS)}')
   parser.add_argument('--seeds', default='0,1,2', help='comma list of ints')
-  parser.add_argument('--arms', default='', help='comma list: only these arms (default all)')
+  parser.add_argument('--arms', default='', help='comma list: only these arms (empty: all of them)')
   parser.add_argument('--runs-dir', default=os.path.join(ROOT, 'runs', 'claims'),
                       help='where the workdirs go')
   parser.add_argument('--record', default=RECORD, help='the JSON record of finished runs')

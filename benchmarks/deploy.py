@@ -30,7 +30,6 @@ runtime too. Prints the tables and writes JSON (default benchmarks/results/deplo
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any, Callable, Dict, List
@@ -53,6 +52,7 @@ import common  # pylint: disable=wrong-import-position
 from repvit_jax import export  # pylint: disable=wrong-import-position
 from repvit_jax.models.spec import ModelSpec  # pylint: disable=wrong-import-position
 from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 DEFAULT_MODELS = 'vit_tiny,levit_128s,mobilevit_xs,poolformer_s12,riformer_s12'
 TIMM_NAMES = {'vit_tiny': 'vit_tiny_patch16_224', 'levit_128s': 'levit_128s',
@@ -171,9 +171,10 @@ def riformer_vs_poolformer(batch: int, runtimes: List[str], rounds: int,
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default=DEFAULT_MODELS)
-  parser.add_argument('--batches', default='1,32')
+  parser = cli.parser(__doc__)
+  parser.add_argument('--models', default=DEFAULT_MODELS,
+                      help='comma-separated model names or config files (configs/x.py:arg)')
+  parser.add_argument('--batches', default='1,32', help='comma-separated batch sizes')
   parser.add_argument('--runtimes', default='xla,tflite,timm',
                       help=f'comma-separated, from {RUNTIMES}')
   parser.add_argument('--rounds', type=int, default=7, help='timed calls per runtime')
@@ -181,7 +182,8 @@ def main():
   parser.add_argument('--compare', help='an --outputs file: report the relative error of '
                                         "today's XLA logits against it")
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
-                                                    'deploy.json'))
+                                                    'deploy.json'),
+                      help='where the JSON results go')
   args = parser.parse_args()
   runtimes = args.runtimes.split(',')
   unknown = sorted(set(runtimes) - set(RUNTIMES))

@@ -14,7 +14,6 @@ and writes JSON (benchmarks/results/gpu.json) with the machine and JAX version.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import common  # pylint: disable=wrong-import-position
 import train_step  # pylint: disable=wrong-import-position
 
 import repvit_jax as rj  # pylint: disable=wrong-import-position
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 # Dense bfloat16 peak TFLOP/s by `device_kind` substring (vendor figures, no sparsity).
 PEAK_BF16_TFLOPS = {
@@ -69,16 +69,17 @@ def group_rows(group, builders, batch, dtype, rounds, reference, peak):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch', type=int, default=256)
-  parser.add_argument('--mae-batch', type=int, default=256)
-  parser.add_argument('--dtype', default='bfloat16')
+  parser = cli.parser(__doc__)
+  parser.add_argument('--batch', type=int, default=256, help='classification batch size')
+  parser.add_argument('--mae-batch', type=int, default=256, help='MAE batch size')
+  parser.add_argument('--dtype', default='bfloat16', help="compute dtype: 'float32' or 'bfloat16'")
   parser.add_argument('--attention-impl', default='xla', help="'xla' or 'cudnn'")
   parser.add_argument('--peak-tflops', type=float, default=None,
                       help='per-device dense peak (default: from the device kind)')
-  parser.add_argument('--rounds', type=int, default=10)
+  parser.add_argument('--rounds', type=int, default=10, help='timed steps per contender')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
-                                                    'gpu.json'))
+                                                    'gpu.json'),
+                      help='where the JSON results go')
   args = parser.parse_args()
   start = time.perf_counter()
   kind = jax.devices()[0].device_kind

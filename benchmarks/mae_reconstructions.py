@@ -11,18 +11,19 @@ labelled with both masked-patch losses.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser = cli.parser(__doc__)
   parser.add_argument('workdir', help='a finished MAE pre-training workdir')
   parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'figures',
-                                                    'mae_reconstructions.png'))
+                                                    'mae_reconstructions.png'),
+                      help='the PNG to write')
   parser.add_argument('--count', type=int, default=8, help='images (rows), at least 1')
   args = parser.parse_args(argv)
   if args.count < 1:

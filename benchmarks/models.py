@@ -16,7 +16,6 @@ version. Runs on whatever device JAX sees.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any, Callable, Dict
@@ -30,6 +29,7 @@ import common  # pylint: disable=wrong-import-position
 
 import repvit_jax as rj  # pylint: disable=wrong-import-position
 from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 DEFAULT_MODELS = 'levit_128s,mobilevit_xs,poolformer_s12,riformer_s12'
 
@@ -163,16 +163,17 @@ def riformer_vs_poolformer(size: str, batch: int, rounds: int) -> Dict[str, Any]
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.parser(__doc__)
   parser.add_argument('--models', default=DEFAULT_MODELS,
                       help="comma-separated names, or 'all' (every LeViT, MobileViT, "
                            'PoolFormer and RIFormer)')
-  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--batch', type=int, default=32, help='images per timed call')
   parser.add_argument('--rounds', type=int, default=7, help='timed calls per form, interleaved')
   parser.add_argument('--no-timing', action='store_true',
                       help='only parameters, MACs and equivalence (no throughput)')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
-                                                    'models.json'))
+                                                    'models.json'),
+                      help='where the JSON results go')
   args = parser.parse_args()
   names = args.models.split(',')
   if names == ['all']:

@@ -8,7 +8,6 @@ and JAX version. Runs on whatever device JAX sees.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,6 +19,7 @@ import common  # pylint: disable=wrong-import-position
 
 import repvit_jax as rj  # pylint: disable=wrong-import-position
 from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 
 def measure(name: str, batch: int, size: int, rounds: int):
@@ -58,13 +58,15 @@ def measure(name: str, batch: int, size: int, rounds: int):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default='tdrl_vit_tiny,tdrl_vit_small')
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--image-size', type=int, default=224)
+  parser = cli.parser(__doc__)
+  parser.add_argument('--models', default='tdrl_vit_tiny,tdrl_vit_small',
+                      help='comma-separated TDRL model names')
+  parser.add_argument('--batch', type=int, default=32, help='images per timed call')
+  parser.add_argument('--image-size', type=int, default=224, help='input side in pixels')
   parser.add_argument('--rounds', type=int, default=7, help='timed calls per form, interleaved')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
-                                                    'reparam.json'))
+                                                    'reparam.json'),
+                      help='where the JSON results go')
   args = parser.parse_args()
   rows = [measure(name, args.batch, args.image_size, args.rounds)
           for name in args.models.split(',')]

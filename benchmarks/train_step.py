@@ -15,7 +15,6 @@ JSON (benchmarks/results/train_step.json) with the machine and JAX version.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from repvit_jax.data import DatasetInfo  # pylint: disable=wrong-import-position
 from repvit_jax.train import optimizer, sharding, tasks  # pylint: disable=wrong-import-position
 from repvit_jax.train.state import create_state  # pylint: disable=wrong-import-position
 from repvit_jax.train.step import make_train_step  # pylint: disable=wrong-import-position
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 COLUMNS = ['group', 'what', 'batch', 'dtype', 'img_s', 'step_ms', 'time_vs_ref', 'temp_GiB',
            'temp_vs_ref', 'gflop_per_step', 'reference', 'note']
@@ -215,19 +215,22 @@ def pipeline_throughput(batch: int, size: int, steps: int) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batches', default='32,128')
-  parser.add_argument('--dtypes', default='float32,bfloat16')
-  parser.add_argument('--suites', default='classification,mae,pipeline')
+  parser = cli.parser(__doc__)
+  parser.add_argument('--batches', default='32,128', help='comma-separated batch sizes')
+  parser.add_argument('--dtypes', default='float32,bfloat16', help='comma-separated compute dtypes')
+  parser.add_argument('--suites', default='classification,mae,pipeline',
+                      help='comma-separated: which comparisons to run')
   parser.add_argument('--contenders', default=','.join(CLASSIFICATION),
                       help='classification contenders to run (comma-separated)')
-  parser.add_argument('--mae-batch', type=int, default=32)
-  parser.add_argument('--mae-dtypes', default='float32')
-  parser.add_argument('--image-size', type=int, default=224)
-  parser.add_argument('--pipeline-steps', type=int, default=20)
+  parser.add_argument('--mae-batch', type=int, default=32, help='batch size of the MAE suite')
+  parser.add_argument('--mae-dtypes', default='float32', help='compute dtypes of the MAE suite')
+  parser.add_argument('--image-size', type=int, default=224, help='input side in pixels')
+  parser.add_argument('--pipeline-steps', type=int, default=20,
+                      help='batches timed per input pipeline')
   parser.add_argument('--rounds', type=int, default=5, help='timed steps per contender')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
-                                                    'train_step.json'))
+                                                    'train_step.json'),
+                      help='where the JSON results go')
   args = parser.parse_args()
   suites = args.suites.split(',')
   size = args.image_size

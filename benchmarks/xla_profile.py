@@ -12,7 +12,6 @@ largest first; the rows add up to the forward pass, less the runtime's own overh
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repvit_jax.models.spec import ModelSpec
+from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 NOT_OPS = ('ThunkExecutor', '$', 'SlinkyThreadPool', 'Pjit', 'end: ', 'ParseArguments')
 
@@ -73,10 +73,10 @@ def profile(name: str, batch: int, calls: int = 3):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('model')
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--top', type=int, default=25)
+  parser = cli.parser(__doc__)
+  parser.add_argument('model', help='a registered model name')
+  parser.add_argument('--batch', type=int, default=32, help='images per forward')
+  parser.add_argument('--top', type=int, default=25, help='how many ops to list')
   args = parser.parse_args()
   table, total = profile(args.model, args.batch)
   print(f'{args.model}, batch {args.batch}, {jax.devices()[0].device_kind}: '

@@ -20,6 +20,17 @@ import sys
 from typing import Callable
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+  """--help shows each option's default and keeps the docstring's own line breaks."""
+
+
+def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
+  """An argument parser whose --help is the whole module docstring `doc` (its examples kept
+  as written) and every option's default."""
+  return argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter, **kwargs)
+
+
 def user_errors() -> tuple:
   """The exception types a user's input or machine can cause."""
   errors = [ValueError, OSError, EOFError, ImportError, pickle.UnpicklingError]

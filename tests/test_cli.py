@@ -2,6 +2,7 @@
 every mistake as one `error:` line."""
 
 import errno
+import os
 import pickle
 import sys
 import types
@@ -76,3 +77,24 @@ def test_os_errors_read_as_path_and_reason():
   assert cli.one_line(IsADirectoryError(errno.EISDIR, 'Is a directory', 'pics')) == (
       'pics: Is a directory')
   assert cli.run(lambda: (_ for _ in ()).throw(KeyboardInterrupt())) == 130
+
+
+def test_every_benchmark_option_has_help_and_help_shows_the_whole_docstring():
+  """--help is what a user reads first: the full module docstring (its examples) and each
+  option's help and default (repvit_jax.cli.parser)."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import glob  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  scripts = sorted(glob.glob(os.path.join(root, 'benchmarks', '*.py')))
+  for path in scripts:
+    tree = ast.parse(open(path, encoding='utf-8').read())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    for call in calls:
+      if getattr(call.func, 'attr', '') == 'add_argument':
+        assert any(k.arg == 'help' for k in call.keywords), (path, call.lineno)
+      if getattr(call.func, 'attr', '') == 'ArgumentParser':
+        raise AssertionError(f'{path}:{call.lineno}: use repvit_jax.cli.parser(__doc__)')
+  parser = cli.parser('First line.\n\n    python x.py --n 3   # an example\n')
+  parser.add_argument('--n', type=int, default=3, help='how many')
+  text = parser.format_help()
+  assert '    python x.py --n 3   # an example' in text and 'how many (default: 3)' in text
