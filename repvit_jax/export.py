@@ -20,6 +20,7 @@ these functions: `import repvit_jax` never imports it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -204,6 +205,27 @@ def export_savedmodel(exported: Exported, directory: str, *, batch_size: int = 1
   tf.saved_model.save(holder, directory,
                       signatures={'serving_default': holder.serve.get_concrete_function()})
   return directory
+
+
+def write_contract(exported: Exported, path: str, *, batch_size: int,
+                   class_names: Sequence[str] = ()) -> str:
+  """Writes the JSON a user of the exported files reads beside them: the input they take
+  (shape, dtype, how pixels are normalised), the output, and the class names."""
+  contract = exported.spec.input
+  record = {
+      'model': exported.name,
+      'input': {'shape': [int(batch_size), contract.image_size, contract.image_size, 3],
+                'dtype': 'float32', 'layout': 'NHWC, RGB',
+                'normalisation': '(pixels - mean * pixel_range[1]) / (std * pixel_range[1]) '
+                                 'for pixels in pixel_range; the graph does not normalise',
+                **contract.to_json()},
+      'output': {'logits': [int(batch_size), exported.num_classes]},
+      'class_names': list(class_names or exported.spec.class_names),
+  }
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(record, f, indent=2)
+    f.write('\n')
+  return path
 
 
 def savedmodel_runner(directory: str, batch_size: int):
@@ -453,6 +475,15 @@ def _main(parser, args) -> int:
                              for i in range(0, len(eval_images), 128)])
     print(f'  JAX (float32): top-1 {accuracy(logits, eval_labels):.4f} on '
           f'{len(eval_labels)} eval images')
+  names = exported.spec.class_names
+  if not names:     # a model saved before model.json carried them: the run's data set
+    from repvit_jax.predict import class_names  # pylint: disable=import-outside-toplevel
+    names = class_names(args.src)
+  contract_path = (os.path.splitext(args.out)[0] + '.json' if single_file
+                   else os.path.join(args.out, 'contract.json'))
+  os.makedirs(os.path.dirname(os.path.abspath(contract_path)), exist_ok=True)
+  write_contract(exported, contract_path, batch_size=args.batch_size, class_names=names)
+  print(f'  input contract and class names -> {contract_path}')
   for fmt in formats:
     start = time.time()
     if fmt == 'savedmodel':
@@ -486,7 +517,7 @@ def _main(parser, args) -> int:
 
 
 __all__ = ['Exported', 'load_for_export', 'config_spec', 'data_config_for', 'tf_module', 'main',
-           'export_savedmodel', 'savedmodel_runner', 'SAVEDMODEL_PLATFORMS', 'TFLITE_PLATFORMS', 'tflite_bytes', 'export_tflite', 'make_interpreter',
+           'export_savedmodel', 'savedmodel_runner', 'write_contract', 'SAVEDMODEL_PLATFORMS', 'TFLITE_PLATFORMS', 'tflite_bytes', 'export_tflite', 'make_interpreter',
            'run_tflite', 'eval_split', 'accuracy', 'QUANTIZE', 'FORMATS']
 
 

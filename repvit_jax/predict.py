@@ -45,8 +45,11 @@ def prepare(paths: Sequence[str], contract: InputSpec) -> np.ndarray:
   return np.stack(images)
 
 
-def class_names(path: str) -> Tuple[str, ...]:
-  """Label names of the data set the run at `path` trained on; () when unknown here."""
+def class_names(path: str, spec=None) -> Tuple[str, ...]:
+  """Label names of the model at `path`: those its `spec` (model.json) records, else those of
+  the data set its run trained on; () when unknown here."""
+  if spec is not None and spec.class_names:
+    return spec.class_names
   from repvit_jax import data  # pylint: disable=import-outside-toplevel
   recorded = io.run_config(path)
   if recorded is None:
@@ -66,7 +69,7 @@ def predict(model: str, paths: Sequence[str], *, top_k: int = 5) -> List[Predict
   logits = np.concatenate([np.asarray(exported.apply(images[i:i + 64]))
                            for i in range(0, len(images), 64)])
   probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
-  names = class_names(model)
+  names = class_names(model, exported.spec)
   out = []
   for path, p in zip(paths, probabilities):
     best = np.argsort(-p)[:top_k]

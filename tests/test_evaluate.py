@@ -1,12 +1,13 @@
 """repvit_jax.evaluate and repvit_jax.predict on a tiny TDRL ViT saved inside a workdir."""
 
 import json
+import shutil
 import jax
 import numpy as np
 import pytest
 
 import repvit_jax as rj
-from repvit_jax import evaluate, export, pictures, predict
+from repvit_jax import evaluate, export, io, pictures, predict
 from repvit_jax.data import digits
 from repvit_jax.reparam import check
 from repvit_jax.train import config_record
@@ -21,7 +22,9 @@ def workdir(tmp_path_factory):
   config = load_config('tdrl_vit_tiny.py:demo')
   config.model.update(TINY_VIT)
   config_record.write(str(root), config)
-  spec = rj.ModelSpec.from_config(config, num_classes=10)
+  # Named as the trainer names them (tasks.build); 'd0'..'d9' to tell them from the data's.
+  spec = rj.ModelSpec.from_config(config, num_classes=10).replace(
+      class_names=[f'd{k}' for k in range(10)])
   model = spec.build()
   variables = jax.jit(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32),
                                          train=False))()
@@ -65,9 +68,14 @@ def test_predict_reads_image_files_with_the_saved_contract(workdir, reference, t
   results = predict.predict(str(root / 'deploy'), paths, top_k=3)
   for (path, best), row in zip(results, reference[1][:3]):
     assert [label for label, _, _ in best] == list(np.argsort(-row)[:3])
-    assert best[0][1] == str(best[0][0])                  # digits' class names are '0'..'9'
+    assert best[0][1] == f'd{best[0][0]}'                 # the names model.json records
   assert predict.main([str(root / 'deploy'), paths[0]]) == 0
   assert capsys.readouterr().out.startswith(f'{paths[0]}: ')
+  # A deploy directory copied out of its workdir still knows its classes (model.json).
+  copied = tmp_path / 'copied'
+  shutil.copytree(root / 'deploy', copied)
+  assert io.read_spec(str(copied)).class_names == tuple(f'd{k}' for k in range(10))
+  assert predict.predict(str(copied), paths[:1], top_k=1)[0][1][0] == results[0][1][0]
   assert predict.main([str(root / 'deploy'), str(tmp_path / 'missing.png')]) == 1
   assert one_error_line(capsys) == f'error: image {tmp_path / "missing.png"} not found'
   (tmp_path / 'bad.png').write_bytes(b'not a png')

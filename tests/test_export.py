@@ -116,6 +116,11 @@ def test_command_line_from_a_workdir(tmp_path, tiny_model_dir, capsys):
   printed = capsys.readouterr().out
   assert 'tdrl_vit_tiny (deploy form, 5 classes, input 1x32x32x3)' in printed
   assert os.path.isfile(out / 'model.tflite') and os.path.isdir(out / 'savedmodel')
+  # Beside them, what a user of the files needs: the input they take and the classes.
+  contract = json.loads((out / 'contract.json').read_text())
+  assert contract['input']['shape'] == [1, 32, 32, 3] and contract['output'] == {'logits': [1, 5]}
+  assert contract['input']['pixel_range'] == [0.0, 255.0] and len(contract['input']['mean']) == 3
+  assert contract['class_names'] == []          # saved without names, and no run config here
   for fmt in ('tflite', 'savedmodel'):      # every format written is run and checked
     line = next(l for l in printed.splitlines() if l.strip().startswith(f'{fmt} ->'))
     assert float(line.split('max rel. error vs JAX ')[1].rstrip(')')) < 1e-4, line

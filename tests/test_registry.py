@@ -55,6 +55,13 @@ def test_model_spec_round_trips_and_its_deploy_form_drops_training_structure():
   assert deploy.build() == rj.create_model('vit_tiny', num_classes=10, depth=2)
   riformer = rj.ModelSpec.registered('riformer_s12', overrides={'mixer': 'affine'})
   assert riformer.deploy_form().overrides == {}
+  # Class names travel with the record (and are left out of it when unknown).
+  named = spec.replace(class_names=[str(k) for k in range(10)])
+  assert named.class_names == tuple('0123456789') and 'class_names' not in spec.to_json()
+  assert rj.ModelSpec.from_json(named.to_json()).class_names == named.class_names
+  assert named.deploy_form().class_names == named.class_names
+  with pytest.raises(ValueError, match='3 names for 10 classes'):
+    spec.replace(class_names=('a', 'b', 'c'))
   with pytest.raises(ValueError, match="unknown model 'vit_tinny'"):
     rj.ModelSpec('vit_tinny')
 

@@ -177,3 +177,10 @@ def test_the_console_shows_the_parts_of_a_composite_loss():
   assert rj.train.loop.loss_parts(row) == {'ce': 1.0, 'distill_loss': 2.0}
   assert rj.train.loop.loss_parts({'train/loss': 1.0, 'train/ce': 1.0}) == {}   # one part
   assert rj.train.loop.loss_parts({'train/loss': 1.0, 'train/mae_loss': 1.0}) == {}
+
+
+def test_the_trainer_names_the_classes_in_every_spec_it_saves():
+  config = load_config('vit_tiny.py:demo')
+  task = rj.train.tasks.build(config, rj.data.get_dataset_info(config.data))
+  assert task.spec.class_names == tuple(str(k) for k in range(10))
+  assert task.deploy_spec.class_names == task.spec.class_names

@@ -16,7 +16,7 @@ read it back, so a directory alone says what it holds.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 
@@ -52,6 +52,8 @@ class ModelSpec:
     input: the input contract (`InputSpec`).
     dtype: compute dtype `build()` uses ('float32' or 'bfloat16').
     trained_dtype: the compute dtype of training, recorded for the reader.
+    class_names: the name of each output class, in order (() when unknown): what a copied
+      model directory needs to say what it predicts.
   """
   name: str
   num_classes: int = 1000
@@ -60,9 +62,14 @@ class ModelSpec:
   input: InputSpec = InputSpec()
   dtype: str = 'float32'
   trained_dtype: str = 'float32'
+  class_names: Tuple[str, ...] = ()
 
   def __post_init__(self):
     get_registration(self.name)       # an unknown name fails here, listing the known ones
+    object.__setattr__(self, 'class_names', tuple(str(n) for n in self.class_names))
+    if self.class_names and len(self.class_names) != self.num_classes:
+      raise ValueError(f'ModelSpec.class_names has {len(self.class_names)} names for '
+                       f'{self.num_classes} classes')
     if 'dtype' in self.overrides:
       raise ValueError('ModelSpec.overrides holds no dtype: give dtype= (compute dtype) instead')
     for field in ('dtype', 'trained_dtype'):
@@ -133,9 +140,12 @@ class ModelSpec:
   def to_json(self) -> Dict[str, Any]:
     """JSON data (model.json, checkpoint metadata); the compute dtype is not saved: a saved
     model loads as float32 (its `trained_dtype` says what training used)."""
-    return {'format': FORMAT, 'name': self.name, 'num_classes': int(self.num_classes),
-            'deploy': bool(self.deploy), 'overrides': _plain(self.overrides),
-            'input': self.input.to_json(), 'trained_dtype': self.trained_dtype}
+    record = {'format': FORMAT, 'name': self.name, 'num_classes': int(self.num_classes),
+              'deploy': bool(self.deploy), 'overrides': _plain(self.overrides),
+              'input': self.input.to_json(), 'trained_dtype': self.trained_dtype}
+    if self.class_names:
+      record['class_names'] = list(self.class_names)
+    return record
 
   @classmethod
   def from_json(cls, record: Mapping[str, Any], *,
@@ -159,7 +169,8 @@ class ModelSpec:
           contract = dataclasses.replace(contract, image_size=int(image_size))
       return cls(name=name, num_classes=num_classes, overrides=overrides,
                  deploy=bool(record.get('deploy', False)), input=contract,
-                 trained_dtype=trained_dtype)
+                 trained_dtype=trained_dtype,
+                 class_names=tuple(record.get('class_names') or ()))
     except (KeyError, TypeError, AttributeError) as e:
       raise ValueError(f'not a model description ({e.__class__.__name__}: {e})') from None
 

@@ -158,7 +158,14 @@ def build(config, info) -> Task:
   name = config.get('task', 'classification')
   if name not in classes:
     raise ValueError(f'unknown task {name!r}; known tasks: {", ".join(sorted(classes))}')
-  return classes[name](config, info.num_classes)
+  task = classes[name](config, info.num_classes)
+  names = tuple(getattr(info, 'class_names', ()) or ())
+  if names and len(names) == info.num_classes:
+    # Saved with every checkpoint and model directory: a copied `deploy/` says what it
+    # predicts without the data set.
+    task.spec = task.spec.replace(class_names=names)
+    task.deploy_spec = task.deploy_spec.replace(class_names=names)
+  return task
 
 
 __all__ = ['Task', 'build', 'TASKS']
