@@ -67,11 +67,16 @@ def test_colab_notebook_keeps_the_runtimes_packages_and_finds_its_source(tmp_pat
   command = pip_install_command('repvit_jax @ git+https://host/repvit-jax', str(constraints))
   assert command[command.index('-c') + 1] == str(constraints)
   assert 'repvit_jax @ git+https://host/repvit-jax' in command
-  # No extra that would pull tensorflow-cpu; the installed JAX and TensorFlow are pinned.
+  # With TensorFlow installed, no extra that would pull tensorflow-cpu beside it; the
+  # installed JAX and TensorFlow are pinned.
   assert not any('[' in part or part.startswith('tensorflow-cpu') for part in command)
   pins = dict(line.split('==') for line in constraints.read_text().split())
   assert pins['jax'] == metadata.version('jax') and pins['numpy'] == metadata.version('numpy')
   assert any(name in pins for name in ('tensorflow', 'tensorflow-cpu'))
+  # A runtime without TensorFlow (Colab's TPU runtimes now): its CPU build is added, once.
+  bare = pip_install_command('repvit_jax @ git+https://host/repvit-jax', str(constraints),
+                             has_tensorflow=False)
+  assert bare.count('tensorflow-cpu') == 1 and 'tensorflow-datasets' in bare
   # The source: given, else the first checkout found, else one line saying what to do.
   assert find_source('git+https://host/r', ()) == 'repvit_jax @ git+https://host/r'
   assert find_source('/w/repvit_jax-1.0-py3-none-any.whl', ()) == (
