@@ -36,12 +36,15 @@ def _code_cells(name):
 
 @pytest.mark.parametrize('name', ['fuse_your_own_model.ipynb', 'tdrl_vit_tpu_colab.ipynb'])
 def test_notebook_runs_in_smoke_mode(name, tmp_path):
-  env = dict(os.environ, REPVIT_SMOKE='1', TF_CPP_MIN_LOG_LEVEL='2')
+  temp = tmp_path / 'temp'
+  temp.mkdir()
+  env = dict(os.environ, REPVIT_SMOKE='1', TF_CPP_MIN_LOG_LEVEL='2', TMPDIR=str(temp))
   # The timeout only guards against a hang; the smoke runs take well under a minute each.
   result = subprocess.run([sys.executable, '-c', RUNNER, os.path.join(NOTEBOOKS, name)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
   assert 'NOTEBOOK OK' in result.stdout
+  assert not [p for p in os.listdir(temp) if 'smoke' in p]     # its workdir is cleaned up
 
 
 def _colab_cells(names):
