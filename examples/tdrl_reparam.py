@@ -17,9 +17,12 @@ def main():
   train_model = rj.create_model('tdrl_vit_tiny')
   deploy_model = rj.create_model('tdrl_vit_tiny', deploy=True)   # == create_model('vit_tiny')
 
+  print('initialising the TDRL ViT-Tiny (compiling; under a minute on a 2-core CPU) ...',
+        flush=True)
   variables = jax.jit(lambda x: train_model.init(jax.random.key(1), x, train=False))(images)
   variables = check.randomize_batch_stats(check.perturb_params(variables, seed=0), seed=1)
 
+  print('folding it and running both forms on 2 images (compiling both) ...', flush=True)
   result = check.equivalence_error(train_model, deploy_model, variables, images)
   print(f'train form (TDRL ViT-Tiny):    {result["train_params"]:>12,} parameters')
   print(f'deploy form (vanilla ViT-Tiny): {result["deploy_params"]:>11,} parameters')
