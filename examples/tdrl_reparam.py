@@ -17,8 +17,7 @@ def main():
   train_model = rj.create_model('tdrl_vit_tiny')
   deploy_model = rj.create_model('tdrl_vit_tiny', deploy=True)   # == create_model('vit_tiny')
 
-  print('initialising the TDRL ViT-Tiny (compiling) ...',
-        flush=True)
+  print('initialising the TDRL ViT-Tiny (compiling) ...', flush=True)
   variables = jax.jit(lambda x: train_model.init(jax.random.key(1), x, train=False))(images)
   variables = check.randomize_batch_stats(check.perturb_params(variables, seed=0), seed=1)
 
