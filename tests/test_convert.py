@@ -438,8 +438,12 @@ def test_command_line_writes_a_model_dir_that_init_from_accepts(tmp_path, capsys
   state = _random_state(_schema('deit_tiny_patch16_224'))
   src = readers.write_safetensors(str(tmp_path / 'deit.safetensors'), state)
   dst = str(tmp_path / 'deit_tiny')
-  assert convert_main([src, dst, '--model', 'deit_tiny', '--num-classes', '1000']) == 0
-  assert 'deit_tiny (training form, 1000 classes, 5,717,416 parameters)' in capsys.readouterr().out
+  # timm's own name for the model is accepted.
+  assert convert_main([src, dst, '--model', 'deit_tiny_patch16_224', '--num-classes',
+                       '1000']) == 0
+  out = capsys.readouterr().out
+  assert 'deit_tiny_patch16_224: deit_tiny here' in out
+  assert 'deit_tiny (training form, 1000 classes, 5,717,416 parameters)' in out
   assert io.is_model_dir(dst)
   model, variables = io.load_model(dst)
   assert model.num_classes == 1000
@@ -452,6 +456,15 @@ def test_command_line_writes_a_model_dir_that_init_from_accepts(tmp_path, capsys
   np.testing.assert_array_equal(fitted['blocks_2']['mlp']['fc2']['kernel'],
                                 state['blocks.2.mlp.fc2.weight'].T)
   del variables
+
+
+def test_timm_names_map_to_registered_ones():
+  assert convert.registered_name('deit_tiny_patch16_224') == 'deit_tiny'
+  assert convert.registered_name('vit_tiny_patch16_224.augreg_in21k_ft_in1k') == 'vit_tiny'
+  assert convert.registered_name('levit_128s.fb_dist_in1k') == 'levit_128s'
+  assert convert.registered_name('vit_small_patch16_384') == 'vit_small'
+  assert convert.registered_name('mobilevit_xs') == 'mobilevit_xs'
+  assert convert.registered_name('resnet50') == 'resnet50'      # unknown: the error lists them
 
 
 def test_command_line_reports_errors(tmp_path, capsys):

@@ -17,6 +17,7 @@ form; `repvit_jax.reparameterize` gives the deploy form.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
@@ -34,7 +35,7 @@ from repvit_jax.convert.core import ConversionError, flatten, unflatten
 from repvit_jax.convert.family import Plan, family_for
 from repvit_jax.convert.readers import (normalize_state_dict, read_state_dict,
                                         write_safetensors)
-from repvit_jax.models.registry import create_model, get_registration
+from repvit_jax.models.registry import create_model, get_registration, list_models
 from repvit_jax.reparam import reparameterize
 
 COLLECTIONS = ('params', 'batch_stats')
@@ -139,13 +140,32 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
   return Converted(variables, plan)
 
 
+# timm's ViT/DeiT names carry patch size and resolution: 'deit_tiny_patch16_224'.
+_TIMM_VIT = re.compile(r'^(?P<name>(?:vit|deit)_(?:tiny|small|base))_patch16_\d+$')
+
+
+def registered_name(name: str) -> str:
+  """The registered model for `name`, which may be timm's: its pretrained tag dropped
+  ('vit_tiny_patch16_224.augreg_in21k_ft_in1k'), ViT/DeiT's patch and resolution suffix too
+  ('deit_tiny_patch16_224' -> 'deit_tiny'). An unknown name is returned as given (the
+  conversion then lists the known ones)."""
+  known = set(list_models())
+  base = name.split('.')[0]
+  match = _TIMM_VIT.match(base)
+  for candidate in (name, base, match['name'] if match else None):
+    if candidate in known:
+      return candidate
+  return name
+
+
 def convert_checkpoint(src: str, dst: Optional[str] = None, *, model: str,
                        **kwargs) -> Converted:
   """Reads `src` (.safetensors / .npz / .pth), converts it, and writes a model dir to `dst`.
 
-  Keyword arguments are those of `convert_state_dict`.
+  `model` is a registered name or timm's (`registered_name`); keyword arguments are those of
+  `convert_state_dict`.
   """
-  result = convert_state_dict(read_state_dict(src), model, **kwargs)
+  result = convert_state_dict(read_state_dict(src), registered_name(model), **kwargs)
   if dst is not None:
     result.save(dst)
   return result
@@ -171,5 +191,6 @@ def to_state_dict(variables: Mapping[str, Any], model: str, *, num_classes: int,
 
 
 __all__ = ['Converted', 'ConversionError', 'convert_state_dict', 'convert_checkpoint',
+           'registered_name',
            'to_state_dict', 'target_tree', 'read_state_dict', 'write_safetensors',
            'normalize_state_dict', 'Plan', 'core', 'family']

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('dst', help='output model directory (model.json + variables.msgpack)')
   parser.add_argument('--model', required=True,
                       help='registered model name, e.g. vit_tiny, deit_tiny, mae_vit_tiny, '
-                           'levit_128s, mobilevit_xs, poolformer_s12, riformer_s12')
+                           'levit_128s, mobilevit_xs, poolformer_s12, riformer_s12; timm\'s '
+                           'names too (deit_tiny_patch16_224, levit_128s.fb_dist_in1k)')
   parser.add_argument('--num-classes', type=int, default=None,
                       help='classes of the head (default: from the checkpoint)')
   form = parser.add_mutually_exclusive_group()
@@ -79,6 +80,9 @@ def _main(args) -> int:
   from repvit_jax import convert  # pylint: disable=import-outside-toplevel
   from repvit_jax.reparam.check import count_params  # pylint: disable=import-outside-toplevel
   cli.check_output(args.dst, 'directory', 'DST')
+  name = convert.registered_name(args.model)
+  if name != args.model:
+    print(f'  {args.model}: {name} here')
   result = convert.convert_checkpoint(
       args.src, args.dst, model=args.model, num_classes=args.num_classes,
       deploy=args.deploy, overrides=parse_overrides(args.overrides),
