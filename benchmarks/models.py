@@ -33,7 +33,7 @@ from repvit_jax import cli  # pylint: disable=wrong-import-position
 
 DEFAULT_MODELS = 'levit_128s,mobilevit_xs,poolformer_s12,riformer_s12'
 
-#: Multiply-accumulates per image from the papers / REFERENCE.md, in millions.
+#: Multiply-accumulates per image from the papers, in millions.
 REFERENCE_MMACS = {
     'levit_128s': 305, 'levit_128': 406, 'levit_192': 658, 'levit_256': 1120,
     'levit_384': 2353, 'mobilevit_xxs': 410, 'mobilevit_xs': 1030, 'mobilevit_s': 2000,

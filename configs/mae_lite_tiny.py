@@ -58,7 +58,7 @@ def mae_config(model: dict, teacher_model=None) -> ml_collections.ConfigDict:
 
 
 def imagenet(model_name: str, teacher_model=None):
-  """MAE-Lite (REFERENCE.md): 400 epochs, batch 4096, lr 1.5e-4 * 4096 / 256, AdamW (0.9,
+  """MAE-Lite (Wang et al., ICML 2023): 400 epochs, batch 4096, lr 1.5e-4 * 4096 / 256, AdamW (0.9,
   0.95), wd 0.05, 40 warm-up epochs then cosine to 0; random-resized crop (0.08, 1), flip."""
   config = mae_config(dict(name=model_name), teacher_model)
   config.data = common.data_config(name='imagenet2012', image_size=224, crop_scale=(0.08, 1.0),

@@ -24,7 +24,7 @@ def tdrl():
 
 
 def imagenet():
-  """MAE-Lite's "improved" ViT-Tiny fine-tuning recipe on ImageNet-1k (REFERENCE.md).
+  """MAE-Lite's "improved" ViT-Tiny fine-tuning recipe on ImageNet-1k (Wang et al., ICML 2023).
 
   300 epochs, batch 1024, lr 1e-3 * 1024 / 256, layer decay 0.85, weight decay 0.05, 5 warm-up
   epochs, min lr 1e-6, RandAugment m10 mstd0.5, colour jitter 0.3, mixup 0.2, no cutmix, no

@@ -253,8 +253,8 @@ def tflite_bytes(exported: Exported, *, quantize: Optional[str] = None, batch_si
   than `micro_batch` passes through the network `micro_batch` images at a time (`tf_module`;
   None: the model's default, 0: all at once).
 
-  Each GELU is TFLite's one GELU op (`tflite_ops.fuse_gelu`: 1.35x faster for vit_tiny at
-  batch 32), checked on a random batch; the converter's graph is kept, with a warning, if the
+  Each GELU is TFLite's one GELU op (`tflite_ops.fuse_gelu`: one kernel instead of the chain
+  of elementwise ops; speed in benchmarks/README.md), checked on a random batch; the converter's graph is kept, with a warning, if the
   edited one strays from JAX (`_agrees_with_jax`)."""
   if quantize not in QUANTIZE:
     raise ValueError(f'quantize must be one of {QUANTIZE}, got {quantize!r}')
@@ -309,8 +309,7 @@ def make_interpreter(model: str | bytes, *, num_threads: Optional[int] = None):
   """A TFLite interpreter: LiteRT's (`ai-edge-litert`) when installed, else TF's own.
 
   `num_threads` (default: one per CPU core) sizes XNNPACK's thread pool. LiteRT's own default
-  is one thread: vit_tiny at batch 32 ran 1.8-1.9x faster on the 2 cores of the dev machine
-  with two (benchmarks/README.md).
+  is one thread, which leaves the other cores idle (figures: benchmarks/README.md).
   """
   kwargs = ({'model_content': model} if isinstance(model, (bytes, bytearray))
             else {'model_path': os.fspath(model)})

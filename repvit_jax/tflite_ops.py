@@ -3,8 +3,8 @@
 TFLite has a builtin GELU (erf form) that XNNPACK runs as one kernel, but the converter never
 emits it for a JAX model: `jax2tf` hands it StableHLO, where GELU is already a chain of
 elementwise ops. In the select-free form `export` traces (`layers.activations`) that chain is
-about 20 XNNPACK passes over the MLP's widest tensor: 150 of vit_tiny's 650 ms at batch 32
-(benchmarks/README.md). The export traces that form inside the named scope
+about 20 XNNPACK passes over the MLP's widest tensor, a large share of a ViT's TFLite time
+(figures: benchmarks/README.md). The export traces that form inside the named scope
 `activations.GELU_SCOPE`, which the converter keeps in the names of the tensors it produces,
 and `fuse_gelu` replaces each such chain by one GELU op.
 

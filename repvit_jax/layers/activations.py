@@ -4,14 +4,14 @@ GELU(x) = x/2 (1 + erf(x/sqrt(2))), the exact (erf) GELU of ViT, MAE and PoolFor
 
 XLA (training, evaluation, `jax.jit` inference) gets `jax.nn.gelu(x, approximate=False)`:
 XLA keeps `erf` as one op that ends its dot fusions. Written out in ABS/MUL/EXP (below), XLA
-pulls the GELU into its YNNPACK dot fusions and materialises every constant there: vit_tiny's
-XLA inference at batch 32 ran at 0.94-0.95x (benchmarks/README.md).
+pulls the GELU into its YNNPACK dot fusions and materialises every constant there, which
+slows XLA inference (figures: benchmarks/README.md).
 
 TFLite (`repvit_jax.export`) gets the select-free form: `jax2tf` hands the converter an erf
 already expanded into a piecewise rational approximation (compare, select), and LESS and SELECT
 have no XNNPACK kernel, so every MLP split the TFLite graph into pieces run by the reference
-kernels in between (ViT-Tiny: 37 XNNPACK partitions, 27 img/s at batch 1 against 43 in one
-partition). There erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7 for every x, below
+kernels in between (ViT-Tiny: 37 XNNPACK partitions instead of one; the cost is in
+benchmarks/README.md). There erf is Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7 for every x, below
 float32's resolution of erf near 1), on |x| and without any select, using that erf is odd:
 x/2 (1 + erf(x/sqrt 2)) = (x + |x| erf(|x|/sqrt 2)) / 2, with
     u = |x|/sqrt(2), t = 1/(1 + p u),
@@ -21,8 +21,8 @@ difference from the exact GELU is below 6e-7 (tests/test_activations.py); the TF
 stay within 2e-6 of the XLA ones (benchmarks/deploy.py).
 
 The exported graph does not keep the chain: `repvit_jax.tflite_ops.fuse_gelu` finds it by the
-named scope `GELU_SCOPE` and replaces it by TFLite's one GELU op (1.35x for vit_tiny at batch
-32). The select-free chain is what runs when the export refuses that edit.
+named scope `GELU_SCOPE` and replaces it by TFLite's one GELU op (one kernel instead of about
+20 passes). The select-free chain is what runs when the export refuses that edit.
 
 The choice is made when the model is traced: `with select_free_gelu(): ...` around the trace
 (`export.tf_module` does this). JAX caches traces by function, so a function already traced

@@ -55,15 +55,14 @@ def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None,
     return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=impl)
   # 'xla': softmax(q k^T / sqrt(D) + bias) v written out, heads first (B, H, T, D), the layout
   # XLA's CPU dot wants (jax.nn.dot_product_attention's XLA path, and einsums over (B, T, H,
-  # D), measured 15-40% slower for vit_tiny inference on the CPU); also the only way to read
+  # D), slower on the CPU: benchmarks/README.md); also the only way to read
   # the logits. The softmax is normalised after the weighted sum, as flash attention does:
   # exp(l - max) v / sum exp(l - max) divides a (B, H, T, D_v) tensor instead of the
-  # (B, H, T, S) weights, one pass fewer over the largest tensor (vit_tiny at batch 32:
-  # attention 1.7x, the whole XLA forward 1.11x; benchmarks/README.md). Same values up to
-  # float rounding (1e-6 of the logits).
+  # (B, H, T, S) weights, one pass fewer over the largest tensor (figures:
+  # benchmarks/README.md). Same values up to float rounding (1e-6 of the logits).
   q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
   # 1/sqrt(D) scales the (B, H, T, D) queries rather than the (B, H, T, S) logits, one pass
-  # over the larger tensor fewer (the vit_tiny forward at batch 32: XLA 1.04x, bit-identical),
+  # over the larger tensor fewer (bit-identical logits),
   # where that is exact: a power of two (D = 16, 64, 256), or float32 queries (one rounding,
   # as on the logits). bfloat16 queries with another D would lose bits.
   scale_queries = is_power_of_two(scale) or q.dtype == jnp.float32
@@ -107,7 +106,7 @@ class QKV(nn.Module):
   computes (vit_tiny's logits came out bit-identical; a backend may sum a narrower product in
   another order, a rounding difference). Three products instead of one product and three
   slices: XLA and XNNPACK write q, k and v directly rather than copy them out of a (B, T, 3 C)
-  tensor (vit_tiny at batch 32: XLA 1.10x, TFLite 1.05x).
+  tensor (figures: benchmarks/README.md).
 
   `query_scale` multiplies the query's columns and bias: attention's 1/sqrt(head_dim), folded
   into the product where that is exact (a power of two: `is_power_of_two`).

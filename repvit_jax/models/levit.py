@@ -1,7 +1,7 @@
 """LeViT: a convolutional stem, then attention stages with BatchNorm after every linear.
 
 Graham et al., "LeViT: a Vision Transformer in ConvNet's Clothing for Faster Inference".
-Structure (REFERENCE.md): a stem of four 3x3 stride-2 ConvBNs (hardswish between them,
+Structure (the paper, as timm lays it out): a stem of four 3x3 stride-2 ConvBNs (hardswish between them,
 224 -> 14x14 tokens); three stages of residual attention + MLP blocks; between stages a
 shrinking attention (queries from a stride-2 subsample, no residual) and a residual MLP;
 mean over tokens; a BatchNorm+linear head, and with `distillation` a second such head whose

@@ -1,7 +1,7 @@
 """MetaFormer backbones: PoolFormer (pooling token mixer) and RIFormer (no token mixer).
 
 Yu et al., "MetaFormer Is Actually What You Need for Vision"; Wang et al., "RIFormer: Keep
-Your Vision Backbone Effective but Removing Token Mixer". Structure (REFERENCE.md):
+Your Vision Backbone Effective but Removing Token Mixer". Structure (the papers, as timm lays it out):
 
   stem            conv 7x7 stride 4 pad 2 (with bias)
   4 stages        blocks; between stages a conv 3x3 stride 2 pad 1 (`downsample_<s>`)

@@ -1,7 +1,7 @@
 """MobileViT: MobileNetV2 inverted residual blocks with MobileViT (conv + transformer) blocks.
 
 Mehta & Rastegari, "MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision
-Transformer". Structure (REFERENCE.md, timm's layout of ml-cvnets):
+Transformer". Structure (the paper, in timm's layout of ml-cvnets):
 
   stem        ConvBN 3x3 stride 2 -> 16 channels, SiLU
   stages_0    one inverted residual block (stride 1)
@@ -169,8 +169,8 @@ class MobileViT(_Common):
     deploy: the BN-folded deploy form.
   """
   # Images per pass for op-by-op runtimes given a larger batch (see `VisionTransformer`):
-  # mobilevit_xs's batch-32 TFLite graph ran 1.30-1.35x faster in passes of 4 (benchmarks/
-  # README.md; LeViT and the MetaFormers ran slower so, and keep the whole batch).
+  # mobilevit_xs gains from passes of 4 as the ViT does; LeViT and the MetaFormers lose, and
+  # keep the whole batch (figures: benchmarks/README.md).
   inference_micro_batch: ClassVar[Optional[int]] = 4
 
   num_classes: int = 1000

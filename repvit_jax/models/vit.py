@@ -65,8 +65,7 @@ class VisionTransformer(nn.Module):
 
   # Images per pass through the network when a runtime that runs op by op (TFLite/XNNPACK,
   # `export.tflite_bytes`) gets a larger batch: 4 keeps an MLP's (4, 197, 768) activation in
-  # the 2 MB L2 cache: vit_tiny's batch-32 TFLite graph ran 1.05-1.15x faster in passes of 4
-  # (three runs on the 2-core dev CPU; benchmarks/README.md).
+  # the 2 MB L2 cache, where the whole batch's does not (figures: benchmarks/README.md).
   inference_micro_batch: ClassVar[Optional[int]] = 4
 
   @nn.compact
@@ -139,7 +138,7 @@ class VisionTransformer(nn.Module):
       x = norm('fc_norm')(x[:, 1:].mean(axis=1))
     else:
       # The class token alone: LayerNorm is per token, and the other 196 would be dropped
-      # (timm normalises them all; XLA spent 19 ms of 756 on it at batch 32).
+      # (timm normalises them all, work whose result is thrown away).
       x = norm('norm')(x[:, 0])
     if self.num_classes == 0:
       return x
