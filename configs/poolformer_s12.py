@@ -56,23 +56,8 @@ def fashion(model_name: str = 'poolformer_s12'):
   """A narrow MetaFormer with S12's depths (common.METAFORMER_FASHION) on Fashion-MNIST at
   28x28 (7x7 tokens after the stem), the recipe of configs/vit_tiny.py:fashion: 16 epochs of
   batch 32, validation split held out (the eval split; 'test' only for reporting)."""
-  config = common.run_config('classification')
-  config.model = ml_collections.ConfigDict(dict(name=model_name, dtype='float32',
-                                                drop_path_rate=0.0, **common.METAFORMER_FASHION))
-  config.data = common.fashion_data()
-  config.batch_size = 32
-  config.eval_batch_size = 500
-  steps_per_epoch = common.fashion_steps_per_epoch(config.batch_size)
-  config.total_steps = 16 * steps_per_epoch
-  config.optimizer = common.adamw(base_lr=8e-3, min_lr=1e-5, warmup_steps=steps_per_epoch // 4,
-                                  weight_decay=0.05, grad_clip=1.0)
-  config.log_every = 200
-  config.eval_every = 2 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
-  config.label_smoothing = 0.1
-  config.mixup = common.mixup(mixup_alpha=0.0, cutmix_alpha=0.0)
-  config.teacher = common.teacher(kind='soft', alpha=0.5)
-  return config
+  return common.fashion_classification(dict(name=model_name, dtype='float32',
+                                            drop_path_rate=0.0, **common.METAFORMER_FASHION))
 
 
 def get_config(arg: str = ''):

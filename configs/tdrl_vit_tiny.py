@@ -74,24 +74,9 @@ def fashion():
   choices and their figures: benchmarks/README.md); the test split is only for reporting:
   `python -m repvit_jax.evaluate WORKDIR --config.data.eval_split=test`.
   """
-  config = common.run_config('classification')
-  config.model = ml_collections.ConfigDict(dict(
+  return common.fashion_classification(dict(
       name='tdrl_vit_tiny', dtype='float32', patch_size=4, width=64, depth=6, num_heads=2,
       global_pool='avg', drop_path_rate=0.0, tdrl=tdrl()))
-  config.data = common.fashion_data()
-  config.batch_size = 32
-  config.eval_batch_size = 500
-  steps_per_epoch = common.fashion_steps_per_epoch(config.batch_size)
-  config.total_steps = 16 * steps_per_epoch
-  config.optimizer = common.adamw(base_lr=8e-3, min_lr=1e-5, warmup_steps=steps_per_epoch // 4,
-                                  weight_decay=0.05, grad_clip=1.0)
-  config.log_every = 200
-  config.eval_every = 2 * steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
-  config.label_smoothing = 0.1
-  config.mixup = common.mixup(mixup_alpha=0.0, cutmix_alpha=0.0)
-  config.teacher = common.teacher(kind='soft', alpha=0.5)
-  return config
 
 
 def get_config(arg: str = ''):
