@@ -10,11 +10,11 @@ and interpreter log the same way. Those calls run in `quiet_stderr`: file descri
 captured, the known lines are dropped and anything else is written to stderr as it came.
 """
 
-import contextlib
 import importlib
 import os
 import sys
-import tempfile
+
+from repvit_jax import cli
 
 # TF's C++ start-up chatter (oneDNN notices, CPU feature lines) is noise for a JAX user.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -29,25 +29,17 @@ NOISE = ('All log messages before absl::InitializeLog() is called',
          'Created TensorFlow Lite XNNPACK delegate for CPU.')
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-  """Runs the block with file descriptor 2 captured; afterwards writes what it printed to
-  stderr, less the lines in `NOISE`: nothing unexpected is lost, only later."""
+def _pass_on_all_but_noise(captured: bytes) -> None:
+  for line in captured.decode('utf-8', 'replace').splitlines(keepends=True):
+    if not any(noise in line for noise in NOISE):
+      sys.stderr.write(line)
   sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      for line in captured.read().decode('utf-8', 'replace').splitlines(keepends=True):
-        if not any(noise in line for noise in NOISE):
-          sys.stderr.write(line)
-      sys.stderr.flush()
+
+
+def quiet_stderr():
+  """A context manager: the block's stderr (file descriptor 2) is captured, then written out
+  less the lines in `NOISE`; nothing unexpected is lost, only later."""
+  return cli.captured_stderr(_pass_on_all_but_noise)
 
 
 def import_quietly(module: str = 'tensorflow'):

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import re
 import time
 import traceback
@@ -31,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from repvit_jax import cli
 from repvit_jax.train import digest
 from repvit_jax.treepath import path_str
 
@@ -118,8 +118,9 @@ def _warn_on_stderr(line: str) -> None:
 
 @contextlib.contextmanager
 def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
-  """Captures file descriptor 2 for the duration. Success (`failure` empty): replayed to
-  stderr. Failure (`failure` holds the traceback text): both appended to `path`.
+  """Captures file descriptor 2 for the duration (`cli.captured_stderr`). Success (`failure`
+  empty): replayed to stderr. Failure (`failure` holds the traceback text): both appended to
+  `path`.
 
   A failed Orbax read logs each of its asyncio tasks' tracebacks, and TensorStore callbacks
   print more once the event loop has closed (within `grace_s`). They go into `path`, where the
@@ -127,30 +128,24 @@ def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
   that nobody awaited ("Task exception was never retrieved") only when the task is garbage
   collected, which on a loaded machine came after the grace period: collect before and after.
   """
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as capture:
-    os.dup2(capture.fileno(), 2)
+  def settle():
+    if failure:
+      gc.collect()
+      time.sleep(grace_s)
+      gc.collect()
+
+  def release(captured: bytes):
+    if not failure:
+      os.write(2, captured)
+      return
     try:
-      yield
-    finally:
-      if failure:
-        gc.collect()
-        time.sleep(grace_s)
-        gc.collect()
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      capture.seek(0)
-      captured = capture.read()
-      if not failure:
-        os.write(2, captured)
-      else:
-        try:
-          with open(path, "ab") as log:
-            log.write("".join(failure).encode() + captured)
-        except OSError:
-          pass    # a read-only workdir: the one warning line is what the user gets
+      with open(path, "ab") as log:
+        log.write("".join(failure).encode() + captured)
+    except OSError:
+      pass    # a read-only workdir: the one warning line is what the user gets
+
+  with cli.captured_stderr(release, before_release=settle):
+    yield
 
 
 def _first_line(error: BaseException) -> str:
