@@ -56,7 +56,20 @@ def resolve_splits(source, config) -> tuple[str, Optional[str]]:
   return train, evaluation
 
 
-class HeldOut:
+class _SourceView:
+  """A source seen through a change of its train split: the same name, classes and splits
+  unless the view says otherwise."""
+
+  def __init__(self, source):
+    self.source = source
+    self.name = source.name
+    self.num_classes = source.num_classes
+    self.classes = getattr(source, 'classes', ())
+    self.default_train_split = source.default_train_split
+    self.default_eval_split = source.default_eval_split
+
+
+class HeldOut(_SourceView):
   """`source` with `size` examples of its train split moved to a new 'validation' split.
 
   Indexed train splits (digits, IDX, folders, cached TFDS) give up a fixed random subset
@@ -66,12 +79,8 @@ class HeldOut:
   """
 
   def __init__(self, source, size: int):
-    self.source = source
+    super().__init__(source)
     self.size = int(size)
-    self.name = source.name
-    self.num_classes = source.num_classes
-    self.classes = getattr(source, 'classes', ())
-    self.default_train_split = source.default_train_split
     self.default_eval_split = VALIDATION
     try:
       source.num_examples(VALIDATION)
@@ -115,20 +124,15 @@ class HeldOut:
     return validation if split == VALIDATION else train
 
 
-class TrainFraction:
+class TrainFraction(_SourceView):
   """`source` whose train split keeps round(fraction x n_c) examples of each class c (at
   least one), the same examples in every run: per class a fixed random choice
   (numpy RandomState(1)), kept in the split's order. Every other split is the source's own.
   """
 
   def __init__(self, source, fraction: float, config):
-    self.source = source
+    super().__init__(source)
     self.fraction = float(fraction)
-    self.name = source.name
-    self.num_classes = source.num_classes
-    self.classes = getattr(source, 'classes', ())
-    self.default_train_split = source.default_train_split
-    self.default_eval_split = source.default_eval_split
     self._config = config
     self._kept = None
     self._whole_split = None
