@@ -107,8 +107,8 @@ def loss_parts(row: Dict[str, Any]) -> Dict[str, float]:
   unweighted, as metrics.jsonl has them) for the console line beside the total; {} when the
   loss has fewer than two."""
   parts = {k[len('train/'):]: v for k, v in row.items()
-           if k.startswith('train/') and k != 'train/loss'
-           and (k.endswith('_loss') or k.endswith('ce'))}
+           if k in ('train/ce', 'train/dist_ce')
+           or (k.startswith('train/') and k.endswith('_loss'))}
   return parts if len(parts) >= 2 else {}
 
 
