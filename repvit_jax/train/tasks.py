@@ -160,7 +160,7 @@ def build(config, info) -> Task:
     raise ValueError(f'unknown task {name!r}; known tasks: {", ".join(sorted(classes))}')
   task = classes[name](config, info.num_classes)
   names = tuple(getattr(info, 'class_names', ()) or ())
-  if names and len(names) == info.num_classes:
+  if names and len(names) == task.spec.num_classes:
     # Saved with every checkpoint and model directory: a copied `deploy/` says what it
     # predicts without the data set.
     task.spec = task.spec.replace(class_names=names)
