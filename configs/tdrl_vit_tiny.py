@@ -2,7 +2,7 @@
 `:fashion` on Fashion-MNIST.
 
     python train.py --config configs/tdrl_vit_tiny.py --workdir runs/tdrl_vit_tiny \
-        --config.init_from=runs/mae_tdrl_vit_tiny          # fine-tune from MAE pre-training
+        --config.init_from=runs/mae_tdrl_vit_tiny --config.model.num_heads=12   # after MAE
     python train.py --config configs/tdrl_vit_tiny.py:demo --workdir runs/demo
     python train.py --config configs/tdrl_vit_tiny.py:fashion --workdir runs/fashion
 
@@ -33,7 +33,9 @@ def imagenet():
   config = common.run_config('classification')
   config.model = ml_collections.ConfigDict(dict(
       name='tdrl_vit_tiny', dtype='float32', global_pool='avg', drop_path_rate=0.0,
-      tdrl=tdrl()))
+      # DeiT-Tiny's 3 heads; MAE-Lite's pre-trained encoders have 12: fine-tune them with
+      # --config.model.num_heads=12.
+      num_heads=3, tdrl=tdrl()))
   config.data = common.data_config(
       name='imagenet2012', image_size=224, crop_scale=(0.08, 1.0), flip=True,
       randaugment=common.randaugment(num_layers=2, magnitude=10.0, magnitude_std=0.5),

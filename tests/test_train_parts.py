@@ -184,3 +184,13 @@ def test_the_trainer_names_the_classes_in_every_spec_it_saves():
   task = rj.train.tasks.build(config, rj.data.get_dataset_info(config.data))
   assert task.spec.class_names == tuple(str(k) for k in range(10))
   assert task.deploy_spec.class_names == task.spec.class_names
+
+
+def test_init_from_refuses_weights_trained_with_other_attention_heads():
+  from repvit_jax.models.spec import ModelSpec  # pylint: disable=import-outside-toplevel
+  mae_lite = ModelSpec.registered('mae_vit_tiny', num_classes=0)        # 12 heads
+  deit = ModelSpec.registered('vit_tiny', num_classes=10)               # 3 heads
+  with pytest.raises(ValueError, match=r'12 attention heads .* has 3 .*num_heads=12'):
+    pretrained.check_heads(mae_lite, deit, 'init_from runs/mae')
+  pretrained.check_heads(mae_lite, deit.replace(overrides={'num_heads': 12}))   # fits
+  pretrained.check_heads(None, deit)                       # a source without a spec: no check

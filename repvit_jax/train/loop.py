@@ -483,7 +483,9 @@ class _Evaluator:
 def _init_from(init_source, task, state, state_sharding, is_chief: bool):
   """Loads the task's `init_source()` (path, skip regex) into the fresh params/batch_stats."""
   path, skip = init_source
-  source = task.adapt_pretrained(pretrained.read(path, 'init_from')[1])
+  source_spec, source = pretrained.read(path, 'init_from')
+  pretrained.check_heads(source_spec, task.spec, f'init_from {path}')
+  source = task.adapt_pretrained(source)
   params, unused_params = pretrained.fit(jax.device_get(state['params']), source['params'],
                                          skip=skip, what=f'init_from {path}')
   batch_stats, _ = pretrained.fit(jax.device_get(state['batch_stats']),

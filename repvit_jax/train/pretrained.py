@@ -32,6 +32,19 @@ def read(path: str, what: str = 'init_from') -> Tuple[Optional[Any], Dict[str, A
     raise type(e)(f'{what}: {e}') from None
 
 
+def check_heads(source_spec, target_spec, what: str = 'init_from') -> None:
+  """Raises ValueError when the source's attention has another number of heads than the
+  model's: the weights have the same shapes either way, so they would load and attend
+  differently from how they were trained (MAE-Lite's ViT-Tiny has 12 heads, DeiT's 3)."""
+  if source_spec is None:
+    return
+  heads = [getattr(s.build(), 'num_heads', None) for s in (source_spec, target_spec)]
+  if None not in heads and heads[0] != heads[1]:
+    raise ValueError(f'{what}: the weights were trained with {heads[0]} attention heads and '
+                     f'the model has {heads[1]} (same shapes, different attention): add '
+                     f'--config.model.num_heads={heads[0]}')
+
+
 def fit(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: str = '',
         what: str = 'checkpoint') -> Tuple[Dict[str, Any], List[str]]:
   """Takes every leaf of `target` from `source` (same path, same shape).
@@ -73,4 +86,4 @@ def fit(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: str = '',
   return unflatten(out), unused
 
 
-__all__ = ['read', 'fit', 'init_source']
+__all__ = ['read', 'fit', 'init_source', 'check_heads']
