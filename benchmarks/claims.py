@@ -271,7 +271,7 @@ OPERATIONAL = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'
                'distributed', 'eval_batch_size', 'resume_step', 'allow_config_change')
 # Fields added to the configs after runs were recorded, at the value that computes what those
 # runs computed: left out of the hash at that value, so the records stay the same experiment.
-NEUTRAL = {('data', 'train_fraction'): 1.0}
+NEUTRAL = {('data', 'train_fraction'): 1.0, ('data', 'eval_resize'): 'bilinear'}
 
 
 def recipe_hash(config: str) -> str:

@@ -29,17 +29,13 @@ from repvit_jax.models.registry import get_registration
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
 
-CONTRACT_FIELDS = ('image_size', 'mean', 'std', 'eval_crop_fraction')
-
-
 def contract_data_config(spec: ModelSpec, data_config,
                          changes: Optional[Dict[str, Any]] = None) -> ml_collections.ConfigDict:
   """`data_config` (data set, splits, directory) preparing images as `spec.input` says, then
   `changes` on top."""
   config = ml_collections.ConfigDict(
       data_config.to_dict() if hasattr(data_config, 'to_dict') else dict(data_config))
-  for key in CONTRACT_FIELDS:
-    config[key] = getattr(spec.input, key)
+  config.update(spec.input.data_fields())
   for key, value in (changes or {}).items():
     if key not in config:
       raise ValueError(f'--config.data.{key}: the data config has no field {key!r}')

@@ -31,8 +31,7 @@ def prepare(paths: Sequence[str], contract: InputSpec) -> np.ndarray:
   from repvit_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
   from repvit_jax.data.decode import decode_encoded_crop  # pylint: disable=import-outside-toplevel
   config = data.default_config()
-  for key in ('image_size', 'mean', 'std', 'eval_crop_fraction'):
-    config[key] = getattr(contract, key)
+  config.update(contract.data_fields())
   resolved = data_config.resolve(config)
   images = []
   for path in paths:

@@ -445,6 +445,11 @@ def test_command_line_writes_a_model_dir_that_init_from_accepts(tmp_path, capsys
   assert 'deit_tiny_patch16_224: deit_tiny here' in out
   assert 'deit_tiny (training form, 1000 classes, 5,717,416 parameters)' in out
   assert io.is_model_dir(dst)
+  # It carries timm's evaluation of the weights: bicubic, crop 0.9, ImageNet mean/std.
+  assert 'input contract: eval_crop_fraction 0.9, resize bicubic' in out
+  contract = io.read_spec(dst).input
+  assert (contract.resize, contract.eval_crop_fraction) == ('bicubic', 0.9)
+  assert contract.mean == (0.485, 0.456, 0.406)
   model, variables = io.load_model(dst)
   assert model.num_classes == 1000
   # init_from / teacher.init_from read it and fit it to a fresh model.
@@ -465,6 +470,19 @@ def test_timm_names_map_to_registered_ones():
   assert convert.registered_name('vit_small_patch16_384') == 'vit_small'
   assert convert.registered_name('mobilevit_xs') == 'mobilevit_xs'
   assert convert.registered_name('resnet50') == 'resnet50'      # unknown: the error lists them
+
+
+def test_converted_weights_carry_the_contract_they_were_published_with():
+  # timm's ViTs (augreg) normalise to [-1, 1]; DeiT, LeViT, PoolFormer use ImageNet's
+  # statistics; all of timm's resize bicubically; MAE fine-tuning crops 224 of 256.
+  assert convert.published_contract('vit_tiny_patch16_224.augreg_in21k_ft_in1k') == dict(
+      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), eval_crop_fraction=0.9, resize='bicubic')
+  assert convert.published_contract('levit_128s') == dict(resize='bicubic')    # crop 0.9 already
+  assert convert.published_contract('poolformer_m36') == dict(eval_crop_fraction=0.95,
+                                                              resize='bicubic')
+  assert convert.published_contract('mae_vit_tiny') == dict(resize='bicubic')
+  assert convert.published_contract('vit_tiny') == {}   # a timm ViT or a DeiT: not known
+  assert convert.published_contract('riformer_s12') == {}
 
 
 def test_command_line_reports_errors(tmp_path, capsys):

@@ -128,6 +128,7 @@ def test_other_tfds_not_prepared(tmp_path):
     (dict(image_size=0), 'image_size'),
     (dict(std=(1.0, 0.0, 1.0)), 'std'),
     (dict(eval_crop_fraction=1.5), 'eval_crop_fraction'),
+    (dict(eval_resize='nearest'), 'eval_resize'),
     (dict(random_erasing=1.5), 'random_erasing'),
     (dict(repeated_augmentation=0), 'repeated_augmentation'),
 ])
@@ -318,6 +319,22 @@ def test_folder_eval(image_folder):
   assert sorted(ids) == sorted(expected)
   labels = sum((b['label'][:int(b['mask'].sum())].tolist() for b in batches), [])
   assert labels == [expected[i] for i in ids] == sorted(labels)
+
+
+def test_eval_resize_follows_the_config(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  noise = np.random.default_rng(0).integers(0, 256, (21, 29, 3), dtype=np.uint8)
+  for split in ('train', 'val'):
+    os.makedirs(tmp_path / split / 'a')
+    Image.fromarray(noise).save(tmp_path / split / 'a' / '0.png')
+
+  def first_image(method):
+    c = config(name=f'folder:{tmp_path}', eval_resize=method, eval_crop_fraction=0.9)
+    return next(iter(data.make_eval_iterator(c, global_batch_size=1, process_index=0,
+                                              process_count=1)))['image']
+  bilinear, bicubic = first_image('bilinear'), first_image('bicubic')
+  assert bilinear.shape == bicubic.shape
+  assert 0.05 < np.abs(bilinear - bicubic).mean() < 1.0   # the same image, resampled otherwise
 
 
 def test_folder_errors(tmp_path):

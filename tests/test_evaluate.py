@@ -117,3 +117,16 @@ def test_evaluate_checks_its_output_and_the_model_record_before_working(workdir,
   (liar / 'model.json').write_text(json.dumps(record))
   assert evaluate.main([str(liar)]) == 1
   assert 'give the model and --set key=value overrides the run used' in one_error_line(capsys)
+
+
+def test_a_contract_round_trips_through_the_data_config():
+  from repvit_jax import data  # pylint: disable=import-outside-toplevel
+  from repvit_jax.models.inputs import InputSpec  # pylint: disable=import-outside-toplevel
+  contract = InputSpec(64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), eval_crop_fraction=0.9,
+                       resize='bicubic')
+  config = data.default_config()
+  config.update(contract.data_fields())
+  assert config.eval_resize == 'bicubic' and config.image_size == 64
+  assert InputSpec.from_data_config(config.to_dict(), InputSpec()) == contract
+  with pytest.raises(ValueError, match='resize must be one of'):
+    InputSpec(resize='nearest')

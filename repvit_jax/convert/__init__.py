@@ -82,7 +82,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
   Args:
     state_dict: {key: array} (numpy or torch tensors); training-checkpoint wrappers
       (`{"model": ...}`, `{"state_dict": ...}`) and `module.`/`model.` prefixes are removed.
-    model: a registered name (`repvit_jax.list_models()`), e.g. 'vit_tiny', 'levit_128s'.
+    model: a registered name (`repvit_jax.list_models()`), e.g. 'vit_tiny', 'levit_128s', or
+      timm's ('deit_tiny_patch16_224'); the saved input contract is the one the weights were
+      published with (`published_contract`).
     num_classes: None infers it from the checkpoint's classifier (0 without one).
     deploy: the form of the result. None: the checkpoint's own form (RIFormer's deploy
       checkpoints, a plain ViT into `tdrl_vit_*`: deploy; LeViT, MobileViT: training).
@@ -104,10 +106,15 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
     ValueError: an unknown model, or a model family without a PyTorch mapping.
   """
   state_dict = normalize_state_dict(state_dict)
+  given, model = model, registered_name(model)
   fam = family_for(model)
   plan = fam.plan(model, state_dict, num_classes=num_classes,
                   overrides=dict(overrides or {}), image_size=None)
   plan.ignore.extend(ignore)
+  plan.input_changes = published_contract(given)
+  if plan.input_changes:
+    shown = ', '.join(f'{k} {v}' for k, v in plan.input_changes.items())
+    plan.notes.append(f'input contract: {shown} (how {given} was evaluated where published)')
   has_deploy_form = bool(get_registration(model).deploy)
   if deploy and has_deploy_form and not plan.deploy:
     plan.fold = True
@@ -144,6 +151,33 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: str, *,
 _TIMM_VIT = re.compile(r'^(?P<name>(?:vit|deit)_(?:tiny|small|base))_patch16_\d+$')
 
 
+# How published weights were evaluated, where that differs from the registered contract:
+# (pattern of the name the user gives, InputSpec fields). timm's pretrained configs resize
+# bicubically; timm's own ViTs (augreg) take pixels normalised to [-1, 1]; MAE's fine-tuning
+# evaluated at 224 of 256 with bicubic resizing. A bare 'vit_tiny' could be either a timm ViT
+# or a DeiT-style checkpoint, so it keeps the registered contract.
+_PUBLISHED = (
+    (r'^vit_(tiny|small|base)_patch16_\d+', dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                                  eval_crop_fraction=0.9, resize='bicubic')),
+    (r'^deit_', dict(eval_crop_fraction=0.9, resize='bicubic')),
+    (r'^levit_', dict(eval_crop_fraction=0.9, resize='bicubic')),
+    (r'^mobilevit_', dict(eval_crop_fraction=0.9, resize='bicubic')),
+    (r'^poolformer_s', dict(eval_crop_fraction=0.9, resize='bicubic')),
+    (r'^poolformer_m', dict(eval_crop_fraction=0.95, resize='bicubic')),
+    (r'^mae_', dict(eval_crop_fraction=0.875, resize='bicubic')),
+)
+
+
+def published_contract(name: str) -> Dict[str, Any]:
+  """InputSpec fields of the evaluation the weights of model `name` (timm's name or a
+  registered one) were published with, where they differ from the registered contract."""
+  for pattern, fields in _PUBLISHED:
+    if re.match(pattern, name):
+      registered = get_registration(registered_name(name)).input
+      return {k: v for k, v in fields.items() if getattr(registered, k) != v}
+  return {}
+
+
 def registered_name(name: str) -> str:
   """The registered model for `name`, which may be timm's: its pretrained tag dropped
   ('vit_tiny_patch16_224.augreg_in21k_ft_in1k'), ViT/DeiT's patch and resolution suffix too
@@ -165,7 +199,7 @@ def convert_checkpoint(src: str, dst: Optional[str] = None, *, model: str,
   `model` is a registered name or timm's (`registered_name`); keyword arguments are those of
   `convert_state_dict`.
   """
-  result = convert_state_dict(read_state_dict(src), registered_name(model), **kwargs)
+  result = convert_state_dict(read_state_dict(src), model, **kwargs)
   if dst is not None:
     result.save(dst)
   return result
@@ -191,6 +225,6 @@ def to_state_dict(variables: Mapping[str, Any], model: str, *, num_classes: int,
 
 
 __all__ = ['Converted', 'ConversionError', 'convert_state_dict', 'convert_checkpoint',
-           'registered_name',
+           'registered_name', 'published_contract',
            'to_state_dict', 'target_tree', 'read_state_dict', 'write_safetensors',
            'normalize_state_dict', 'Plan', 'core', 'family']

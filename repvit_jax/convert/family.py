@@ -32,6 +32,8 @@ class Plan:
     ignore: regexes of PyTorch keys that are present but not needed.
     notes: lines for the user (what was inferred).
     source: the key layout of the checkpoint when a family reads several ('timm', ...).
+    input_changes: InputSpec fields the weights were published with where they differ from
+      the registered contract (timm's bicubic resize and crop, say: `published_contract`).
   """
   name: str
   num_classes: int
@@ -42,10 +44,12 @@ class Plan:
   notes: List[str] = dataclasses.field(default_factory=list)
   fold: bool = False
   source: str = ''
+  input_changes: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def spec(self) -> ModelSpec:
-    """The converted model's `ModelSpec`: the registered input contract at `image_size`."""
-    contract = get_registration(self.name).input
+    """The converted model's `ModelSpec`: the registered input contract with the weights'
+    published evaluation (`input_changes`), at `image_size`."""
+    contract = dataclasses.replace(get_registration(self.name).input, **self.input_changes)
     return ModelSpec.registered(self.name, num_classes=self.num_classes, deploy=self.deploy,
                                 overrides=self.overrides,
                                 input=dataclasses.replace(contract, image_size=self.image_size))

@@ -88,8 +88,9 @@ def centre_crop_window(shape: tf.Tensor, fraction: float) -> tf.Tensor:
 ANTIALIAS_FACTOR = 2.0
 
 
-def resize(image: tf.Tensor, size) -> tf.Tensor:
-  """Bilinear resize of [h, w, 3] to float32 [size, size, 3] in [0, 255].
+def resize(image: tf.Tensor, size, method: str = 'bilinear') -> tf.Tensor:
+  """Resize (`method`: 'bilinear' or 'bicubic') of [h, w, 3] to float32 [size, size, 3] in
+  [0, 255].
 
   `size` may also be a (height, width) pair (ints or scalar tensors; the multi-scale
   sampler's). Antialiased when shrinking by ANTIALIAS_FACTOR or more (large photos), plain
@@ -106,7 +107,7 @@ def resize(image: tf.Tensor, size) -> tf.Tensor:
     size = [size, size]
 
   def resize_with(antialias):
-    return lambda: tf.image.resize(image, size, method='bilinear', antialias=antialias)
+    return lambda: tf.image.resize(image, size, method=method, antialias=antialias)
 
   out = tf.cond(shrink, resize_with(True), resize_with(False))
   return tf.clip_by_value(out, 0.0, 255.0)

@@ -42,6 +42,8 @@ Fields (all live in `config.data` of a trainer config):
   mean, std: per-channel normalisation in [0, 1] pixel units: (x / 255 - mean) / std.
   eval_crop_fraction: evaluation resizes the shorter side to image_size / eval_crop_fraction and
     takes the centre image_size x image_size crop.
+  eval_resize: the method of that resize, 'bilinear' or 'bicubic' (timm's pretrained weights
+    were evaluated with bicubic; a converted model's input contract says which).
   shuffle_buffer: window of the stateless shuffle of streamed TFDS training, in examples per
     host; up to three windows of encoded images are held in memory (ImageNet: ~110 KB each).
     Unused when examples are read by index (digits, folders, cached TFDS): those shuffle
@@ -67,7 +69,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from repvit_jax.data.errors import DataError
-from repvit_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
+from repvit_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD, RESIZE_METHODS
 
 
 
@@ -96,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
       eval_crop_fraction=0.875,
+      eval_resize='bilinear',
       shuffle_buffer=16_384,
       cache=False,
       prefetch=4,
@@ -168,6 +171,10 @@ def resolve(config: Any) -> ml_collections.FrozenConfigDict:
   if not 0 < fraction <= 1:
     raise DataError(f'data.eval_crop_fraction must be in (0, 1], got {fraction!r}')
   out['eval_crop_fraction'] = fraction
+  out['eval_resize'] = str(out.get('eval_resize', 'bilinear'))
+  if out['eval_resize'] not in RESIZE_METHODS:
+    raise DataError(f"data.eval_resize must be one of {RESIZE_METHODS}, got "
+                    f"{out['eval_resize']!r}")
   jitter = float(out['color_jitter'])
   if jitter < 0:
     raise DataError(f'data.color_jitter must be >= 0 (0 is off), got {jitter!r}')

@@ -2,7 +2,7 @@
 
 Train (timm order): random-resized crop (decoded straight into the crop), resize, horizontal
 flip, RandAugment, colour jitter, normalise, random erasing. Eval: centre crop of
-`eval_crop_fraction` of the shorter side, resize, normalise.
+`eval_crop_fraction` of the shorter side, resize (`eval_resize`), normalise.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def eval_image(raw: tf.Tensor, decode_crop: DecodeCrop, config) -> tf.Tensor:
   def window(shape):
     return augment.centre_crop_window(shape, config.eval_crop_fraction)
 
-  image = augment.resize(decode_crop(raw, window), size)
+  image = augment.resize(decode_crop(raw, window), size, config.eval_resize)
   image = augment.normalise(image, config.mean, config.std)
   image.set_shape([size, size, 3])
   return image

@@ -4,8 +4,8 @@ A trained model only works on images prepared the way its training prepared them
 that preparation, saved with every checkpoint and model directory (`ModelSpec.input`):
 
     pixels in [pixel_range[0], pixel_range[1]] (RGB, HWC)
-      -> resize the shorter side to image_size / eval_crop_fraction (bilinear),
-         centre-crop image_size x image_size
+      -> resize the shorter side to image_size / eval_crop_fraction (`resize`: bilinear or
+         bicubic), centre-crop image_size x image_size
       -> x = ((pixels - low) / (high - low) - mean) / std   per channel
 """
 
@@ -18,6 +18,10 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_METHODS = ('bilinear', 'bicubic')
+# Contract field -> the data config field that sets it.
+DATA_FIELDS = {'image_size': 'image_size', 'mean': 'mean', 'std': 'std',
+               'eval_crop_fraction': 'eval_crop_fraction', 'resize': 'eval_resize'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +34,8 @@ class InputSpec:
     pixel_range: (low, high) of the raw pixel values the scaling maps to [0, 1].
     eval_crop_fraction: evaluation resizes the shorter side to image_size / fraction and
       takes the centre crop.
-    resize: the resize method of that step.
+    resize: the resize method of that step, 'bilinear' or 'bicubic' (timm's pretrained
+      models were evaluated with bicubic).
   """
   image_size: int = 224
   mean: Tuple[float, float, float] = IMAGENET_MEAN
@@ -38,6 +43,26 @@ class InputSpec:
   pixel_range: Tuple[float, float] = (0.0, 255.0)
   eval_crop_fraction: float = 0.875
   resize: str = 'bilinear'
+
+  def __post_init__(self):
+    if self.resize not in RESIZE_METHODS:
+      raise ValueError(f'input contract: resize must be one of {RESIZE_METHODS}, got '
+                       f'{self.resize!r}')
+
+  def data_fields(self) -> dict:
+    """The contract as fields of the data config (`repvit_jax.data.default_config()`): what
+    an evaluation pipeline sets to prepare images this way."""
+    return {data_field: getattr(self, field) for field, data_field in DATA_FIELDS.items()}
+
+  @classmethod
+  def from_data_config(cls, data: Mapping[str, Any], default: 'InputSpec') -> 'InputSpec':
+    """The contract a data config prepares images by; `default` for the fields it lacks."""
+    values = {field: data.get(data_field, getattr(default, field))
+              for field, data_field in DATA_FIELDS.items()}
+    return dataclasses.replace(
+        default, image_size=int(values['image_size']), mean=tuple(values['mean']),
+        std=tuple(values['std']), eval_crop_fraction=float(values['eval_crop_fraction']),
+        resize=str(values['resize']))
 
   def normalize(self, pixels) -> np.ndarray:
     """(..., 3) raw pixels in `pixel_range` -> float32 model inputs (no resizing)."""
@@ -86,4 +111,4 @@ class InputSpec:
     return cls(**values)
 
 
-__all__ = ['InputSpec', 'IMAGENET_MEAN', 'IMAGENET_STD']
+__all__ = ['InputSpec', 'IMAGENET_MEAN', 'IMAGENET_STD', 'RESIZE_METHODS', 'DATA_FIELDS']

@@ -101,17 +101,12 @@ class ModelSpec:
   @classmethod
   def from_config(cls, config, num_classes: int) -> 'ModelSpec':
     """The student of a trainer config: `config.model` (name + overrides + dtype) and the
-    input contract of `config.data` (image_size, mean, std, eval_crop_fraction)."""
+    input contract of `config.data` (image_size, mean, std, eval_crop_fraction, eval_resize)."""
     model = _plain(config['model'])
     name = model.pop('name')
     dtype = str(model.pop('dtype', 'float32'))
     data = _plain(config['data']) if 'data' in config else {}
-    default = get_registration(name).input
-    contract = InputSpec(
-        image_size=int(data.get('image_size', default.image_size)),
-        mean=tuple(data.get('mean', default.mean)),
-        std=tuple(data.get('std', default.std)),
-        eval_crop_fraction=float(data.get('eval_crop_fraction', default.eval_crop_fraction)))
+    contract = InputSpec.from_data_config(data, get_registration(name).input)
     return cls(name=name, num_classes=int(num_classes), overrides=model, input=contract,
                dtype=dtype, trained_dtype=dtype)
 
