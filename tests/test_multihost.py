@@ -135,7 +135,9 @@ def check_mae_run(workdir):
   assert [r['step'] for r in evals] == [2, 3]
   for r in evals:   # the reparameterized (vanilla) encoder gives the same masked loss
     assert abs(r['eval/loss'] - r['eval/deploy_loss']) <= 1e-4 * r['eval/loss']
-  assert sorted(os.listdir(workdir / 'reconstructions')) == ['step_2.png', 'step_3.png']
+  # step 0: the model as initialised, to compare the later pictures with
+  assert sorted(os.listdir(workdir / 'reconstructions')) == ['step_0.png', 'step_2.png',
+                                                            'step_3.png']
   png = (workdir / 'reconstructions' / 'step_3.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
   width, height = int.from_bytes(png[16:20], 'big'), int.from_bytes(png[20:24], 'big')

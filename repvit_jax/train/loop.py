@@ -205,6 +205,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   if is_chief:
     config_record.write(workdir, config)
   health.start(start_step)
+  if start_step == 0:
+    task.before_training(model_variables(state), workdir)   # collective: every process
 
   train_step = jax.jit(make_train_step(task, tx, accum_steps,
                                        ema_config if with_ema else None), donate_argnums=(0,),

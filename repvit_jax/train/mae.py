@@ -275,6 +275,12 @@ class MAETask(Task):
     print(f'reconstructions: {path} (masked-patch loss {float(np.mean(losses)):.4f} on '
           f'{len(losses)} images)', flush=True)
 
+  def before_training(self, variables, workdir: str) -> None:
+    """`reconstructions/step_0.png`: the model as initialised (or as `init_from` left it),
+    the picture each later one is compared with."""
+    if int(self.config.get('eval_every', 0) or 0) > 0:
+      self.after_eval(variables, workdir, 0)
+
   def reconstruction_picture(self, variables, images: np.ndarray,
                              step: int) -> Tuple[np.ndarray, np.ndarray]:
     """The labelled picture of `images` (n, H, W, 3), data-normalised, and each image's

@@ -6,6 +6,7 @@ A task owns the model(s) and the loss. The loop calls its hooks in this order:
                                 frozen = task.load_frozen()
                                 task.init_variables(rng, images)        (inside jit)
                                 task.init_source(); task.adapt_pretrained(source)
+    a fresh run, before step 1: task.before_training(variables, workdir)   COLLECTIVE
     every step (compiled):      task.loss(params, batch_stats, batch, rng, frozen)
     every evaluation:           task.evaluate(variables, batch, frozen, deploy=...)  (compiled)
                                 task.summarize(sums, prefix)             (host)
@@ -93,6 +94,11 @@ class Task:
   def after_eval(self, variables, workdir: str, step: int) -> None:
     """COLLECTIVE: runs on every process after each evaluation (pictures, say)."""
     del variables, workdir, step
+
+  def before_training(self, variables, workdir: str) -> None:
+    """COLLECTIVE: runs on every process once before the first step of a fresh run (not on
+    resume), with the initial variables (a step-0 picture to compare the later ones with)."""
+    del variables, workdir
 
   # -- shared by the tasks -----------------------------------------------------------------
 
