@@ -108,12 +108,19 @@ def test_remat_block_computes_the_same_gradients(tiny_images):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_cudnn_attention_off_gpu_is_one_clear_error(tiny_images):
-  if jax.default_backend() == 'gpu':
-    pytest.skip('a GPU is present')
+def test_cudnn_attention_needs_bfloat16_and_is_xlas_off_cuda(tiny_images):
   model = rj.create_model('vit_tiny', num_classes=10, attention_impl='cudnn', **TINY_VIT)
-  with pytest.raises(ValueError, match="attention_impl='cudnn' needs a GPU"):
+  with pytest.raises(ValueError, match="attention_impl='cudnn' needs model.dtype bfloat16"):
     model.init(jax.random.key(0), tiny_images, train=False)
+  if jax.default_backend() == 'gpu':
+    return
+  # Lowered for this CPU, the cuDNN model computes exactly what the written-out one does.
+  cudnn = rj.create_model('vit_tiny', num_classes=10, attention_impl='cudnn', dtype='bfloat16',
+                          **TINY_VIT)
+  xla = rj.create_model('vit_tiny', num_classes=10, dtype='bfloat16', **TINY_VIT)
+  variables = xla.init(jax.random.key(0), tiny_images, train=False)
+  np.testing.assert_array_equal(cudnn.apply(variables, tiny_images, train=False),
+                                xla.apply(variables, tiny_images, train=False))
 
 
 def test_unknown_dtype_names_the_choices():

@@ -8,6 +8,7 @@ names in the deploy form. Tokens are (B, T, C) throughout.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -32,10 +33,11 @@ def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None,
   """Softmax attention over (B, T, H, D) queries, keys and values -> (B, T, H, D).
 
   The logits q.k / sqrt(D) (+ bias) and the softmax are float32 whatever the compute dtype.
-  'xla' writes the computation out for XLA to fuse; 'cudnn' (GPU, bfloat16/float16) runs
-  cuDNN's flash attention through `jax.nn.dot_product_attention`, which never stores the
-  (B, H, T, T) logits, unless `sow` (a callable taking the logits) needs them, or the values
-  have another width than the keys (LeViT).
+  'xla' writes the computation out for XLA to fuse; 'cudnn' (bfloat16/float16) runs cuDNN's
+  flash attention through `jax.nn.dot_product_attention` where the function is lowered for
+  CUDA (never storing the (B, H, T, T) logits) and 'xla' on other platforms, unless `sow` (a
+  callable taking the logits) needs them, or the values have another width than the keys
+  (LeViT).
 
   Args:
     q, k: (B, T, H, D) and (B, S, H, D); v: (B, S, H, D_v); one dtype.
@@ -48,11 +50,16 @@ def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None,
     raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}')
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   if impl == 'cudnn' and sow is None and v.shape[-1] == q.shape[-1]:
-    if jax.default_backend() != 'gpu' or q.dtype not in (jnp.bfloat16, jnp.float16):
-      raise ValueError(f"attention_impl='cudnn' needs a GPU and model.dtype bfloat16 (here: "
-                       f"{jax.default_backend()}, {q.dtype}); use attention_impl='xla'")
-    bias = None if bias is None else bias.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=impl)
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"attention_impl='cudnn' needs model.dtype bfloat16 (here {q.dtype}); "
+                       "use attention_impl='xla'")
+    written_out = lambda q, k, v: attention(q, k, v, bias=bias, scale=scale)
+    # Decided by the platform the step is lowered for, not the host's backend: cuDNN's kernel
+    # where the lowering is for CUDA, the written-out attention for every other platform (a
+    # model trained on a GPU evaluates on a CPU; a SavedModel lowers for several).
+    return jax.lax.platform_dependent(
+        q, k, v, cuda=lambda q, k, v: _cudnn_attention(q, k, v, bias, scale, written_out),
+        default=written_out)
   # 'xla': softmax(q k^T / sqrt(D) + bias) v written out, heads first (B, H, T, D), the layout
   # XLA's CPU dot wants (jax.nn.dot_product_attention's XLA path, and einsums over (B, T, H,
   # D), slower on the CPU: benchmarks/README.md); also the only way to read
@@ -81,6 +88,21 @@ def attention(q, k, v, *, impl: str = 'xla', bias=None, sow=None,
                         preferred_element_type=jnp.float32)
   out = weighted / unnormalised.sum(-1, keepdims=True)
   return out.astype(v.dtype).transpose(0, 2, 1, 3)
+
+
+def _cudnn_attention(q, k, v, bias, scale, fallback):
+  """cuDNN's fused attention; `fallback` where cuDNN cannot be found while tracing (JAX looks
+  it up then: a host without JAX's CUDA plugin and cuDNN wheels cannot lower it)."""
+  try:
+    return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else
+                                        bias.astype(q.dtype), scale=scale,
+                                        implementation='cudnn')
+  except RuntimeError as e:
+    if 'cudnn' not in str(e).lower():
+      raise
+    if jax.default_backend() == 'gpu':
+      warnings.warn(f"attention_impl='cudnn': {e} (install jax[cuda12]); using XLA's attention")
+    return fallback(q, k, v)
 
 
 class DropPath(nn.Module):
