@@ -2,7 +2,7 @@
 
     python benchmarks/readme_figures.py                 # every run (about 35 min on 2 cores)
     python benchmarks/readme_figures.py --render        # only rewrite README.md from the record
-    python benchmarks/readme_figures.py --smoke         # every command, 4 steps each (a walk)
+    python benchmarks/readme_figures.py --smoke         # a walk: 4 steps each, then the tools
 
 Each command of `RUNS` is the README's text (tests/test_readme.py checks it is there, word
 for word), run with this Python in a scratch directory that holds links to `train.py` and
@@ -57,6 +57,15 @@ RUNS = (
      '--config.model.patch_size=4 --config.model.num_heads=6 --config.total_steps=300 '
      '--config.eval_every=150', 'the same from scratch (no `init_from`)'),
 )
+# The README's tool commands on command 1's run: walked with --smoke (they have no figures).
+# `predict` is left out: it needs image files of the user's.
+TOOLS = (
+    ('evaluate', '-m repvit_jax.evaluate runs/demo'),
+    ('export', '-m repvit_jax.export runs/demo exported --format '
+     'tflite,tflite-int8,savedmodel --evaluate'),
+    ('attention', '-m repvit_jax.analyze attention runs/demo analysis'),
+    ('cka', '-m repvit_jax.analyze cka runs/demo runs/demo/deploy analysis --num-images 64'),
+)
 # A walk, not a measurement: every command, a few steps each.
 SMOKE_FLAGS = ('--config.total_steps=4', '--config.eval_every=4', '--config.log_every=2',
                '--config.checkpoint_every=4')
@@ -96,6 +105,15 @@ def run_all(smoke: bool) -> Dict[str, dict]:
                        'tail': lines[-5:], **figures(name, read_metrics(workdir))}
       print(f'[{name}] {wall:.0f} s: {json.dumps(results[name], default=str)[:300]}',
             flush=True)
+    for name, command in TOOLS if smoke else ():
+      print(f'[{name}] python {command}', flush=True)
+      start = time.time()
+      done = subprocess.run([sys.executable, *shlex.split(command)], cwd=scratch,
+                            capture_output=True, text=True, check=False)
+      lines = (done.stdout + done.stderr).splitlines()
+      if done.returncode != 0:
+        raise SystemExit(f'error: {name} exited {done.returncode}:\n' + '\n'.join(lines[-20:]))
+      print(f'[{name}] {time.time() - start:.0f} s: {lines[-1] if lines else ""}', flush=True)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   return results
@@ -212,7 +230,7 @@ def main(argv=None) -> int:
     record['runs'] = run_all(args.smoke)
     record['total_wall_s'] = round(time.time() - start, 1)
     if args.smoke:
-      print(f'walked {len(RUNS)} commands in {record["total_wall_s"]:.0f} s')
+      print(f'walked {len(RUNS) + len(TOOLS)} commands in {record["total_wall_s"]:.0f} s')
       return 0
     with open(args.record, 'w') as f:
       json.dump(record, f, indent=1)
