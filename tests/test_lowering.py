@@ -115,7 +115,7 @@ def _has_cudnn() -> bool:
     return False
 
 
-@pytest.mark.skipif(not _has_cudnn(), reason="cuDNN is not installed: pip install 'jax[cuda12]' "
+@pytest.mark.skipif(not _has_cudnn(), reason="cuDNN is not installed: pip install -e '.[cuda]' "
                     '(no GPU needed) to lower the cuDNN attention for CUDA')
 def test_cudnn_attention_lowers_for_cuda_and_to_xla_elsewhere():
   import repvit_jax as rj  # pylint: disable=import-outside-toplevel
