@@ -52,7 +52,7 @@ import repvit_jax  # noqa: E402
 from repvit_jax import convert  # noqa: E402
 from repvit_jax.convert.readers import write_safetensors  # noqa: E402
 from repvit_jax.reparam.check import relative_error  # noqa: E402
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 MODELS = (  # timm name, our name, input side
     ('vit_tiny_patch16_224', 'vit_tiny', 224),

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = os.path.join(ROOT, 'benchmarks', 'results', 'claims.json')
@@ -278,7 +278,7 @@ def recipe_hash(config: str) -> str:
   """A short hash of the config a file gives now, operational fields aside: an edited recipe
   is another experiment."""
   sys.path.insert(0, ROOT)
-  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
   recipe = json.loads(config_files.load(config).to_json_best_effort(sort_keys=True))
   for field in OPERATIONAL:
     recipe.pop(field, None)
@@ -320,7 +320,7 @@ def recorded(record: dict, ident: dict, seed: int) -> Optional[dict]:
 def total_steps(arm: Arm, extra: Sequence[str]) -> int:
   """The arm's step count: the config's (or an extra flag's) total_steps x steps_factor."""
   sys.path.insert(0, ROOT)
-  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
   steps = config_files.load(arm.config).total_steps
   for flag in tuple(arm.flags) + tuple(extra):
     if flag.startswith('--config.total_steps='):
@@ -371,13 +371,13 @@ def finish(claim: Claim, arm: Arm, seed: int, workdir: str, extra: Sequence[str]
   """Evaluates a trained workdir's deploy form on validation and test: the run's record."""
   import jax  # pylint: disable=import-outside-toplevel
   from repvit_jax import io  # pylint: disable=import-outside-toplevel
-  from repvit_jax.evaluate import evaluate  # pylint: disable=import-outside-toplevel
+  from repvit_jax.tools.evaluate import evaluate  # pylint: disable=import-outside-toplevel
   val = evaluate(workdir, batch_size=500)
   test = evaluate(workdir, changes={'eval_split': 'test'}, batch_size=500)
   if val['split'] == test['split']:
     raise SystemExit(f'error: {workdir} evaluates on {val["split"]!r}, the test split; a claim '
                      'needs a validation split (data.validation_size) to choose on')
-  spec, variables = io.open(os.path.join(workdir, 'deploy'))
+  spec, variables = io.read(os.path.join(workdir, 'deploy'))
   params = sum(int(x.size) for x in jax.tree.leaves(variables['params']))
   form = 'deploy' if 'deploy' in test['forms'] else 'model'
   return {

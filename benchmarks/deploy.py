@@ -12,7 +12,7 @@ each batch, the runtimes are timed in alternation in this one process (A, B, C, 
 median of `--rounds` calls after warm-up):
 
 * xla: `jax.jit(module.apply)`;
-* tflite: the file `repvit_jax.export` writes (jax2tf, fixed batch), run by the LiteRT
+* tflite: the file `repvit_jax.deploy.export` writes (jax2tf, fixed batch), run by the LiteRT
   interpreter `export.make_interpreter` makes (XNNPACK, one thread per core); its relative
   error against the JAX logits is reported, and how many partitions XNNPACK took (1: the
   whole graph runs in XNNPACK; more: ops in between fell back to the reference kernels);
@@ -49,10 +49,10 @@ import numpy as np  # pylint: disable=wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
-from repvit_jax import export  # pylint: disable=wrong-import-position
+from repvit_jax.deploy import export  # pylint: disable=wrong-import-position
 from repvit_jax.models.spec import ModelSpec  # pylint: disable=wrong-import-position
 from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 DEFAULT_MODELS = 'vit_tiny,levit_128s,mobilevit_xs,poolformer_s12,riformer_s12'
 TIMM_NAMES = {'vit_tiny': 'vit_tiny_patch16_224', 'levit_128s': 'levit_128s',
@@ -60,7 +60,7 @@ TIMM_NAMES = {'vit_tiny': 'vit_tiny_patch16_224', 'levit_128s': 'levit_128s',
               'riformer_s12': 'poolformer_s12'}
 RUNTIMES = ('xla', 'tflite', 'tflite-whole', 'tflite-int8', 'timm')
 # runtime -> (quantize, micro_batch) of the exported TFLite model: 'tflite' is what
-# `repvit_jax.export` writes by default; 'tflite-whole' the same graph run as one pass over the
+# `repvit_jax.deploy.export` writes by default; 'tflite-whole' the same graph run as one pass over the
 # batch (micro_batch=0), to show what the model's own micro-batch buys.
 TFLITE_RUNTIMES = {'tflite': (None, None), 'tflite-whole': (None, 0), 'tflite-int8': ('int8', None)}
 
@@ -70,7 +70,8 @@ def deploy_spec(name: str) -> ModelSpec:
   (`configs/riformer_s12.py:fashion`: its sizes, classes and input size)."""
   if '.py' not in name:
     return ModelSpec.registered(name, deploy=True)
-  from repvit_jax import config_files, data  # pylint: disable=import-outside-toplevel
+  from repvit_jax import data  # pylint: disable=import-outside-toplevel
+  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
   config = config_files.load(name)
   classes = data.get_dataset_info(config.data).num_classes
   return ModelSpec.from_config(config, num_classes=classes).deploy_form()

@@ -40,7 +40,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from benchmarks import common  # pylint: disable=wrong-import-position
-from repvit_jax import cli, config_files  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
+from repvit_jax.utils import config_files  # pylint: disable=wrong-import-position
 from repvit_jax.train import optimizer, sharding  # pylint: disable=wrong-import-position
 from repvit_jax.train.mae import MAETask  # pylint: disable=wrong-import-position
 from repvit_jax.train.state import create_state  # pylint: disable=wrong-import-position

@@ -25,7 +25,7 @@ import common  # pylint: disable=wrong-import-position
 import train_step  # pylint: disable=wrong-import-position
 
 import repvit_jax as rj  # pylint: disable=wrong-import-position
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 # Dense bfloat16 peak TFLOP/s by `device_kind` substring (vendor figures, no sparsity).
 PEAK_BF16_TFLOPS = {

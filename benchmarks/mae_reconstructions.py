@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,8 @@ def main(argv=None) -> int:
   # pylint: disable=import-outside-toplevel
   import jax
   import ml_collections
-  from repvit_jax import io, pictures
+  from repvit_jax import io
+  from repvit_jax.train import pictures
   from repvit_jax.train.mae import MAETask
 
   recorded = io.run_config(args.workdir)
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
   config.teacher.init_from = None
   task = MAETask(config, num_classes=1)
   images = task._fixed_images(args.count)  # pylint: disable=protected-access
-  _, trained = io.open(args.workdir)
+  _, trained = io.read(args.workdir)
   untrained = jax.jit(lambda: task.model.init(
       {'params': jax.random.key(0), 'mask': jax.random.key(1)}, images[:1], train=False))()
   step = max(int(n) for n in os.listdir(os.path.join(args.workdir, 'checkpoints'))

@@ -29,7 +29,7 @@ import common  # pylint: disable=wrong-import-position
 
 import repvit_jax as rj  # pylint: disable=wrong-import-position
 from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 DEFAULT_MODELS = 'levit_128s,mobilevit_xs,poolformer_s12,riformer_s12'
 

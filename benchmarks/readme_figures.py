@@ -30,7 +30,7 @@ from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 RECORD = os.path.join(ROOT, 'benchmarks', 'results', 'readme_figures.json')
 README = os.path.join(ROOT, 'README.md')
@@ -60,11 +60,10 @@ RUNS = (
 # The README's tool commands on command 1's run: walked with --smoke (they have no figures).
 # `predict` is left out: it needs image files of the user's.
 TOOLS = (
-    ('evaluate', '-m repvit_jax.evaluate runs/demo'),
-    ('export', '-m repvit_jax.export runs/demo exported --format '
-     'tflite,tflite-int8,savedmodel --evaluate'),
-    ('attention', '-m repvit_jax.analyze attention runs/demo analysis'),
-    ('cka', '-m repvit_jax.analyze cka runs/demo runs/demo/deploy analysis --num-images 64'),
+    ('evaluate', 'repvit-evaluate runs/demo'),
+    ('export', 'repvit-export runs/demo exported --format tflite,tflite-int8,savedmodel --evaluate'),
+    ('attention', 'repvit-analyze attention runs/demo analysis'),
+    ('cka', 'repvit-analyze cka runs/demo runs/demo/deploy analysis --num-images 64'),
 )
 # A walk, not a measurement: every command, a few steps each.
 SMOKE_FLAGS = ('--config.total_steps=4', '--config.eval_every=4', '--config.log_every=2',
@@ -106,9 +105,12 @@ def run_all(smoke: bool) -> Dict[str, dict]:
       print(f'[{name}] {wall:.0f} s: {json.dumps(results[name], default=str)[:300]}',
             flush=True)
     for name, command in TOOLS if smoke else ():
-      print(f'[{name}] python {command}', flush=True)
+      print(f'[{name}] {command}', flush=True)
       start = time.time()
-      done = subprocess.run([sys.executable, *shlex.split(command)], cwd=scratch,
+      # The console scripts pip installed beside this interpreter.
+      program, *args = shlex.split(command)
+      done = subprocess.run([os.path.join(os.path.dirname(sys.executable), program), *args],
+                            cwd=scratch,
                             capture_output=True, text=True, check=False)
       lines = (done.stdout + done.stderr).splitlines()
       if done.returncode != 0:

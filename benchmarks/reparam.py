@@ -19,7 +19,7 @@ import common  # pylint: disable=wrong-import-position
 
 import repvit_jax as rj  # pylint: disable=wrong-import-position
 from repvit_jax.reparam import check  # pylint: disable=wrong-import-position
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 
 def measure(name: str, batch: int, size: int, rounds: int):

@@ -34,7 +34,7 @@ from repvit_jax.data import DatasetInfo  # pylint: disable=wrong-import-position
 from repvit_jax.train import optimizer, sharding, tasks  # pylint: disable=wrong-import-position
 from repvit_jax.train.state import create_state  # pylint: disable=wrong-import-position
 from repvit_jax.train.step import make_train_step  # pylint: disable=wrong-import-position
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 COLUMNS = ['group', 'what', 'batch', 'dtype', 'img_s', 'step_ms', 'time_vs_ref', 'temp_GiB',
            'temp_vs_ref', 'gflop_per_step', 'reference', 'note']
@@ -56,7 +56,7 @@ MAE = {
 
 
 def load_config(name: str, arg: str = ''):
-  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
+  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
   return config_files.load(os.path.join(CONFIGS, f'{name}.py') + (f':{arg}' if arg else ''))
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repvit_jax.models.spec import ModelSpec
-from repvit_jax import cli  # pylint: disable=wrong-import-position
+from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 NOT_OPS = ('ThunkExecutor', '$', 'SlinkyThreadPool', 'Pjit', 'end: ', 'ParseArguments')
 

@@ -4,7 +4,7 @@ Each config file states its recipe in full (model, data and augmentation, optimi
 schedule, task, teachers); this file only does the arithmetic and fills the fields a recipe
 does not choose (the run's plumbing: seed, checkpoints, devices) with their defaults.
 Import it as `from configs import common` (the repository root is on the path under
-`train.py`; elsewhere load configs with `repvit_jax.config_files.load`).
+`train.py`; elsewhere load configs with `repvit_jax.utils.config_files.load`).
 """
 
 import ml_collections

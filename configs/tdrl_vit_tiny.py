@@ -74,7 +74,7 @@ def fashion():
   Patch 4 (49 tokens), width 64, depth 6, 2 heads; 16 epochs of batch 32. Chosen on 5,000
   validation images carved from train, the eval split of every run of this recipe (the
   choices and their figures: benchmarks/README.md); the test split is only for reporting:
-  `python -m repvit_jax.evaluate WORKDIR --config.data.eval_split=test`.
+  `repvit-evaluate WORKDIR --config.data.eval_split=test`.
   """
   return common.fashion_classification(dict(
       name='tdrl_vit_tiny', dtype='float32', patch_size=4, width=64, depth=6, num_heads=2,

@@ -11,7 +11,8 @@
 This module never imports TensorFlow; the input pipelines (repvit_jax.data) do.
 """
 
-from repvit_jax import features, io, layers, models, reparam
+from repvit_jax import io, layers, models, reparam
+from repvit_jax.models import features
 from repvit_jax.io import load_model, save_model
 from repvit_jax.layers import TDRL, RepLinear
 from repvit_jax.models import InputSpec, ModelSpec, create_model, list_models

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax.layers import gelu, select_free_gelu
-from repvit_jax.layers.activations import gelu_select_free
+from repvit_jax.deploy.gelu import gelu_select_free, select_free_gelu
+from repvit_jax.layers import gelu
 from repvit_jax.models.metaformer import ImageNorm
 
 

@@ -1,4 +1,4 @@
-"""repvit_jax.analyze: attention distance, linear CKA, their JSON/PNG outputs and command line."""
+"""repvit_jax.tools.analyze: attention distance, linear CKA, their JSON/PNG outputs and command line."""
 
 import json
 import os
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import repvit_jax
-from repvit_jax import analyze, io
+from repvit_jax import io
+from repvit_jax.tools import analyze
 
 from conftest import TINY_VIT
 

@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from repvit_jax.train import checkpoint as checkpoint_lib
-from repvit_jax.train.checkpoint import Checkpointer, CheckpointMismatch, restore_variables
+from repvit_jax.io.checkpoint_steps import restore_variables
+from repvit_jax.train.checkpoint import Checkpointer, CheckpointMismatch
 from conftest import xla_flags
 
 
@@ -165,7 +166,8 @@ _SHARDED = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from repvit_jax.train.checkpoint import Checkpointer, restore_variables
+    from repvit_jax.io.checkpoint_steps import restore_variables
+    from repvit_jax.train.checkpoint import Checkpointer
     mesh = Mesh(np.array(jax.devices()), ("data",))
     x = jax.device_put(jnp.arange(128.0).reshape(16, 8), NamedSharding(mesh, P("data")))
     ckpt = Checkpointer(sys.argv[1])
@@ -182,7 +184,7 @@ _SHARDED = textwrap.dedent("""
                                   np.arange(128.0).reshape(16, 8))
     # The digest of an array sharded over devices, computed where it lives (as for a
     # multi-host array), equals the digest of its host copy.
-    from repvit_jax.train import digest
+    from repvit_jax.io import digest
     h1, h2 = (int(h) for h in digest._jitted_sums(out["x"]))
     assert digest.array_digest(np.asarray(out["x"])).endswith(f"{h1:08x}{h2:08x}")
     print("OK", out["step"])
@@ -281,8 +283,8 @@ def test_bit_rot_is_found_at_restore_and_the_older_step_is_used(tmp_path):
 def test_every_saved_array_has_a_digest_that_a_targetless_read_verifies(tmp_path):
   with Checkpointer(tmp_path / "checkpoints", metadata={"model": {"name": "m"}}) as ckpt:
     ckpt.save(1, _state(seed=1, step=1))
-  from repvit_jax.train import checkpoint, digest
-  record = checkpoint.step_metadata(str(tmp_path / "checkpoints" / "1"))
+  from repvit_jax.io import checkpoint_steps, digest
+  record = checkpoint_steps.step_metadata(str(tmp_path / "checkpoints" / "1"))
   arrays = [k for k, v in jax.tree_util.tree_flatten_with_path(_state())[0]
             if hasattr(v, "dtype")]
   assert len(record[digest.METADATA_KEY]) == len(arrays) == 13
@@ -303,7 +305,7 @@ def test_readers_fall_back_to_the_newest_readable_step_and_move_nothing(tmp_path
   from repvit_jax import io
   directory = _three_checkpoints(tmp_path)
   _truncate_data_files(directory / "3")
-  spec, variables = io.open(str(tmp_path))
+  spec, variables = io.read(str(tmp_path))
   assert spec is None
   _assert_same(variables["params"], jax.device_get(_state(seed=2, step=2)["params"]))
   err = capfd.readouterr().err
@@ -313,7 +315,7 @@ def test_readers_fall_back_to_the_newest_readable_step_and_move_nothing(tmp_path
   assert "Traceback" not in err and "Event loop is closed" not in err
   assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2", "3"]
   with pytest.raises(ValueError, match="could not be"):   # the step itself, when named
-    io.open(str(directory / "3"))
+    io.read(str(directory / "3"))
 
 
 def test_unreadable_metrics_set_the_checkpoint_aside_when_opening(tmp_path):

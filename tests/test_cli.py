@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from repvit_jax import analyze, cli, export
-from repvit_jax.convert.__main__ import main as convert_main
+from repvit_jax.tools import analyze, cli, export
+from repvit_jax.tools.convert import main as convert_main
 
 
 def one_error_line(capsys) -> str:
@@ -81,7 +81,7 @@ def test_os_errors_read_as_path_and_reason():
 
 def test_every_benchmark_option_has_help_and_help_shows_the_whole_docstring():
   """--help is what a user reads first: the full module docstring (its examples) and each
-  option's help and default (repvit_jax.cli.parser)."""
+  option's help and default (repvit_jax.tools.cli.parser)."""
   import ast  # pylint: disable=import-outside-toplevel
   import glob  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def test_every_benchmark_option_has_help_and_help_shows_the_whole_docstring():
       if getattr(call.func, 'attr', '') == 'add_argument':
         assert any(k.arg == 'help' for k in call.keywords), (path, call.lineno)
       if getattr(call.func, 'attr', '') == 'ArgumentParser':
-        raise AssertionError(f'{path}:{call.lineno}: use repvit_jax.cli.parser(__doc__)')
+        raise AssertionError(f'{path}:{call.lineno}: use repvit_jax.tools.cli.parser(__doc__)')
   parser = cli.parser('First line.\n\n    python x.py --n 3   # an example\n')
   parser.add_argument('--n', type=int, default=3, help='how many')
   text = parser.format_help()

@@ -19,7 +19,8 @@ import pytest
 import repvit_jax
 from repvit_jax import convert, io
 from repvit_jax.convert import ConversionError, readers
-from repvit_jax.convert.__main__ import main as convert_main, parse_overrides
+from repvit_jax.tools.cli import parse_overrides
+from repvit_jax.tools.convert import main as convert_main
 from repvit_jax.layers.posemb import sincos_2d
 from repvit_jax.reparam.check import relative_error
 from repvit_jax.train import pretrained
@@ -456,7 +457,7 @@ def test_command_line_writes_a_model_dir_that_init_from_accepts(tmp_path, capsys
   _, source = pretrained.read(dst)
   target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
                                              train=False))
-  fitted, unused = pretrained.fit(target['params'], source['params'])
+  fitted, unused = io.fit(target['params'], source['params'])
   assert not unused
   np.testing.assert_array_equal(fitted['blocks_2']['mlp']['fc2']['kernel'],
                                 state['blocks.2.mlp.fc2.weight'].T)

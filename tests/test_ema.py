@@ -110,12 +110,12 @@ def test_ema_resumes_exactly_is_evaluated_beside_the_weights_and_exports(tmp_pat
   result = _run(tmp_path / 'resumed')
   assert result['step'] == 4
   for ema in (False, True):
-    _, straight = io.open(str(tmp_path / 'straight'), ema=ema)
-    _, resumed = io.open(str(tmp_path / 'resumed'), ema=ema)
+    _, straight = io.read(str(tmp_path / 'straight'), ema=ema)
+    _, resumed = io.read(str(tmp_path / 'resumed'), ema=ema)
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
       np.testing.assert_array_equal(a, b)      # bit for bit
-  _, raw = io.open(str(tmp_path / 'straight'))
-  _, averaged = io.open(str(tmp_path / 'straight'), ema=True)
+  _, raw = io.read(str(tmp_path / 'straight'))
+  _, averaged = io.read(str(tmp_path / 'straight'), ema=True)
   assert not np.allclose(jax.tree.leaves(raw)[0], jax.tree.leaves(averaged)[0])
   last = [json.loads(line) for line in open(tmp_path / 'straight' / 'metrics.jsonl')][-1]
   for key in ('eval/accuracy', 'eval/deploy_accuracy', 'eval/ema_accuracy',
@@ -124,12 +124,12 @@ def test_ema_resumes_exactly_is_evaluated_beside_the_weights_and_exports(tmp_pat
   assert abs(last['eval/ema_loss'] - last['eval/ema_deploy_loss']) < 1e-4 * last['eval/ema_loss']
   assert last['eval/ema_loss'] != last['eval/loss']        # other weights were evaluated
   # ema.deploy=True: workdir/deploy is the folded EMA.
-  _, deployed = io.open(str(tmp_path / 'straight' / 'deploy'))
+  _, deployed = io.read(str(tmp_path / 'straight' / 'deploy'))
   folded = jax.jit(rj.reparameterize)(averaged)
   for a, b in zip(jax.tree.leaves(deployed), jax.tree.leaves(folded)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match='holds one set of weights'):
-    io.open(str(tmp_path / 'straight' / 'deploy'), ema=True)
+    io.read(str(tmp_path / 'straight' / 'deploy'), ema=True)
 
 
 def test_the_log_says_when_the_warm_up_never_reaches_the_decay():

@@ -1,4 +1,4 @@
-"""repvit_jax.evaluate and repvit_jax.predict on a tiny TDRL ViT saved inside a workdir."""
+"""repvit_jax.tools.evaluate and repvit_jax.tools.predict on a tiny TDRL ViT saved inside a workdir."""
 
 import json
 import shutil
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import repvit_jax as rj
-from repvit_jax import evaluate, export, io, pictures, predict
+from repvit_jax import io
+from repvit_jax.tools import evaluate, predict, runs
+from repvit_jax.train import pictures
 from repvit_jax.data import digits
 from repvit_jax.reparam import check
 from repvit_jax.train import config_record
@@ -37,7 +39,7 @@ def workdir(tmp_path_factory):
 def reference(workdir):
   """The eval split through the data pipeline, and the model's logits on it."""
   _, model, variables = workdir
-  images, labels = export.eval_split(load_config('tdrl_vit_tiny.py:demo').data)
+  images, labels = runs.eval_split(load_config('tdrl_vit_tiny.py:demo').data)
   return labels, np.asarray(jax.jit(lambda x: model.apply(variables, x, train=False))(images))
 
 
@@ -50,7 +52,7 @@ def test_evaluate_reports_both_forms_as_computed_directly(workdir, reference, tm
   assert record['images'] == 360 and set(record['forms']) == {'training', 'deploy'}
   top5 = np.mean([l in np.argsort(-row)[:5] for row, l in zip(logits, labels)])
   for form in ('training', 'deploy'):
-    assert record['forms'][form]['top1'] == pytest.approx(export.accuracy(logits, labels),
+    assert record['forms'][form]['top1'] == pytest.approx(runs.accuracy(logits, labels),
                                                           abs=1.5 / 360)
     assert record['forms'][form]['top5'] == pytest.approx(top5, abs=1.5 / 360)
   assert evaluate.main([str(root / 'deploy'), '--config.data.nope=1']) == 1

@@ -1,4 +1,4 @@
-"""repvit_jax.export: deploy models to TFLite (float32, int8 weights) and TF SavedModel."""
+"""repvit_jax.deploy.export: deploy models to TFLite (float32, int8 weights) and TF SavedModel."""
 
 import json
 import os
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import repvit_jax
-from repvit_jax import export, io
+from repvit_jax import io
+from repvit_jax.deploy import export
+from repvit_jax.tools import export as export_tool
 from repvit_jax.reparam import check
 from repvit_jax.reparam.check import relative_error
 
@@ -112,7 +114,7 @@ def test_command_line_from_a_workdir(tmp_path, tiny_model_dir, capsys):
   io.save_model(str(workdir / 'deploy'), deploy.variables, name='tdrl_vit_tiny', num_classes=5,
                 deploy=True, overrides=TINY_VIT)
   out = tmp_path / 'out'
-  assert export.main([str(workdir), str(out), '--format', 'tflite,savedmodel']) == 0
+  assert export_tool.main([str(workdir), str(out), '--format', 'tflite,savedmodel']) == 0
   printed = capsys.readouterr().out
   assert 'tdrl_vit_tiny (deploy form, 5 classes, input 1x32x32x3)' in printed
   assert os.path.isfile(out / 'model.tflite') and os.path.isdir(out / 'savedmodel')
@@ -134,7 +136,7 @@ def test_evaluate_runs_every_format_written(tmp_path, tiny_model_dir, capsys):
   digits = dict(repvit_jax.data.default_config().to_dict(), name='digits', image_size=32)
   (workdir / 'config.json').write_text(json.dumps({'model': {'name': 'tdrl_vit_tiny'},
                                                    'data': digits}))
-  assert export.main([str(workdir), str(out), '--format', 'tflite,savedmodel',
+  assert export_tool.main([str(workdir), str(out), '--format', 'tflite,savedmodel',
                       '--evaluate']) == 0
   printed = capsys.readouterr().out
   reference = printed.split('JAX (float32): top-1 ')[1].split()[0]
@@ -145,14 +147,14 @@ def test_evaluate_runs_every_format_written(tmp_path, tiny_model_dir, capsys):
 
 
 def test_command_line_errors(tmp_path, capsys):
-  assert export.main([str(tmp_path / 'nowhere'), str(tmp_path / 'o')]) == 1
+  assert export_tool.main([str(tmp_path / 'nowhere'), str(tmp_path / 'o')]) == 1
   assert 'does not exist' in capsys.readouterr().err
   empty = tmp_path / 'ckpt'
   empty.mkdir()
-  assert export.main([str(empty), str(tmp_path / 'o')]) == 1
+  assert export_tool.main([str(empty), str(tmp_path / 'o')]) == 1
   assert 'holds no checkpoint and no saved model' in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    export.main([str(empty), str(tmp_path / 'o'), '--format', 'onnx'])
+    export_tool.main([str(empty), str(tmp_path / 'o'), '--format', 'onnx'])
 
 
 def test_v1_model_directories_get_their_size_from_the_tables():
@@ -173,15 +175,15 @@ def test_v1_model_directories_get_their_size_from_the_tables():
 def test_imports_stay_apart():
   """`import repvit_jax` (and export, convert, analyze) import no TensorFlow; the converter
   imports no trainer."""
-  code = ('import sys, repvit_jax, repvit_jax.convert, repvit_jax.convert.__main__; '
+  code = ('import sys, repvit_jax, repvit_jax.convert, repvit_jax.tools.convert; '
           'assert not [m for m in sys.modules if m.startswith("repvit_jax.train")], "trainer"; '
-          'import repvit_jax.export, repvit_jax.analyze; '
+          'import repvit_jax.deploy.export, repvit_jax.tools.analyze; '
           'assert "tensorflow" not in sys.modules, "TF imported"')
   subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
 
 
 def test_micro_batches_pass_through_the_network_in_turn_with_the_same_logits(exported):
-  from repvit_jax import tflite_ops  # pylint: disable=import-outside-toplevel
+  from repvit_jax.deploy import tflite_ops  # pylint: disable=import-outside-toplevel
   images = _images(8)
   whole = export.tflite_bytes(exported, batch_size=8, micro_batch=0)
   default = export.tflite_bytes(exported, batch_size=8)    # ViT's own: passes of 4
@@ -197,5 +199,5 @@ def test_micro_batches_pass_through_the_network_in_turn_with_the_same_logits(exp
 
 def test_a_negative_micro_batch_is_one_line_on_the_command_line(tiny_model_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):
-    export.main([tiny_model_dir[0], str(tmp_path / 'm.tflite'), '--micro-batch', '-2'])
+    export_tool.main([tiny_model_dir[0], str(tmp_path / 'm.tflite'), '--micro-batch', '-2'])
   assert '--micro-batch -2: give a positive number' in capsys.readouterr().err

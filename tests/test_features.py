@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import repvit_jax as rj
-from repvit_jax import features
+from repvit_jax.models import features
 from conftest import TINY_VIT, nontrivial_variables
 
 REDUCED = {

@@ -12,8 +12,7 @@ from repvit_jax import io
 from repvit_jax.layers import sincos_2d
 from repvit_jax.models import mae
 from repvit_jax.reparam import check
-from repvit_jax.train import pretrained
-from repvit_jax import pictures
+from repvit_jax.train import pictures
 from repvit_jax.train import mae as mae_task
 from repvit_jax.train import mae_losses
 from repvit_jax.train.classification import ClassificationTask
@@ -292,14 +291,14 @@ def test_adapt_pretrained_maps_an_mae_tree_into_the_classifier():
   np.testing.assert_array_equal(adapted['params']['pos_embed'],
                                 sincos_2d(8, 16, cls_token=True)[None])
   target = jax.eval_shape(lambda: task.model.init(jax.random.key(0), x, train=False))
-  params, unused = pretrained.fit(target['params'], adapted['params'], skip=r'^(head|fc_norm)/')
+  params, unused = io.fit(target['params'], adapted['params'], skip=r'^(head|fc_norm)/')
   assert unused == ['norm/bias', 'norm/scale']      # token-pool norm: unused by an avg-pool head
   qkv = params['blocks_0']['attn']['qkv']
   assert set(qkv) == {'skip', 'branch_1', 'branch_2', 'rectify_bn'}       # TDRL kept
   np.testing.assert_array_equal(qkv['branch_2']['linear_1']['kernel'],
                                 source['params']['blocks_0']['attn']['qkv']['branch_2'][
                                     'linear_1']['kernel'])
-  stats, _ = pretrained.fit(target['batch_stats'], adapted['batch_stats'])
+  stats, _ = io.fit(target['batch_stats'], adapted['batch_stats'])
   assert jax.tree.structure(stats) == jax.tree.structure(jax.device_get(target['batch_stats']))
   # A vanilla classifier takes the folded encoder.
   vanilla = ClassificationTask(ml_collections.ConfigDict(dict(
@@ -318,7 +317,7 @@ def test_adapt_pretrained_mismatch_lists_what_does_not_fit():
   target = jax.eval_shape(lambda: task.model.init(jax.random.key(0), x, train=False))
   with pytest.raises(ValueError, match=r'does not fit the model \(\d+ mismatches\): '
                                        r'blocks_0/attn/\S+: shape \(16,\) in the init_from run, \(24,\) in the model'):
-    pretrained.fit(target['params'], adapted['params'], skip=r'^(head|fc_norm)/',
+    io.fit(target['params'], adapted['params'], skip=r'^(head|fc_norm)/',
                    what='init_from run')
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax import io
-from repvit_jax.train import checkpoint
+from repvit_jax.io import checkpoint_steps
 from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def test_finetuning_loads_the_mae_encoder_with_its_tdrl_branches(tmp_path):
                 '--config.eval_every=0', '--config.optimizer.layer_decay=0.75']
   train(tmp_path / 'ft', 'configs/tdrl_vit_tiny.py:demo', '--config.total_steps=1',
         f'--config.init_from={tmp_path / "mae"}', '--config.optimizer.lr=1e-12', *classifier)
-  state = checkpoint.restore_variables(str(tmp_path / 'ft'))
+  state = checkpoint_steps.restore_variables(str(tmp_path / 'ft'))
   # The encoder (TDRL branches included) came from the MAE tree; lr ~0 leaves it as loaded.
   loaded = state['params']['blocks_0']['mlp']['fc1']['branch_2']['linear_0']['kernel']
   want = pretrained['params']['blocks_0']['mlp']['fc1']['branch_2']['linear_0']['kernel']

@@ -11,7 +11,6 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax.models.metaformer import pool_mixer
-from repvit_jax.train import pretrained
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'benchmarks'))
@@ -71,7 +70,7 @@ def test_poolformer_weights_fit_a_riformer_except_the_mixers(s12_trees):
   student = s12_trees['riformer_s12', False]['params']
   teacher = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
                          s12_trees['poolformer_s12', False]['params'])
-  fitted, unused = pretrained.fit(student, teacher, skip=r'(^|/)mixer/')
+  fitted, unused = rj.io.fit(student, teacher, skip=r'(^|/)mixer/')
   assert unused == []
   assert jax.tree.structure(fitted) == jax.tree.structure(student)
 

@@ -1,12 +1,12 @@
-"""repvit_jax.tflite_ops: the exported GELU chains become TFLite's one GELU op, safely."""
+"""repvit_jax.deploy.tflite_ops: the exported GELU chains become TFLite's one GELU op, safely."""
 
 import jax
 import numpy as np
 import pytest
 
 import repvit_jax
-from repvit_jax import export, tflite_ops
-from repvit_jax.layers import activations
+from repvit_jax.deploy import export, tflite_ops
+from repvit_jax.deploy import gelu as deploy_gelu
 from repvit_jax.reparam.check import perturb_params, relative_error
 
 from conftest import TINY_VIT
@@ -46,7 +46,7 @@ def test_a_chain_the_converter_folded_into_its_neighbour_is_kept_as_converted(
   # The old select-free form ended in a MUL by 0.5, which the converter folds into the next
   # dense layer's weights: the named chain then computes 2 GELU(x), and replacing it by the
   # op would halve the MLP's output. The export must notice and keep the converted graph.
-  monkeypatch.setattr(activations, 'gelu_select_free',
+  monkeypatch.setattr(deploy_gelu, 'gelu_select_free',
                       lambda x: 0.5 * (x + jax.numpy.abs(x) * _erf_abs(x)))
   with pytest.warns(UserWarning, match='strays from JAX; exported the elementwise GELU'):
     payload = export.tflite_bytes(exported, batch_size=2)
@@ -60,7 +60,7 @@ def test_a_chain_the_converter_folded_into_its_neighbour_is_kept_as_converted(
 
 def _erf_abs(x):
   """erf(|x| / sqrt 2) as the select-free GELU computes it (A&S 7.1.26, no select)."""
-  p, (a1, a2, a3, a4, a5) = activations._P, activations._A  # pylint: disable=protected-access
+  p, (a1, a2, a3, a4, a5) = deploy_gelu._P, deploy_gelu._A  # pylint: disable=protected-access
   u = jax.numpy.abs(x) * 0.7071067811865476
   t = 1.0 / (1.0 + p * u)
   return 1.0 - t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5)))) * jax.numpy.exp(-u * u)

@@ -211,11 +211,11 @@ def test_recovery_from_divergence_config_drift_corrupt_checkpoint_and_stale_metr
       '3-after_resume_step_1-2']
   # Every checkpoint and the deploy model say what they hold (the spec), tdrl block and all.
   from repvit_jax import io  # pylint: disable=import-outside-toplevel
-  spec, variables = io.open(str(tmp_path))
+  spec, variables = io.read(str(tmp_path))
   assert (spec.name, spec.deploy, spec.num_classes, spec.input.image_size) == (
       'tdrl_vit_tiny', False, 10, 32)
   assert spec.overrides['tdrl']['num_branches'] == 2 and 'params' in variables
-  deploy, _ = io.open(str(tmp_path / 'deploy'))
+  deploy, _ = io.read(str(tmp_path / 'deploy'))
   assert deploy.deploy and 'tdrl' not in deploy.overrides
   assert deploy.input == spec.input and deploy.overrides['num_heads'] == 2
 

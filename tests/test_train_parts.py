@@ -50,12 +50,12 @@ def test_fit_takes_matching_leaves_and_lists_mismatches():
   target = {'a': {'kernel': np.zeros((2, 3))}, 'head': {'kernel': np.zeros((3, 5))}}
   source = {'a': {'kernel': np.ones((2, 3))}, 'head': {'kernel': np.ones((3, 10))},
             'decoder': {'kernel': np.ones(4)}}
-  fitted, unused = pretrained.fit(target, source, skip=r'^head/')
+  fitted, unused = rj.io.fit(target, source, skip=r'^head/')
   np.testing.assert_array_equal(fitted['a']['kernel'], 1)
   np.testing.assert_array_equal(fitted['head']['kernel'], 0)   # kept: new head
   assert unused == ['decoder/kernel']
   with pytest.raises(ValueError, match=r'2 mismatches.*a/kernel: shape \(2, 4\).*head/kernel'):
-    pretrained.fit(target, {'a': {'kernel': np.ones((2, 4))}})
+    rj.io.fit(target, {'a': {'kernel': np.ones((2, 4))}})
 
 
 def test_mesh_errors():

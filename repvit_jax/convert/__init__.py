@@ -5,7 +5,7 @@
                                         model='vit_tiny')
     model, variables = repvit_jax.load_model('models/vit_tiny')   # also init_from=...
 
-or `python -m repvit_jax.convert SRC DST --model NAME`. Sources: timm ViT/DeiT, LeViT,
+or `repvit-convert SRC DST --model NAME`. Sources: timm ViT/DeiT, LeViT,
 MobileViT, PoolFormer; the official MAE and MAE-Lite (`{"model": ...}`, `model.` prefix);
 mmpretrain RIFormer (training and deploy forms). Files: `.safetensors` and `.npz` without
 torch, `.pth`/`.pt`/`.bin` with torch installed. A checkpoint that does not fit the model

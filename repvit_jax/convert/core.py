@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 
 # Slash-joined paths, the same helpers init_from fitting uses.
-from repvit_jax.treepath import flatten, unflatten
+from repvit_jax.utils.treepath import flatten, unflatten
 
 Shape = Tuple[int, ...]
 

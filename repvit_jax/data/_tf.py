@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from repvit_jax import cli
+from repvit_jax.utils.stderr import captured_stderr
 
 # TF's C++ start-up chatter (oneDNN notices, CPU feature lines) is noise for a JAX user.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -39,7 +39,7 @@ def _pass_on_all_but_noise(captured: bytes) -> None:
 def quiet_stderr():
   """A context manager: the block's stderr (file descriptor 2) is captured, then written out
   less the lines in `NOISE`; nothing unexpected is lost, only later."""
-  return cli.captured_stderr(_pass_on_all_but_noise)
+  return captured_stderr(_pass_on_all_but_noise)
 
 
 def import_quietly(module: str = 'tensorflow'):

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax.features import Tap
+from repvit_jax.models.features import Tap
 from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
 from repvit_jax.layers.transformer import DropPath, attention
 
@@ -298,7 +298,7 @@ class LeViT(nn.Module):
   param_dtype: Any = jnp.float32
 
   def feature_taps(self, height: int, width: int):
-    """Every stage's output (`repvit_jax.features`): tokens on the stage's grid (stride 16,
+    """Every stage's output (`repvit_jax.models.features`): tokens on the stage's grid (stride 16,
     then 32, 64, ...)."""
     resolution = (height, width)
     for _ in range(4):                 # the stem's four stride-2 convolutions

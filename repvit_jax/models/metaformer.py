@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from repvit_jax.features import Tap
+from repvit_jax.models.features import Tap
 from repvit_jax.layers.activations import gelu
 from repvit_jax.layers.transformer import DropPath
 
@@ -193,7 +193,7 @@ class MetaFormer(nn.Module):
   param_dtype: Any = jnp.float32
 
   def feature_taps(self, height: int, width: int):
-    """Every stage's output (`repvit_jax.features`), strides 4, 8, 16 and 32: its last
+    """Every stage's output (`repvit_jax.models.features`), strides 4, 8, 16 and 32: its last
     block."""
     del height, width
     ends = [sum(self.depths[:s + 1]) - 1 for s in range(len(self.depths))]

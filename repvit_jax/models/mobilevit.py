@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from repvit_jax.features import Tap
+from repvit_jax.models.features import Tap
 from repvit_jax.layers.conv_bn import ConvBN
 from repvit_jax.layers.transformer import Attention, DropPath
 
@@ -188,7 +188,7 @@ class MobileViT(_Common):
   drop_path_rate: float = 0.0
 
   def feature_taps(self, height: int, width: int):
-    """Every stage's output (`repvit_jax.features`), strides 2, 4, 8, 16 and 32: the last
+    """Every stage's output (`repvit_jax.models.features`), strides 2, 4, 8, 16 and 32: the last
     inverted residual of stages 0 and 1, the MobileViT block of stages 2 to 4."""
     del height, width
     return [Tap(f'stages_{i}_blocks_{self.stage_depths[i] - 1}') if i < 2

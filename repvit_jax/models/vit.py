@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from repvit_jax.features import Tap
+from repvit_jax.models.features import Tap
 from repvit_jax.layers.posemb import sincos_2d
 from repvit_jax.layers.rep_linear import TDRL
 from repvit_jax.layers.transformer import remat_block
@@ -80,7 +80,7 @@ class VisionTransformer(nn.Module):
     return self.classify(x, train=train)
 
   def feature_taps(self, height: int, width: int):
-    """Every block's output (`repvit_jax.features`): its patch tokens on the
+    """Every block's output (`repvit_jax.models.features`): its patch tokens on the
     (height / p, width / p) grid, class token dropped."""
     grid = (height // self.patch_size, width // self.patch_size)
     return [Tap(f'blocks_{i}', grid, prefix=1) for i in range(self.depth)]

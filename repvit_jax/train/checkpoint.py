@@ -1,7 +1,8 @@
 """Checkpoints of the train state with Orbax: keep the latest N and the best by a metric.
 
 Layout: `<directory>/<step>/state/...` (one Orbax `CheckpointManager` item named
-`state`, plus the metrics saved with it). The trainer uses `workdir/checkpoints`.
+`state`, plus the metrics saved with it; `repvit_jax.io.checkpoint_steps` reads it). The
+trainer uses `workdir/checkpoints`.
 Saves are asynchronous; Orbax writes each step into a temporary directory and renames
 it only once complete, so a process killed mid-save never leaves a half-written step
 that `latest_step` would return.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
 import logging
 import math
@@ -30,23 +30,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from repvit_jax import cli
-from repvit_jax.train import digest
-from repvit_jax.treepath import path_str
+from repvit_jax.io import digest
+from repvit_jax.io.checkpoint_steps import (ERRORS_FILE, STATE_ITEM, PyTree, capture_stderr,
+                                            first_line, read_tree_metadata, step_dir_of,
+                                            step_metadata, verify_step, warn_on_stderr)
+from repvit_jax.utils.treepath import path_str
 
-PyTree = Any
-STATE_ITEM = "state"
-CHECKPOINT_SUBDIR = "checkpoints"
 # Checkpoints that will not be used (unreadable, or newer than a chosen resume step) are moved
 # here, beside the checkpoint directory, as `<step>-<reason>`; nothing is ever deleted.
 SET_ASIDE_SUBDIR = "set_aside"
-# Full tracebacks of failed reads and writes (and Orbax's own error log), beside the
-# checkpoint directory: the console gets one line.
-ERRORS_FILE = "checkpoint_errors.log"
-# Orbax's per-step metadata file; its `custom_metadata` holds the Checkpointer's `metadata`.
-STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
-
-
 class CheckpointMismatch(ValueError):
   """The checkpoint is readable but holds a different train state (another config)."""
 
@@ -111,63 +103,6 @@ class _OrbaxLogToFile(logging.Filter):
     return False
 
 
-def _warn_on_stderr(line: str) -> None:
-  if jax.process_index() == 0:
-    print(line, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _capture_stderr(path: str, failure: list, grace_s: float = 1.0):
-  """Captures file descriptor 2 for the duration (`cli.captured_stderr`). Success (`failure`
-  empty): replayed to stderr. Failure (`failure` holds the traceback text): both appended to
-  `path`.
-
-  A failed Orbax read logs each of its asyncio tasks' tracebacks, and TensorStore callbacks
-  print more once the event loop has closed (within `grace_s`). They go into `path`, where the
-  user can read them, instead of burying the one warning line. asyncio logs a failed task
-  that nobody awaited ("Task exception was never retrieved") only when the task is garbage
-  collected, which on a loaded machine came after the grace period: collect before and after.
-  """
-  def settle():
-    if failure:
-      gc.collect()
-      time.sleep(grace_s)
-      gc.collect()
-
-  def release(captured: bytes):
-    if not failure:
-      os.write(2, captured)
-      return
-    try:
-      with open(path, "ab") as log:
-        log.write("".join(failure).encode() + captured)
-    except OSError:
-      pass    # a read-only workdir: the one warning line is what the user gets
-
-  with cli.captured_stderr(release, before_release=settle):
-    yield
-
-
-def _first_line(error: BaseException) -> str:
-  """Why a read failed, in one line, without TensorStore's status code and spec; where Orbax
-  wraps TensorStore's reason in an error whose text is a bound method, the reason."""
-  root = error
-  while root.__cause__ is not None and (not str(root).strip()
-                                        or "See full TensorStore details" in str(root)):
-    root = root.__cause__
-  if isinstance(root, json.JSONDecodeError):
-    return f"a metadata file is not valid JSON ({root.msg} at line {root.lineno})"
-  text = str(root).strip().splitlines()
-  line = text[0] if text else ""
-  line = re.sub(r"\s*\[tensorstore_spec=.*$|\s*See full TensorStore details:.*$", "", line)
-  line = re.sub(r"^[A-Z_]{4,}: ", "", line)      # TensorStore's status code
-  if not line:
-    line = type(root).__name__
-  elif isinstance(root, (KeyError, TypeError, AttributeError)):
-    line = f"{type(root).__name__}: {line}"
-  return line if len(line) <= 240 else line[:237] + "..."
-
-
 def _metric_value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
   if not metrics or name not in metrics:
     return None
@@ -200,15 +135,6 @@ class _BestByMetric:
                 reverse=True)
     best = {i for _, i in scored[:self.n]}
     return [i in best for i in range(len(checkpoints))]
-
-
-def _read_tree_metadata(state_dir: str) -> PyTree:
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    metadata = handler.metadata(epath.Path(state_dir))
-  finally:
-    handler.close()
-  return getattr(metadata, "tree", metadata)
 
 
 def _check_matches(target: PyTree, stored: PyTree, where: str):
@@ -272,7 +198,7 @@ class Checkpointer:
     self.directory = os.path.abspath(os.fspath(directory))
     self.best_metric = best_metric
     self._metadata = dict(metadata) if metadata is not None else None
-    self._warn = warn or _warn_on_stderr
+    self._warn = warn or warn_on_stderr
     # Orbax reads every step's metrics when it opens the directory; one unreadable metrics
     # file would stop it there, so such a step is set aside first.
     for step in _steps_with_unreadable_metrics(self.directory):
@@ -414,9 +340,9 @@ class Checkpointer:
       the restored pytree, placed on the target shardings.
     """
     self.wait_until_finished()  # a save in flight is not on disk yet
-    step_dir, step = _step_dir(self.directory, step)
+    step_dir, step = step_dir_of(self.directory, step)
     target = jax.tree.map(_abstract_leaf, state_like)
-    _check_matches(target, _read_tree_metadata(os.path.join(step_dir, STATE_ITEM)),
+    _check_matches(target, read_tree_metadata(os.path.join(step_dir, STATE_ITEM)),
                    step_dir)
     restored = self._mngr.restore(
         step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
@@ -444,7 +370,7 @@ class Checkpointer:
     for step in candidates:
       failure = []
       try:
-        with _capture_stderr(log_path, failure):
+        with capture_stderr(log_path, failure):
           try:
             state = self.restore(state_like, step)
           except CheckpointMismatch:
@@ -456,7 +382,7 @@ class Checkpointer:
       except CheckpointMismatch:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        failed.append((step, _first_line(e)))
+        failed.append((step, first_line(e)))
         continue
       for bad, reason in failed:     # one line each, once the outcome is known
         moved = self.set_aside(bad, "unreadable")
@@ -540,7 +466,7 @@ def _os_reason(error: BaseException) -> str:
     return os.strerror(int(code.group(1)))
   if isinstance(error, OSError) and error.strerror:
     return error.strerror
-  return _first_line(error)
+  return first_line(error)
 
 
 def _finished_steps(directory: str) -> list[int]:
@@ -549,19 +475,6 @@ def _finished_steps(directory: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
   except OSError:
     return []
-
-
-def _step_dir(directory: str, step: int | None) -> tuple[str, int]:
-  paths = {ocp.step.step_from_checkpoint_name(p.name): p
-           for p in ocp.utils.checkpoint_steps_paths(directory)}
-  if not paths:
-    raise FileNotFoundError(f"no finished checkpoint in {directory}")
-  if step is None:
-    step = max(paths)
-  if step not in paths:
-    raise FileNotFoundError(
-        f"no checkpoint for step {step} in {directory}; have {sorted(paths)}")
-  return os.fspath(paths[step]), step
 
 
 def _move_aside(directory: str, step: int, reason: str) -> str:
@@ -597,137 +510,3 @@ def _steps_with_unreadable_metrics(directory: str) -> list[int]:
   return sorted(bad)
 
 
-def find_step_dir(path, step: int | None = None) -> str:
-  """The step directory a path means: a workdir (holding `checkpoints/`) or a checkpoint
-  directory -> its step `step` (None: the latest); a step directory -> itself.
-
-  Raises:
-    FileNotFoundError: `path` is missing or holds no finished checkpoint.
-  """
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"checkpoint path {path} does not exist")
-  if os.path.isdir(os.path.join(path, STATE_ITEM)):
-    return path
-  directory = path
-  if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
-    directory = os.path.join(path, CHECKPOINT_SUBDIR)
-  try:
-    step_dir, _ = _step_dir(directory, step)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(
-        f"no checkpoint found under {path} ({e}); pass a workdir, its "
-        f"'{CHECKPOINT_SUBDIR}' directory or a step directory") from None
-  return step_dir
-
-
-def step_metadata(step_dir: str, strict: bool = False) -> dict:
-  """The `metadata` a Checkpointer saved with a step ({} for none).
-
-  An unreadable metadata file gives {} too, or with `strict` a ValueError (its digests cannot
-  be checked, so the step is not to be trusted).
-  """
-  path = os.path.join(step_dir, STEP_METADATA_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      record = json.load(f)
-  except FileNotFoundError:
-    return {}
-  except (OSError, ValueError) as e:
-    if strict:
-      raise ValueError(f"{path} is unreadable ({_first_line(e)})") from None
-    return {}
-  custom = record.get("custom_metadata") if isinstance(record, dict) else None
-  return dict(custom) if isinstance(custom, dict) else {}
-
-
-def verify_step(step_dir: str, state: PyTree) -> None:
-  """Checks a restored state against the digests saved with its step.
-
-  Raises:
-    digest.DigestMismatch: an array (or the model record) differs from what was saved.
-    ValueError: the step's metadata file is unreadable.
-  Steps saved without digests are not checked.
-  """
-  record = step_metadata(step_dir, strict=True)
-  if digest.SPEC_KEY in record and (digest.spec_digest(record.get("model"))
-                                     != record[digest.SPEC_KEY]):
-    raise digest.DigestMismatch(f"{step_dir}: the model record changed on disk since it was "
-                                "saved (checksum mismatch)")
-  stored = record.get(digest.METADATA_KEY)
-  if isinstance(stored, dict):
-    digest.verify(state, stored, step_dir)
-
-
-def read_newest_readable(path, warn: Callable[[str], None] | None = None
-                         ) -> tuple[str, dict]:
-  """(step directory, state) of the newest checkpoint under `path` that reads back and verifies.
-
-  `path` as for `restore_variables`. A step directory is read as it is; in a workdir or
-  checkpoint directory an unreadable or corrupt newer step costs one warning line and the
-  next older one is tried, as training does (nothing is moved: this is a reader).
-
-  Raises:
-    FileNotFoundError: `path` holds no finished checkpoint.
-    ValueError: no step reads back (one line: the steps and the first reason).
-  """
-  newest = find_step_dir(path)
-  directory = os.path.dirname(newest)
-  if os.path.isdir(os.path.join(os.path.abspath(os.fspath(path)), STATE_ITEM)):
-    steps = [ocp.step.step_from_checkpoint_name(os.path.basename(newest))]
-  else:
-    steps = sorted((ocp.step.step_from_checkpoint_name(p.name)
-                    for p in ocp.utils.checkpoint_steps_paths(directory)), reverse=True)
-  warn = warn or _warn_on_stderr
-  log_path = os.path.join(os.path.dirname(directory), ERRORS_FILE)
-  failed = []
-  for step in steps:
-    step_dir = os.path.join(directory, str(step))
-    failure: list = []
-    try:
-      with _capture_stderr(log_path, failure):
-        try:
-          return step_dir, restore_variables(step_dir)
-        except Exception:  # pylint: disable=broad-except
-          failure.append(f"--- checkpoint step {step}, {time.ctime()}:\n"
-                         + traceback.format_exc())
-          raise
-    except Exception as e:  # pylint: disable=broad-except
-      failed.append((step, _first_line(e)))
-      if len(steps) > 1:
-        warn(f"warning: checkpoint step {step} in {directory} could not be read "
-             f"({failed[-1][1]}); trying an older one")
-  if len(steps) == 1:
-    raise ValueError(f"checkpoint {newest} could not be read ({failed[0][1]}); give its "
-                     "workdir to read the newest step that can be")
-  raise ValueError(f"no checkpoint in {directory} could be read (steps "
-                   f"{', '.join(str(s) for s, _ in failed)}; step {failed[0][0]}: "
-                   f"{failed[0][1]})")
-
-
-def restore_variables(path, step: int | None = None) -> dict:
-  """Reads the saved train state as host numpy arrays, without a target (for init_from).
-
-  Args:
-    path: a workdir (holding `checkpoints/`), a checkpoint directory, or one step's
-      directory (`.../checkpoints/<step>`).
-    step: which checkpoint in a checkpoint directory; None for the latest.
-
-  Returns:
-    the saved state pytree (nested dicts) with numpy leaves; python scalars come back
-    as 0-d numpy arrays and PRNG keys as their uint32 key data.
-
-  Raises:
-    FileNotFoundError: `path` is missing or holds no finished checkpoint.
-  """
-  state_dir = os.path.join(find_step_dir(path, step), STATE_ITEM)
-  tree = _read_tree_metadata(state_dir)
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    state = handler.restore(epath.Path(state_dir),
-                            args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  finally:
-    handler.close()
-  verify_step(os.path.dirname(state_dir), state)
-  return state

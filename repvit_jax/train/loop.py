@@ -488,9 +488,9 @@ def _init_from(init_source, task, state, state_sharding, is_chief: bool):
   source_spec, source = pretrained.read(path, 'init_from')
   pretrained.check_heads(source_spec, task.spec, f'init_from {path}')
   source = task.adapt_pretrained(source)
-  params, unused_params = pretrained.fit(jax.device_get(state['params']), source['params'],
+  params, unused_params = io.fit(jax.device_get(state['params']), source['params'],
                                          skip=skip, what=f'init_from {path}')
-  batch_stats, _ = pretrained.fit(jax.device_get(state['batch_stats']),
+  batch_stats, _ = io.fit(jax.device_get(state['batch_stats']),
                                   source.get('batch_stats', {}), skip=skip,
                                   what=f'init_from {path} (batch_stats)')
   if unused_params:

@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from repvit_jax import pictures
+from repvit_jax.train import pictures
 from repvit_jax.models import mae as mae_lib
 from repvit_jax.train.mae_losses import (NORM_PIX_EPS, attention_distill_loss, g2sd_loss,
                                          hidden_distill_loss, masked_patch_loss, pixel_targets)

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from repvit_jax.treepath import key_names
+from repvit_jax.utils.treepath import key_names
 
 PyTree = Any
 

@@ -1,19 +1,15 @@
 """Initialising from earlier work: read variables from a path and fit them into a model.
 
-`init_from` and `teacher.init_from` accept whatever `repvit_jax.io.open` reads: a training
+`init_from` and `teacher.init_from` accept whatever `repvit_jax.io.read` reads: a training
 workdir (its latest checkpoint), a checkpoint directory or one step of it, or a model
-directory (for example `<workdir>/deploy`, or `python -m repvit_jax.convert`'s output).
+directory (for example `<workdir>/deploy`, or `repvit-convert`'s output).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
-
-import numpy as np
+from typing import Any, Dict, Optional, Tuple
 
 from repvit_jax import io
-from repvit_jax.treepath import flatten, unflatten
 
 
 def init_source(config) -> Optional[Tuple[str, str]]:
@@ -24,10 +20,10 @@ def init_source(config) -> Optional[Tuple[str, str]]:
 
 
 def read(path: str, what: str = 'init_from') -> Tuple[Optional[Any], Dict[str, Any]]:
-  """(spec or None, {'params', 'batch_stats'}) of any path `repvit_jax.io.open` accepts; its
+  """(spec or None, {'params', 'batch_stats'}) of any path `repvit_jax.io.read` accepts; its
   errors name `what` (the config field that gave the path)."""
   try:
-    return io.open(path)
+    return io.read(path)
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f'{what}: {e}') from None
 
@@ -45,45 +41,4 @@ def check_heads(source_spec, target_spec, what: str = 'init_from') -> None:
                      f'--config.model.num_heads={heads[0]}')
 
 
-def fit(target: Mapping[str, Any], source: Mapping[str, Any], *, skip: str = '',
-        what: str = 'checkpoint') -> Tuple[Dict[str, Any], List[str]]:
-  """Takes every leaf of `target` from `source` (same path, same shape).
-
-  Args:
-    target: the model's freshly initialised tree (arrays or ShapeDtypeStructs).
-    source: the loaded tree.
-    skip: regex; target paths matching it keep their initial value when the source lacks
-      them or has another shape (a new classification head, say).
-    what: how to call the source in messages.
-
-  Returns:
-    (tree with target's structure, list of source paths that were not used).
-
-  Raises:
-    ValueError: listing every target leaf that is missing from the source or has another
-      shape, outside `skip`.
-  """
-  skip_re = re.compile(skip) if skip else None
-  want, have = flatten(target), flatten(source)
-  problems, out = [], {}
-  for path, leaf in want.items():
-    found = have.get(path)
-    if found is not None and tuple(np.shape(found)) == tuple(leaf.shape):
-      out[path] = np.asarray(found).astype(leaf.dtype)
-      continue
-    if skip_re is not None and skip_re.search(path):
-      out[path] = leaf
-      continue
-    problems.append(f'{path}: ' + ('missing' if found is None else
-                                   f'shape {tuple(np.shape(found))} in the {what}, '
-                                   f'{tuple(leaf.shape)} in the model'))
-  if problems:
-    shown = '; '.join(problems[:10])
-    more = f'; ... and {len(problems) - 10} more' if len(problems) > 10 else ''
-    raise ValueError(f'the {what} does not fit the model ({len(problems)} mismatches): '
-                     f'{shown}{more}')
-  unused = sorted(set(have) - set(want))
-  return unflatten(out), unused
-
-
-__all__ = ['read', 'fit', 'init_source', 'check_heads']
+__all__ = ['read', 'init_source', 'check_heads']

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from repvit_jax import io
 from repvit_jax.models.inputs import InputSpec
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
@@ -126,7 +127,7 @@ class Task:
     """A frozen model's variables from `path` and the input contract it is fed with.
 
     Args:
-      path: anything `repvit_jax.io.open` reads.
+      path: anything `repvit_jax.io.read` reads.
       init: image side -> the variable tree of the module (evaluated abstractly); the loaded
         variables are fitted to it.
       what: how the config calls it, for messages ('teacher', 'feature teacher').
@@ -149,7 +150,7 @@ class Task:
     if fold:
       source = reparameterize(jax.tree.map(jnp.asarray, source))
     target = jax.eval_shape(lambda: init(contract.image_size))
-    fitted, _ = pretrained.fit(target, source, what=f'{what} {path}')
+    fitted, _ = io.fit(target, source, what=f'{what} {path}')
     return fitted, contract
 
 

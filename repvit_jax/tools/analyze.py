@@ -1,17 +1,17 @@
 """Analysis tools: average attention distance per layer and head, and layer-wise linear CKA.
 
-    from repvit_jax import analyze
+    from repvit_jax.tools import analyze
     inter = analyze.intermediates(model, variables, images)       # what the blocks sow
     dist = analyze.attention_distance(inter['attn_logits'][0], grid=(14, 14), patch_size=16)
     sim = analyze.cka_matrix(features_a, features_b)              # (layers_a, layers_b)
 
 or from the command line (each writes a JSON file and a PNG plot into OUT):
 
-    python -m repvit_jax.analyze attention runs/demo OUT
-    python -m repvit_jax.analyze cka runs/demo runs/demo/deploy OUT
+    repvit-analyze attention runs/demo OUT
+    repvit-analyze cka runs/demo runs/demo/deploy OUT
 
-MODEL is anything `repvit_jax.io.open` reads (a workdir, a checkpoint, a model directory such
-as `python -m repvit_jax.convert`'s output); each says which model it holds. The images are the
+MODEL is anything `repvit_jax.io.read` reads (a workdir, a checkpoint, a model directory such
+as `repvit-convert`'s output); each says which model it holds. The images are the
 first --num-images of the eval split of the run's own data set (its workdir's config.json), or
 of --config's; random ones, with a warning, when neither exists.
 
@@ -36,7 +36,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from repvit_jax import cli
+from repvit_jax.io import checkpoint_steps
+from repvit_jax.tools import cli, runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,14 +361,13 @@ def _images(args, source: str, image_size: int) -> np.ndarray:
   Raises:
     ValueError: no data set is named and noise was not asked for.
   """
-  from repvit_jax import export  # pylint: disable=import-outside-toplevel
   if args.images == 'data':
-    data_config = export.data_config_for(source, args.config)
+    data_config = runs.data_config_for(source, args.config)
     if data_config is None:
       raise ValueError(f'{source} is not in a training workdir, so its data set is unknown: '
                        'add --config configs/<name>.py[:arg] for that data set, or '
                        '--images noise for random normal images')
-    images, _ = export.eval_split(data_config)
+    images, _ = runs.eval_split(data_config)
     return images[:args.num_images]
   rng = np.random.default_rng(0)
   return rng.normal(size=(args.num_images, image_size, image_size, 3)).astype(np.float32)
@@ -376,16 +376,15 @@ def _images(args, source: str, image_size: int) -> np.ndarray:
 def _describe(source: str, name: str) -> str:
   """'tdrl_vit_tiny, step 600': the model, and the step when the weights are a checkpoint's
   (a plot's title says what was measured)."""
-  from repvit_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   try:
-    return f'{name}, step {int(os.path.basename(checkpoint.find_step_dir(source)))}'
+    return f'{name}, step {int(os.path.basename(checkpoint_steps.find_step_dir(source)))}'
   except (FileNotFoundError, ValueError):
     return f'{name} ({os.path.basename(os.path.normpath(source))})'
 
 
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog='python -m repvit_jax.analyze',
+  parser = argparse.ArgumentParser(prog='repvit-analyze',
                                    description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
   attention = sub.add_parser('attention', help='average attention distance per layer/head')
@@ -414,10 +413,9 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
   """`main` once the arguments parse; the output directory is checked before any work."""
-  from repvit_jax import export  # pylint: disable=import-outside-toplevel
-  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
+  from repvit_jax.deploy import export  # pylint: disable=import-outside-toplevel
   cli.check_output(args.out, 'directory')
-  overrides = parse_overrides(args.overrides)
+  overrides = cli.parse_overrides(args.overrides)
   load = lambda src: export.load_for_export(src, model=args.model_name, overrides=overrides,
                                             image_size=args.image_size)
   if args.command == 'attention':

@@ -1,10 +1,10 @@
 """Top-1, top-5 and loss of a trained model on a data set's eval split.
 
-    python -m repvit_jax.evaluate runs/demo                   # the run's own data set
-    python -m repvit_jax.evaluate models/deit_tiny --config configs/vit_tiny.py \
+    repvit-evaluate runs/demo                   # the run's own data set
+    repvit-evaluate models/deit_tiny --config configs/vit_tiny.py \
         --config.data.data_dir=$TFDS_DATA_DIR --json deit_tiny.json
 
-PATH is anything `repvit_jax.io.open` reads. A training-form source (a workdir or checkpoint
+PATH is anything `repvit_jax.io.read` reads. A training-form source (a workdir or checkpoint
 of a model with a deploy form) is evaluated in both forms: as trained (eval mode) and
 reparameterized. Images are prepared by the model's saved input contract (size, mean/std, eval
 crop); `--config.data.KEY=VALUE` changes a data field (`image_size` moves the model to another
@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from repvit_jax import cli, io
+from repvit_jax import io
 from repvit_jax.models.registry import get_registration
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
+from repvit_jax.tools import cli
 
 def contract_data_config(spec: ModelSpec, data_config,
                          changes: Optional[Dict[str, Any]] = None) -> ml_collections.ConfigDict:
@@ -60,7 +61,7 @@ def evaluate(path: str, data_config=None, *, changes: Optional[Dict[str, Any]] =
   """Evaluates every form of the model at `path` on the eval split.
 
   Args:
-    path: anything `io.open` reads.
+    path: anything `io.read` reads.
     data_config: the data set (None: the one the run at `path` trained on).
     changes: data fields to change (`image_size`, `data_dir`, `eval_split`, ...).
     batch_size: images per evaluation batch.
@@ -74,11 +75,11 @@ def evaluate(path: str, data_config=None, *, changes: Optional[Dict[str, Any]] =
   """
   from repvit_jax import data  # pylint: disable=import-outside-toplevel
   from repvit_jax.models.mae import MaskedAutoencoder  # pylint: disable=import-outside-toplevel
-  spec, variables = io.open(path, ema=ema)
+  spec, variables = io.read(path, ema=ema)
   if spec is None:
     raise ValueError(f'{path} does not say which model it holds (a checkpoint from before model '
-                     'specs); load it with repvit_jax.io.open and evaluate it yourself')
-  from repvit_jax.export import check_fit  # pylint: disable=import-outside-toplevel
+                     'specs); load it with repvit_jax.io.read and evaluate it yourself')
+  from repvit_jax.deploy.export import check_fit  # pylint: disable=import-outside-toplevel
   check_fit(path, spec, {k: v for k, v in variables.items() if v})
   if data_config is None:
     recorded = io.run_config(path)
@@ -142,7 +143,7 @@ _DATA_FLAG = re.compile(r'^--config\.data\.(\w+)=(.*)$')
 
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog='python -m repvit_jax.evaluate',
+  parser = argparse.ArgumentParser(prog='repvit-evaluate',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('path', help='workdir, checkpoint or model directory')
   parser.add_argument('--config', default=None, metavar='FILE[:ARG]',
@@ -161,11 +162,10 @@ def main(argv=None) -> int:
 
 def _main(args, rest) -> int:
   """`main` once the arguments parse; the output file is checked before the evaluation."""
-  from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
-  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
+  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
   if args.json:
     cli.check_output(args.json, 'file', '--json')
-  changes = parse_overrides([f'{m.group(1)}={m.group(2)}' for m in map(_DATA_FLAG.match, rest)])
+  changes = cli.parse_overrides([f'{m.group(1)}={m.group(2)}' for m in map(_DATA_FLAG.match, rest)])
   data_config = config_files.load(args.config).data if args.config else None
   record = evaluate(args.path, data_config, changes=changes, batch_size=args.batch_size,
                     ema=args.ema)

@@ -8,8 +8,8 @@ captures those outputs with Flax's `capture_intermediates`, so the forward pass 
 model's own (training form or deploy form alike) and nothing is recomputed.
 
     model, variables = repvit_jax.load_model('runs/demo/deploy')
-    maps = repvit_jax.features.intermediates(model, variables, images)   # [(B, h, w, C), ...]
-    repvit_jax.features.feature_info(model, 224)  # [{'module', 'channels', 'reduction'}, ...]
+    maps = repvit_jax.models.features.intermediates(model, variables, images)   # [(B, h, w, C), ...]
+    repvit_jax.models.features.feature_info(model, 224)  # [{'module', 'channels', 'reduction'}, ...]
 """
 
 from __future__ import annotations

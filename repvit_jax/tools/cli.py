@@ -13,34 +13,12 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ast
 import errno
 import os
 import pickle
 import sys
-import tempfile
-from typing import Callable
-
-
-@contextlib.contextmanager
-def captured_stderr(release: Callable[[bytes], None],
-                    before_release: Callable[[], None] = lambda: None):
-  """Runs the block with file descriptor 2 (C++ libraries' lines too) written to a temporary
-  file; then calls `before_release()` (still captured), restores stderr and hands what was
-  written to `release(text)`, which decides what reaches the user."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as capture:
-    os.dup2(capture.fileno(), 2)
-    try:
-      yield
-    finally:
-      before_release()
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      capture.seek(0)
-      release(capture.read())
+from typing import Any, Callable, Dict, List
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -123,4 +101,24 @@ def check_output(path: str, kind: str, flag: str = 'OUT') -> str:
   return path
 
 
-__all__ = ['run', 'one_line', 'user_errors', 'positive_int', 'check_output']
+def parse_overrides(items: List[str]) -> Dict[str, Any]:
+  """['num_heads=12', 'tdrl.num_branches=3'] -> {'num_heads': 12, 'tdrl': {'num_branches': 3}}."""
+  out: Dict[str, Any] = {}
+  for item in items:
+    if '=' not in item:
+      raise SystemExit(f'--set expects key=value, got {item!r}')
+    key, raw = item.split('=', 1)
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = out
+    *parents, leaf = key.strip().split('.')
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return out
+
+
+__all__ = ['parser', 'run', 'one_line', 'user_errors', 'positive_int', 'check_output',
+           'parse_overrides']

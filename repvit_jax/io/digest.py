@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax.treepath import path_str
+from repvit_jax.utils.treepath import path_str
 
 # Stored per checkpoint step under this key of the step's custom metadata.
 METADATA_KEY = 'digests'

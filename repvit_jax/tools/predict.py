@@ -1,6 +1,6 @@
-"""Top-k labels of image files: `python -m repvit_jax.predict MODEL IMAGE|FOLDER... [--top-k 5]`.
+"""Top-k labels of image files: `repvit-predict MODEL IMAGE|FOLDER... [--top-k 5]`.
 
-MODEL is anything `repvit_jax.io.open` reads; it runs in its deploy form. Each image is
+MODEL is anything `repvit_jax.io.read` reads; it runs in its deploy form. Each image is
 prepared as the model's saved input contract says, by the same code as training's evaluation
 (shorter side to image_size / eval_crop_fraction, centre crop, mean/std). Class names come
 from the data set the run trained on, when it has them and is available here.
@@ -15,8 +15,9 @@ from typing import List, Sequence, Tuple
 import jax
 import numpy as np
 
-from repvit_jax import cli, io
+from repvit_jax import io
 from repvit_jax.models.inputs import InputSpec
+from repvit_jax.tools import cli
 
 Prediction = Tuple[str, List[Tuple[int, str, float]]]
 # What a folder given as IMAGE contributes.
@@ -62,7 +63,7 @@ def class_names(path: str, spec=None) -> Tuple[str, ...]:
 
 def predict(model: str, paths: Sequence[str], *, top_k: int = 5) -> List[Prediction]:
   """[(image path, [(label, name, probability)] best first)] for each image file."""
-  from repvit_jax import export  # pylint: disable=import-outside-toplevel
+  from repvit_jax.deploy import export  # pylint: disable=import-outside-toplevel
   exported = export.load_for_export(model)
   images = prepare(paths, exported.spec.input)
   logits = np.concatenate([np.asarray(exported.apply(images[i:i + 64]))
@@ -102,7 +103,7 @@ def image_files(paths: Sequence[str]) -> List[str]:
 
 def main(argv=None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog='python -m repvit_jax.predict',
+  parser = argparse.ArgumentParser(prog='repvit-predict',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('model', help='workdir, checkpoint or model directory')
   parser.add_argument('images', nargs='+', help='image files, or folders of them')

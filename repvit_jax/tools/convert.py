@@ -1,8 +1,8 @@
-"""python -m repvit_jax.convert SRC DST --model NAME: a PyTorch checkpoint -> a model directory.
+"""repvit-convert SRC DST --model NAME: a PyTorch checkpoint -> a model directory.
 
-    python -m repvit_jax.convert deit_tiny.safetensors models/deit_tiny --model deit_tiny
-    python -m repvit_jax.convert mae_tiny_400e.pth.tar models/mae_tiny --model mae_vit_tiny
-    python -m repvit_jax.convert riformer-s12.pth models/riformer_s12 --model riformer_s12
+    repvit-convert deit_tiny.safetensors models/deit_tiny --model deit_tiny
+    repvit-convert mae_tiny_400e.pth.tar models/mae_tiny --model mae_vit_tiny
+    repvit-convert riformer-s12.pth models/riformer_s12 --model riformer_s12
     python train.py --config configs/vit_tiny.py --config.init_from=models/deit_tiny ...
 
 DST is a model directory (model.json + variables.msgpack): `repvit_jax.load_model(DST)`,
@@ -12,35 +12,15 @@ DST is a model directory (model.json + variables.msgpack): `repvit_jax.load_mode
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
-from repvit_jax import cli
-
-
-def parse_overrides(items: List[str]) -> Dict[str, Any]:
-  """['num_heads=12', 'tdrl.num_branches=3'] -> {'num_heads': 12, 'tdrl': {'num_branches': 3}}."""
-  out: Dict[str, Any] = {}
-  for item in items:
-    if '=' not in item:
-      raise SystemExit(f'--set expects key=value, got {item!r}')
-    key, raw = item.split('=', 1)
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    node = out
-    *parents, leaf = key.strip().split('.')
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return out
+from repvit_jax.tools import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog='python -m repvit_jax.convert',
+      prog='repvit-convert',
       description='Convert a PyTorch checkpoint (timm ViT/DeiT/LeViT/MobileViT/PoolFormer, '
                   'official MAE, MAE-Lite, mmpretrain RIFormer) into a repvit_jax model '
                   'directory.')
@@ -85,7 +65,7 @@ def _main(args) -> int:
     print(f'  {args.model}: {name} here')
   result = convert.convert_checkpoint(
       args.src, args.dst, model=args.model, num_classes=args.num_classes,
-      deploy=args.deploy, overrides=parse_overrides(args.overrides),
+      deploy=args.deploy, overrides=cli.parse_overrides(args.overrides),
       image_size=args.image_size, ignore=args.ignore)
   plan = result.plan
   for note in plan.notes:

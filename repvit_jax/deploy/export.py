@@ -1,13 +1,13 @@
 """Exporting deploy models to TensorFlow: a SavedModel, or TFLite (float32 / int8 weights).
 
-    from repvit_jax import export
+    from repvit_jax.deploy import export
     exported = export.load_for_export('runs/demo')            # workdir, model dir or checkpoint
     export.export_tflite(exported, 'demo.tflite')             # float32
     export.export_tflite(exported, 'demo_int8.tflite', quantize='int8')  # dynamic-range int8
     export.export_savedmodel(exported, 'demo_savedmodel')
     logits = export.run_tflite('demo.tflite', images)         # (B, S, S, 3) -> (B, classes)
 
-or `python -m repvit_jax.export WORKDIR_OR_CKPT OUT --format tflite|savedmodel`.
+or `repvit-export WORKDIR_OR_CKPT OUT --format tflite|savedmodel` (`repvit_jax.tools.export`).
 
 The model is always exported in its deploy form (a training-form source is reparameterized
 first), through `jax2tf.convert` with a fixed input shape (batch, S, S, 3), float32, NHWC,
@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from repvit_jax import cli, io, tflite_ops
-from repvit_jax.layers.activations import select_free_gelu
+from repvit_jax import io
+from repvit_jax.deploy import tflite_ops
+from repvit_jax.deploy.gelu import select_free_gelu
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
 
@@ -75,7 +76,7 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
                     model: Optional[str] = None, num_classes: Optional[int] = None,
                     overrides: Optional[Mapping[str, Any]] = None,
                     image_size: Optional[int] = None) -> Exported:
-  """Loads a model in its deploy form from anything `repvit_jax.io.open` reads.
+  """Loads a model in its deploy form from anything `repvit_jax.io.read` reads.
 
   Args:
     source: a model directory (training-form ones are reparameterized), a training workdir
@@ -90,7 +91,7 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
     FileNotFoundError: nothing loadable at `source`. ValueError: unreadable files, or no spec
       and no `model`.
   """
-  saved, variables = io.open(source)
+  saved, variables = io.read(source)
   spec = spec or saved
   if spec is None and not model:
     raise ValueError(f'{source} does not say which model it holds (a checkpoint written before '
@@ -118,14 +119,13 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
 def check_fit(source: str, spec: ModelSpec, variables) -> None:
   """One error line when the weights do not have the shapes of the model `spec` builds (a
   wrong --model or missing --set overrides), instead of a shape error deep inside Flax."""
-  from repvit_jax.train import pretrained  # pylint: disable=import-outside-toplevel
   size = spec.input.image_size
   rngs = {name: jax.random.key(0) for name in ('params', 'mask', 'dropout')}
   expected = jax.eval_shape(lambda: spec.build().init(
       rngs, jnp.zeros((1, size, size, 3)), train=False))
   for collection, tree in variables.items():
     try:
-      pretrained.fit(expected.get(collection, {}), tree, what=f'{collection} at {source}')
+      io.fit(expected.get(collection, {}), tree, what=f'{collection} at {source}')
     except ValueError as e:
       raise ValueError(f'{e} ({spec.name} with overrides {dict(spec.overrides)}); give the '
                        'model and --set key=value overrides the run used') from None
@@ -176,7 +176,7 @@ def tf_module(exported: Exported, *, batch_size: int = 1, micro_batch: Optional[
 
   def forward(v, images):
     # GELU in ABS/MUL/EXP rather than an erf the converter expands with selects, which
-    # XNNPACK cannot run (layers/activations.py).
+    # XNNPACK cannot run (deploy/gelu.py).
     with select_free_gelu():
       parts = [module.apply(v, images[start:start + chunk], train=False)
                for start in range(0, batch_size, chunk)]
@@ -360,166 +360,7 @@ def run_tflite(model: str | bytes, images: np.ndarray) -> np.ndarray:
   return np.concatenate(results)
 
 
-FORMATS = ('tflite', 'tflite-int8', 'savedmodel')
-
-
-def eval_split(data_config, batch_size: int = 128):
-  """The whole eval split of a data config, preprocessed as in training's evaluation:
-  (images (N, S, S, 3) float32, labels (N,) int32)."""
-  from repvit_jax import data  # pylint: disable=import-outside-toplevel
-  images, labels = [], []
-  for batch in data.make_eval_iterator(data_config, global_batch_size=batch_size):
-    keep = np.asarray(batch['mask']) > 0
-    images.append(np.asarray(batch['image'])[keep])
-    labels.append(np.asarray(batch['label'])[keep])
-  return np.concatenate(images), np.concatenate(labels)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-  """Top-1 accuracy of (N, classes) logits."""
-  return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
-def config_spec(config: str) -> ModelSpec:
-  """The student spec of a training config file ('configs/x.py[:arg]')."""
-  from repvit_jax import config_files, data  # pylint: disable=import-outside-toplevel
-  loaded = config_files.load(config)
-  return ModelSpec.from_config(loaded, data.get_dataset_info(loaded.data).num_classes)
-
-
-def data_config_for(source: str, config: Optional[str] = None):
-  """The data config whose eval split tests a model: `config` ('configs/x.py[:arg]') when
-  given, else the one the run at `source` was trained with (its workdir's config.json);
-  None when neither exists."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  if config:
-    from repvit_jax import config_files  # pylint: disable=import-outside-toplevel
-    return config_files.load(config).data
-  recorded = io.run_config(source)
-  return ml_collections.ConfigDict(recorded['data']) if recorded else None
-
-
-def main(argv=None) -> int:
-  """python -m repvit_jax.export SRC OUT --format tflite|tflite-int8|savedmodel[,...]."""
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(
-      prog='python -m repvit_jax.export',
-      description='Export a deploy model to TFLite (float32 or dynamic-range int8) or a TF '
-                  'SavedModel, through jax2tf.')
-  parser.add_argument('src', help='training workdir (its latest checkpoint), model directory, '
-                                  'or checkpoint directory; each says which model it holds')
-  parser.add_argument('out', help='output: a .tflite file (one TFLite format) or a directory '
-                                  '(model.tflite, model_int8.tflite, savedmodel/)')
-  parser.add_argument('--format', default='tflite',
-                      help=f'comma-separated, from {", ".join(FORMATS)} (default tflite)')
-  parser.add_argument('--batch-size', type=cli.positive_int, default=1,
-                      help='fixed batch of the graph (default 1)')
-  parser.add_argument('--micro-batch', type=int, default=None,
-                      help='TFLite: images per pass through the network inside the graph '
-                           '(default: the model\'s, 4 for ViT and MobileViT, which run large '
-                           'batches faster so on CPU; 0: the whole batch at once)')
-  parser.add_argument('--image-size', type=int, default=None,
-                      help='default: the saved input contract\'s')
-  parser.add_argument('--model', default=None,
-                      help='model name, overriding the saved one (needed only for checkpoints '
-                           'that record none)')
-  parser.add_argument('--num-classes', type=int, default=None)
-  parser.add_argument('--set', dest='overrides', action='append', default=[],
-                      metavar='KEY=VALUE', help='model override on top of the saved ones')
-  parser.add_argument('--config', default=None, metavar='FILE[:ARG]',
-                      help='a training config overriding the saved spec and naming the '
-                           '--evaluate data set (default: the run\'s own config.json)')
-  parser.add_argument('--no-verify', dest='verify', action='store_false',
-                      help='skip running the exported TFLite model against JAX')
-  parser.add_argument('--evaluate', action='store_true',
-                      help='top-1 accuracy of JAX and of each TFLite model on the eval split '
-                           'of the run\'s data set (or --config\'s)')
-  args = parser.parse_args(argv)
-  return cli.run(lambda: _main(parser, args))
-
-
-def _main(parser, args) -> int:
-  """`main` once the arguments parse: every check before any work."""
-  import time  # pylint: disable=import-outside-toplevel
-  from repvit_jax.convert.__main__ import parse_overrides  # pylint: disable=import-outside-toplevel
-  formats = [f.strip() for f in args.format.split(',') if f.strip()]
-  unknown = [f for f in formats if f not in FORMATS]
-  if unknown or not formats:
-    parser.error(f'unknown --format {unknown or args.format!r}; choose from {FORMATS}')
-  if args.micro_batch is not None and args.micro_batch < 0:
-    parser.error(f'--micro-batch {args.micro_batch}: give a positive number of images per '
-                 'pass, or 0 for the whole batch at once')
-  single_file = args.out.endswith('.tflite')
-  if single_file and (len(formats) > 1 or 'savedmodel' in formats):
-    parser.error('OUT is a .tflite file: give one TFLite format, or a directory')
-  cli.check_output(args.out, 'file' if single_file else 'directory')
-  spec = config_spec(args.config) if args.config else None
-  exported = load_for_export(args.src, spec=spec, model=args.model,
-                             num_classes=args.num_classes,
-                             overrides=parse_overrides(args.overrides),
-                             image_size=args.image_size)
-  data_config = data_config_for(args.src, args.config) if args.evaluate else None
-  if args.evaluate and data_config is None:
-    raise ValueError(f'--evaluate: {args.src} is not in a training workdir (no config.json '
-                     'names its data set); add --config configs/<name>.py[:arg]')
-  print(f'{exported.name} (deploy form, {exported.num_classes} classes, input '
-        f'{args.batch_size}x{exported.image_size}x{exported.image_size}x3)')
-  images = np.random.default_rng(0).normal(
-      size=(args.batch_size, exported.image_size, exported.image_size, 3)).astype(np.float32)
-  reference = np.asarray(exported.apply(images)) if args.verify else None
-  eval_images = eval_labels = None
-  if args.evaluate:
-    eval_images, eval_labels = eval_split(data_config)
-    logits = np.concatenate([np.asarray(exported.apply(eval_images[i:i + 128]))
-                             for i in range(0, len(eval_images), 128)])
-    print(f'  JAX (float32): top-1 {accuracy(logits, eval_labels):.4f} on '
-          f'{len(eval_labels)} eval images')
-  names = exported.spec.class_names
-  if not names:     # a model saved before model.json carried them: the run's data set
-    from repvit_jax.predict import class_names  # pylint: disable=import-outside-toplevel
-    names = class_names(args.src)
-  contract_path = (os.path.splitext(args.out)[0] + '.json' if single_file
-                   else os.path.join(args.out, 'contract.json'))
-  os.makedirs(os.path.dirname(os.path.abspath(contract_path)), exist_ok=True)
-  write_contract(exported, contract_path, batch_size=args.batch_size, class_names=names)
-  print(f'  input contract and class names -> {contract_path}')
-  for fmt in formats:
-    start = time.time()
-    if fmt == 'savedmodel':
-      path = export_savedmodel(exported, os.path.join(args.out, 'savedmodel'),
-                               batch_size=args.batch_size)
-      size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-      line = f'  savedmodel -> {path} ({size / 1e6:.2f} MB, {time.time() - start:.1f} s'
-      if reference is not None or eval_images is not None:
-        run = savedmodel_runner(path, args.batch_size)
-        if reference is not None:
-          error = np.max(np.abs(run(images) - reference)) / max(np.max(np.abs(reference)), 1e-30)
-          line += f', max rel. error vs JAX {error:.2e}'
-        if eval_images is not None:
-          line += f', top-1 {accuracy(run(eval_images), eval_labels):.4f}'
-      print(line + ')')
-      continue
-    quantize = 'int8' if fmt == 'tflite-int8' else None
-    path = args.out if single_file else os.path.join(
-        args.out, 'model_int8.tflite' if quantize else 'model.tflite')
-    export_tflite(exported, path, quantize=quantize, batch_size=args.batch_size,
-                  micro_batch=args.micro_batch)
-    line = f'  {fmt} -> {path} ({os.path.getsize(path) / 1e6:.2f} MB, {time.time() - start:.1f} s'
-    if reference is not None:
-      error = np.max(np.abs(run_tflite(path, images) - reference)) / max(
-          np.max(np.abs(reference)), 1e-30)
-      line += f', max rel. error vs JAX {error:.2e}'
-    if eval_images is not None:
-      line += f', top-1 {accuracy(run_tflite(path, eval_images), eval_labels):.4f}'
-    print(line + ')')
-  return 0
-
-
-__all__ = ['Exported', 'load_for_export', 'config_spec', 'data_config_for', 'tf_module', 'main',
-           'export_savedmodel', 'savedmodel_runner', 'write_contract', 'SAVEDMODEL_PLATFORMS', 'TFLITE_PLATFORMS', 'tflite_bytes', 'export_tflite', 'make_interpreter',
-           'run_tflite', 'eval_split', 'accuracy', 'QUANTIZE', 'FORMATS']
-
-
-if __name__ == '__main__':
-  import sys as _sys  # pylint: disable=import-outside-toplevel
-  _sys.exit(main())
+__all__ = ['Exported', 'load_for_export', 'check_fit', 'tf_module', 'export_savedmodel',
+           'savedmodel_runner', 'write_contract', 'SAVEDMODEL_PLATFORMS', 'TFLITE_PLATFORMS',
+           'tflite_bytes', 'export_tflite', 'make_interpreter', 'xnnpack_partitions',
+           'run_tflite', 'QUANTIZE']

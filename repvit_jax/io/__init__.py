@@ -2,7 +2,7 @@
 
     model, variables = repvit_jax.load_model('runs/demo/deploy')
     logits = model.apply(variables, images, train=False)
-    spec, variables = repvit_jax.io.open('runs/demo')      # any workdir, checkpoint, model dir
+    spec, variables = repvit_jax.io.read('runs/demo')      # any workdir, checkpoint, model dir
 
 A model directory holds `model.json` (a `ModelSpec`: registered name, `deploy` flag,
 `num_classes`, module overrides, the input contract and the dtype it was trained in) and
@@ -10,13 +10,12 @@ A model directory holds `model.json` (a `ModelSpec`: registered name, `deploy` f
 float32 whatever the training dtype, and the model loads as float32 unless
 `load_model(..., dtype='bfloat16')` asks for another compute dtype.
 
-`open` is the one place that decides what a path holds; `init_from`, teachers, `export`,
+`read` is the one place that decides what a path holds; `init_from`, teachers, `export`,
 `analyze` and `load_model` all go through it.
 """
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import json
 import math
@@ -28,6 +27,8 @@ import jax
 import numpy as np
 from flax import serialization
 
+from repvit_jax.io import checkpoint_steps
+from repvit_jax.io.fit import fit
 from repvit_jax.layers.posemb import resample_posemb
 from repvit_jax.models.registry import get_registration
 from repvit_jax.models.spec import ModelSpec
@@ -76,7 +77,7 @@ def save_model(directory: str, variables: Mapping[str, Any], spec: ModelSpec | N
 def load_model(path: str, *, dtype: str | None = None,
                image_size: int | None = None) -> Tuple[nn.Module, Dict[str, Any]]:
   """The module and variables at `path` (a model directory such as `workdir/deploy`, or any
-  path `open` reads).
+  path `read` reads).
 
   Args:
     path: the model directory, workdir or checkpoint.
@@ -91,11 +92,11 @@ def load_model(path: str, *, dtype: str | None = None,
     FileNotFoundError: nothing to load at `path`.
     ValueError: a file is unreadable or the path does not say which model it holds.
   """
-  spec, variables = open(path)   # pylint: disable=redefined-builtin
+  spec, variables = read(path)
   if spec is None:
     raise ValueError(f'{path} does not say which model it holds (a checkpoint from before '
                      'model specs, without workdir/config.json); load its variables with '
-                     'repvit_jax.io.open and build the model with repvit_jax.create_model')
+                     'repvit_jax.io.read and build the model with repvit_jax.create_model')
   if dtype is not None:
     spec = spec.replace(dtype=dtype)
   if image_size is not None:
@@ -132,11 +133,11 @@ def at_image_size(spec: ModelSpec, variables: Mapping[str, Any],
   return spec.replace(input=contract), variables
 
 
-def open(path: str, *, ema: bool = False  # pylint: disable=redefined-builtin
+def read(path: str, *, ema: bool = False
          ) -> Tuple[Optional[ModelSpec], Dict[str, Any]]:
   """(spec or None, variables) of whatever `path` holds.
 
-  Accepted: a model directory (`save_model`'s, `python -m repvit_jax.convert`'s output, a
+  Accepted: a model directory (`save_model`'s, `repvit-convert`'s output, a
   workdir's `deploy/`), a training workdir (its latest checkpoint; its `deploy/` when it has no
   checkpoint left), a checkpoint directory, or one step of it. Variables are
   {'params': ..., 'batch_stats': ...} host arrays, in the form the spec says (a checkpoint
@@ -168,24 +169,23 @@ def open(path: str, *, ema: bool = False  # pylint: disable=redefined-builtin
     raise FileNotFoundError(f'{os.path.join(path, missing)} not found: a model directory holds '
                             f'{MODEL_FILE} and {VARIABLES_FILE} (written by '
                             'repvit_jax.io.save_model, e.g. as <workdir>/deploy)')
-  from repvit_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   try:
-    step_dir = checkpoint.find_step_dir(path)
+    step_dir = checkpoint_steps.find_step_dir(path)
   except FileNotFoundError:
     if is_model_dir(os.path.join(path, DEPLOY_DIR)):
-      return open(os.path.join(path, DEPLOY_DIR), ema=ema)
+      return read(os.path.join(path, DEPLOY_DIR), ema=ema)
     raise FileNotFoundError(
         f'{path} holds no checkpoint and no saved model: give a training workdir, its '
         "'checkpoints' directory or one step of it, or a model directory (model.json + "
         'variables.msgpack)') from None
-  step_dir, state = checkpoint.read_newest_readable(path)
+  step_dir, state = checkpoint_steps.read_newest_readable(path)
   if ema:
     if 'ema' not in state:
       raise ValueError(f'{step_dir} holds no EMA of the weights (trained without '
                        '--config.ema.decay); leave out the EMA option')
     state = state['ema']
   variables = {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
-  record = checkpoint.step_metadata(step_dir).get('model')
+  record = checkpoint_steps.step_metadata(step_dir).get('model')
   if record is not None:
     return ModelSpec.from_json(record), variables
   config = run_config(step_dir)
@@ -209,7 +209,7 @@ def read_spec(directory: str) -> ModelSpec:
 def _read_model_record(directory: str) -> Dict[str, Any]:
   path = os.path.join(directory, MODEL_FILE)
   try:
-    with builtins.open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8') as f:
       record = json.load(f)
   except ValueError as e:
     raise _not_a_description(path, e) from None
@@ -243,7 +243,7 @@ def run_config(path: str) -> Optional[Dict[str, Any]]:
     candidate = os.path.join(path, RUN_CONFIG_FILE)
     if os.path.isfile(candidate):
       try:
-        with builtins.open(candidate, encoding='utf-8') as f:
+        with open(candidate, encoding='utf-8') as f:
           config = json.load(f)
       except (OSError, ValueError):
         return None
@@ -259,7 +259,7 @@ def load_variables(directory: str) -> Dict[str, Any]:
     ValueError: the file is not a msgpack variable tree (truncated or overwritten).
   """
   path = os.path.join(directory, VARIABLES_FILE)
-  with builtins.open(path, 'rb') as f:
+  with open(path, 'rb') as f:
     payload = f.read()
   try:
     variables = serialization.msgpack_restore(payload)
@@ -315,10 +315,10 @@ def _attention_bias_table(params) -> Optional[Any]:
 
 def _atomic_write(path: str, payload: bytes) -> None:
   tmp = f'{path}.tmp'
-  with builtins.open(tmp, 'wb') as f:
+  with open(tmp, 'wb') as f:
     f.write(payload)
   os.replace(tmp, path)
 
 
-__all__ = ['save_model', 'load_model', 'open', 'at_image_size', 'read_spec', 'run_config', 'load_variables',
+__all__ = ['save_model', 'load_model', 'read', 'fit', 'at_image_size', 'read_spec', 'run_config', 'load_variables',
            'is_model_dir', 'head_rows', 'MODEL_FILE', 'VARIABLES_FILE', 'DEPLOY_DIR']

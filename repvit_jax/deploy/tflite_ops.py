@@ -2,10 +2,10 @@
 
 TFLite has a builtin GELU (erf form) that XNNPACK runs as one kernel, but the converter never
 emits it for a JAX model: `jax2tf` hands it StableHLO, where GELU is already a chain of
-elementwise ops. In the select-free form `export` traces (`layers.activations`) that chain is
+elementwise ops. In the select-free form `export` traces (`deploy.gelu`) that chain is
 about 20 XNNPACK passes over the MLP's widest tensor, a large share of a ViT's TFLite time
 (figures: benchmarks/README.md). The export traces that form inside the named scope
-`activations.GELU_SCOPE`, which the converter keeps in the names of the tensors it produces,
+`gelu.GELU_SCOPE`, which the converter keeps in the names of the tensors it produces,
 and `fuse_gelu` replaces each such chain by one GELU op.
 
 A chain is replaced only when its ops are all elementwise ops whose output names lie wholly in
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Set, Tuple
 
-from repvit_jax.layers.activations import GELU_SCOPE
+from repvit_jax.deploy.gelu import GELU_SCOPE
 
-# The ops the select-free GELU converts to (layers/activations.py): anything else in a marked
+# The ops the select-free GELU converts to (deploy/gelu.py): anything else in a marked
 # chain means the converter merged it with other work.
 _ELEMENTWISE = ('ABS', 'ADD', 'SUB', 'MUL', 'DIV', 'EXP', 'NEG', 'SQUARE')
 
@@ -143,7 +143,7 @@ def _op_names(schema) -> Dict[int, str]:
 
 
 def fuse_gelu(payload: bytes) -> Tuple[bytes, int]:
-  """Replaces every GELU chain traced in `activations.GELU_SCOPE` by TFLite's GELU op.
+  """Replaces every GELU chain traced in `gelu.GELU_SCOPE` by TFLite's GELU op.
 
   Args:
     payload: a TFLite flatbuffer, as `tf.lite.TFLiteConverter.convert` returns it.
