@@ -207,9 +207,9 @@ def _format_value(value: Any) -> str:
 
 
 class Progress:
-  """Console progress line: `step 120/1000 | loss 1.234 | 512 img/s | ETA 3m12s`.
+  """Console progress line: the step, the loss, the rate (images per second) and the ETA.
 
-  img/s and the ETA use the interval since the previous `log` call (the first call:
+  The rate and the ETA use the interval since the previous `log` call (the first call:
   since construction, or since `restart`), less the seconds handed to `exclude`
   (compilation), so that they describe steady-state steps only.
 
@@ -236,7 +236,7 @@ class Progress:
     self._last_step, self._last_time, self._excluded = int(step), self._time_fn(), 0.0
 
   def exclude(self, seconds: float) -> None:
-    """Leaves `seconds` (a compilation inside the current interval) out of img/s and ETA."""
+    """Leaves `seconds` (a compilation inside the current interval) out of the rate and the ETA."""
     self._excluded += float(seconds)
 
   def log(self, step: int, metrics: Mapping[str, Any] | None = None,
@@ -245,7 +245,7 @@ class Progress:
 
     `images`: images trained on since the previous call, when batches vary in size (the
     multi-scale sampler); None counts `global_batch_size` per step. `rate=False` leaves out
-    img/s and the ETA (the first step: its interval is set-up time).
+    the rate and the ETA (the first step: its interval is set-up time).
     """
     now = self._time_fn()
     step = int(step)
