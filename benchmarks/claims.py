@@ -278,8 +278,8 @@ def recipe_hash(config: str) -> str:
   """A short hash of the config a file gives now, operational fields aside: an edited recipe
   is another experiment."""
   sys.path.insert(0, ROOT)
-  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
-  recipe = json.loads(config_files.load(config).to_json_best_effort(sort_keys=True))
+  from repvit_jax import configs  # pylint: disable=import-outside-toplevel
+  recipe = json.loads(configs.load(config).to_json_best_effort(sort_keys=True))
   for field in OPERATIONAL:
     recipe.pop(field, None)
   for (group, field), value in NEUTRAL.items():
@@ -320,8 +320,8 @@ def recorded(record: dict, ident: dict, seed: int) -> Optional[dict]:
 def total_steps(arm: Arm, extra: Sequence[str]) -> int:
   """The arm's step count: the config's (or an extra flag's) total_steps x steps_factor."""
   sys.path.insert(0, ROOT)
-  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
-  steps = config_files.load(arm.config).total_steps
+  from repvit_jax import configs  # pylint: disable=import-outside-toplevel
+  steps = configs.load(arm.config).total_steps
   for flag in tuple(arm.flags) + tuple(extra):
     if flag.startswith('--config.total_steps='):
       steps = int(flag.split('=', 1)[1])

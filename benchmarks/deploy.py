@@ -71,8 +71,8 @@ def deploy_spec(name: str) -> ModelSpec:
   if '.py' not in name:
     return ModelSpec.registered(name, deploy=True)
   from repvit_jax import data  # pylint: disable=import-outside-toplevel
-  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
-  config = config_files.load(name)
+  from repvit_jax import configs  # pylint: disable=import-outside-toplevel
+  config = configs.load(name)
   classes = data.get_dataset_info(config.data).num_classes
   return ModelSpec.from_config(config, num_classes=classes).deploy_form()
 

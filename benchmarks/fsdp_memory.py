@@ -41,7 +41,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from benchmarks import common  # pylint: disable=wrong-import-position
 from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
-from repvit_jax.utils import config_files  # pylint: disable=wrong-import-position
+from repvit_jax import configs  # pylint: disable=wrong-import-position
 from repvit_jax.train import optimizer, sharding  # pylint: disable=wrong-import-position
 from repvit_jax.train.mae import MAETask  # pylint: disable=wrong-import-position
 from repvit_jax.train.state import create_state  # pylint: disable=wrong-import-position
@@ -61,7 +61,7 @@ def state_bytes_per_device(abstract_state, shardings) -> float:
 
 def measure(model: str, fsdp: int, batch: int, image_size: int) -> dict:
   """The compiled step's per-device memory on a (devices / fsdp, fsdp) mesh."""
-  config = config_files.load('configs/mae_lite_tiny.py')
+  config = configs.load('configs/mae_lite_tiny.py')
   config.model.name = model
   config.data.image_size = image_size
   config.batch_size = batch

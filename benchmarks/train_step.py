@@ -38,7 +38,6 @@ from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 COLUMNS = ['group', 'what', 'batch', 'dtype', 'img_s', 'step_ms', 'time_vs_ref', 'temp_GiB',
            'temp_vs_ref', 'gflop_per_step', 'reference', 'note']
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 # name -> (config file, overrides of config.model): the classification contenders.
 CLASSIFICATION = {
@@ -56,8 +55,8 @@ MAE = {
 
 
 def load_config(name: str, arg: str = ''):
-  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
-  return config_files.load(os.path.join(CONFIGS, f'{name}.py') + (f':{arg}' if arg else ''))
+  from repvit_jax import configs  # pylint: disable=import-outside-toplevel
+  return configs.load(name + (f':{arg}' if arg else ''))
 
 
 def set_field(config, dotted: str, value: Any) -> None:

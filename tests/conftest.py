@@ -1,24 +1,50 @@
 """Shared test helpers: tiny model configs and non-trivial variables; one XLA cache for the
 train.py processes the tests start."""
 
+import importlib.util
 import math
 import os
 import shutil
+import sys
 import tempfile
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from repvit_jax.utils import config_files
+from repvit_jax import configs
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+CONFIGS = configs.DIRECTORY
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'benchmarks')
+
+
+def benchmark(name: str):
+  """A script of benchmarks/ as a module (`benchmark('models')`), loaded from its path once
+  per process: benchmarks/ is a folder of scripts, not a package on the path."""
+  module_name = f'benchmarks_{name}'
+  if module_name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(module_name,
+                                                  os.path.join(BENCHMARKS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+  return sys.modules[module_name]
+
+
+@pytest.fixture(autouse=True)
+def _rng_per_test(request):
+  """A test module's global `RNG`, where it has one, is reseeded from each test's name, so
+  that its values do not depend on which tests ran before it in the same worker."""
+  if hasattr(request.module, 'RNG'):
+    request.module.RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def load_config(name: str):
-  """A config file of configs/ by name and variant: load_config('vit_tiny.py:demo')."""
-  return config_files.load(os.path.join(CONFIGS, name))
+  """A packaged config by name and variant: load_config('vit_tiny.py:demo')."""
+  return configs.load(name)
 
 # A ViT small enough to compile in about a second: 32x32 images, 4x4 patches -> 64 tokens.
 TINY_VIT = dict(patch_size=8, width=16, depth=2, num_heads=2, mlp_ratio=2.0)

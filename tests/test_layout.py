@@ -46,3 +46,14 @@ def test_the_top_of_the_package_holds_packages_and_at_most_four_modules():
   modules = [f for f in os.listdir(PACKAGE) if f.endswith('.py')]
   assert len(modules) <= 4, modules
   assert '__init__.py' in modules
+
+
+def test_the_configs_import_only_each_other_and_the_data_defaults():
+  """Config files are data: a pip-installed config loads without the trainer or the tools."""
+  files = _files('configs')
+  assert len(files) >= 9
+  offending = {os.path.relpath(f, PACKAGE): sorted(
+      n for n in _imports(f) - {'repvit_jax'}
+      if not n.startswith(('repvit_jax.configs', 'repvit_jax.data')))
+               for f in files}
+  assert not {k: v for k, v in offending.items() if v}

@@ -6,23 +6,26 @@ import numpy as np
 import optax
 import pytest
 
+from repvit_jax.configs import common
 from repvit_jax.train import optimizer as opt_lib
 
 
 def _cfg(**overrides):
-  cfg = opt_lib.default_config()
+  cfg = common.adamw(base_lr=4e-3, min_lr=1e-6, warmup_steps=0, weight_decay=0.05)
+  cfg.lr = 1e-3
   cfg.update(overrides)
   return cfg
 
 
-def test_default_config_fields():
-  cfg = opt_lib.default_config()
-  for key in ("lr", "min_lr", "warmup_steps", "b1", "b2", "eps", "weight_decay",
+def test_the_config_builder_has_every_field_the_optimizer_reads():
+  cfg = common.adamw(base_lr=4e-3, min_lr=1e-6, warmup_steps=0, weight_decay=0.05)
+  for key in ("lr", "base_lr", "min_lr", "warmup_steps", "b1", "b2", "eps", "weight_decay",
               "layer_decay", "grad_clip"):
     assert key in cfg
-  assert cfg.layer_decay is None and cfg.grad_clip is None
+  assert cfg.lr is None and cfg.layer_decay is None and cfg.grad_clip is None
   cfg.layer_decay = 0.85  # typed placeholder accepts a float override
   assert cfg.layer_decay == 0.85
+  assert (cfg.b1, cfg.b2, cfg.eps) == (0.9, 0.999, 1e-8)
 
 
 def test_the_recipe_lr_follows_the_batch_size():

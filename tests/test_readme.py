@@ -1,6 +1,5 @@
 """The README's commands and figures against the code and the record they come from."""
 
-import importlib.util
 import json
 import os
 import re
@@ -8,11 +7,10 @@ import shlex
 import subprocess
 import sys
 
+from conftest import benchmark
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SPEC = importlib.util.spec_from_file_location(
-    'readme_figures', os.path.join(ROOT, 'benchmarks', 'readme_figures.py'))
-readme_figures = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(readme_figures)
+readme_figures = benchmark('readme_figures')
 
 
 def _readme() -> str:
@@ -70,9 +68,9 @@ for argv in argvs:
   pid = os.fork()
   if pid == 0:
     sys.argv = ['train.py'] + argv
-    import train
-    train.parse_flags(sys.argv)
-    config = train.FLAGS.config
+    from repvit_jax.train import command
+    command.parse_flags(sys.argv)
+    config = command.FLAGS.config
     names = [config.model.name] + [config[t].model for t in ('teacher', 'feature_teacher')
                                    if t in config and config[t].get('model')]
     unknown = [n for n in names if n not in registry.list_models()]

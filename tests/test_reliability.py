@@ -98,10 +98,10 @@ def test_distributed_settings_from_config_and_environment(monkeypatch):
   for name in distributed.ENVIRONMENT.values():
     monkeypatch.delenv(name, raising=False)
   config = load_config('vit_tiny.py:demo').distributed
-  assert distributed.settings(config) is None and distributed.settings(False) is None
+  assert distributed.settings(config) is None
   timeouts = {'initialization_timeout': 300, 'heartbeat_timeout_seconds': 100}
-  assert distributed.settings(True) == timeouts
   config.enabled = True
+  assert distributed.settings(config) == timeouts
   config.coordinator_address = '127.0.0.1:1234'
   config.num_processes = 2
   monkeypatch.setenv('JAX_PROCESS_ID', '1')
@@ -211,5 +211,5 @@ def test_divergence_advice_names_a_step_that_resumes(tmp_path, kept, next_losses
   for step, loss in next_losses.items():
     log.checkpoint_saved(step)
     log.observe([(step + 1, loss, 1.0)])
-  config = ml_collections.ConfigDict({'optimizer': {'lr': 1e6}})
+  config = ml_collections.ConfigDict({'optimizer': {'lr': 1e6, 'base_lr': None}})
   assert _divergence_advice(_FakeCheckpointer(kept), log, config).startswith(expected)

@@ -64,7 +64,8 @@ def error_line(result):
     (['--config.optimzer.lr=1'], 1, "--config.optimzer.lr: the config has no field 'optimzer'; "
                                     'did you mean "optimizer"'),
     (['--config=configs/no_such_file.py'], 1,
-     "--config: [Errno 2] No such file or directory: 'configs/no_such_file.py'"),
+     "--config: config file configs/no_such_file.py not found, and no packaged config is "
+     "named 'no_such_file' (packaged: levit_128s, mae_lite_tiny,"),
     (['--config=configs/tdrl_vit_tiny.py:demoo'], 1,
      'unknown config variant \'demoo\'; known: "" (ImageNet), "demo"'),
     # grad_clip=None is accepted (clipping off); the run then stops on the next mistake.

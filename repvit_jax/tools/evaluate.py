@@ -162,11 +162,11 @@ def main(argv=None) -> int:
 
 def _main(args, rest) -> int:
   """`main` once the arguments parse; the output file is checked before the evaluation."""
-  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
+  from repvit_jax import configs  # pylint: disable=import-outside-toplevel
   if args.json:
     cli.check_output(args.json, 'file', '--json')
   changes = cli.parse_overrides([f'{m.group(1)}={m.group(2)}' for m in map(_DATA_FLAG.match, rest)])
-  data_config = config_files.load(args.config).data if args.config else None
+  data_config = configs.load(args.config).data if args.config else None
   record = evaluate(args.path, data_config, changes=changes, batch_size=args.batch_size,
                     ema=args.ema)
   print(table(record))

@@ -31,8 +31,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 def config_spec(config: str) -> ModelSpec:
   """The student spec of a training config file ('configs/x.py[:arg]')."""
   from repvit_jax import data  # pylint: disable=import-outside-toplevel
-  from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
-  loaded = config_files.load(config)
+  from repvit_jax import configs  # pylint: disable=import-outside-toplevel
+  loaded = configs.load(config)
   return ModelSpec.from_config(loaded, data.get_dataset_info(loaded.data).num_classes)
 
 
@@ -42,8 +42,8 @@ def data_config_for(source: str, config: Optional[str] = None):
   None when neither exists."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   if config:
-    from repvit_jax.utils import config_files  # pylint: disable=import-outside-toplevel
-    return config_files.load(config).data
+    from repvit_jax import configs  # pylint: disable=import-outside-toplevel
+    return configs.load(config).data
   recorded = io.run_config(source)
   return ml_collections.ConfigDict(recorded['data']) if recorded else None
 

@@ -34,15 +34,15 @@ class ClassificationTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
     super().__init__(config, num_classes)
-    teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
+    teacher_cfg = config.teacher
     self.teacher = None
     self.teacher_input = None   # the teacher's input contract, known once load_frozen ran
     self.teacher_cfg = teacher_cfg
-    if teacher_cfg.get('model'):
-      if teacher_cfg.get('kind', 'soft') not in DISTILL_KINDS:
+    if teacher_cfg.model:
+      if teacher_cfg.kind not in DISTILL_KINDS:
         raise ValueError(f'teacher.kind must be one of {DISTILL_KINDS}, got '
                          f'{teacher_cfg.kind!r}')
-      if not teacher_cfg.get('init_from'):
+      if not teacher_cfg.init_from:
         raise ValueError('teacher.model is set but teacher.init_from is not: a teacher needs '
                          'trained weights (a workdir, checkpoint or model directory)')
       self.teacher = self.teacher_spec(teacher_cfg).build()
@@ -87,7 +87,7 @@ class ClassificationTask(Task):
                                           train=False)
     variables, self.teacher_input = self.load_teacher(
         self.teacher_cfg.init_from, init, what='teacher',
-        image_size=self.teacher_cfg.get('image_size'))
+        image_size=self.teacher_cfg.image_size)
     self._check_teacher(variables)
     return {'teacher': variables}
 
@@ -102,7 +102,7 @@ class ClassificationTask(Task):
     it is near chance (<= 2 / classes): wrong weights, size or normalisation teach the
     student noise."""
     from repvit_jax import data  # pylint: disable=import-outside-toplevel
-    batch_size = int(self.config.get('eval_batch_size') or self.config.batch_size)
+    batch_size = int(self.config.eval_batch_size or self.config.batch_size)
     batch = next(iter(data.make_eval_iterator(self.config.data, global_batch_size=batch_size)))
     logits = jax.jit(self.teacher_logits)({'teacher': variables}, jnp.asarray(batch['image']))
     mask = np.asarray(batch['mask'])
@@ -111,7 +111,7 @@ class ClassificationTask(Task):
     size = self.teacher_input.image_size
     self.announce_teacher('teacher', self.teacher_cfg.model, self.teacher_cfg.init_from, size,
                           f' ({self.teacher_cfg.kind} distillation, alpha '
-                          f'{self.teacher_cfg.get("alpha", 0.5)}): right on {accuracy:.1%} of '
+                          f'{self.teacher_cfg.alpha}): right on {accuracy:.1%} of '
                           f'the first eval batch ({int(np.sum(mask))} images)')
     if accuracy <= 2.0 / self.num_classes and jax.process_index() == 0:
       print(f'warning: the teacher ({self.teacher_cfg.model}, {self.teacher_cfg.init_from}) is '
@@ -125,14 +125,14 @@ class ClassificationTask(Task):
     mixup/cutmix, deterministic from the step `rng`. Shapes (B, H, W, 3), (B, K)."""
     cfg = self.config
     mix_rng, dropout_rng = jax.random.split(rng)
-    targets = losses.onehot(batch['label'], self.num_classes, cfg.get('label_smoothing', 0.0))
+    targets = losses.onehot(batch['label'], self.num_classes, cfg.label_smoothing)
     images = batch['image']
-    mix = cfg.get('mixup') or {}
-    if mix.get('mixup_alpha', 0.0) or mix.get('cutmix_alpha', 0.0):
+    mix = cfg.mixup
+    if mix.mixup_alpha or mix.cutmix_alpha:
       images, targets = losses.mixup_cutmix(mix_rng, images, targets,
-                                            mixup_alpha=mix.get('mixup_alpha', 0.0),
-                                            cutmix_alpha=mix.get('cutmix_alpha', 0.0),
-                                            switch_prob=mix.get('switch_prob', 0.5))
+                                            mixup_alpha=mix.mixup_alpha,
+                                            cutmix_alpha=mix.cutmix_alpha,
+                                            switch_prob=mix.switch_prob)
     return images, targets, dropout_rng
 
   def loss(self, params, batch_stats, batch, rng, frozen):
@@ -155,7 +155,7 @@ class ClassificationTask(Task):
       teacher_logits = self.teacher_logits(frozen, images)
       distill = self.distill_loss(logits if dist_logits is None else dist_logits,
                                   teacher_logits)
-      alpha = self.teacher_cfg.get('alpha', 0.5)
+      alpha = self.teacher_cfg.alpha
       loss = (1.0 - alpha) * ce + alpha * distill
       metrics['train/distill_loss'] = distill
     elif dist_logits is not None:
@@ -166,10 +166,9 @@ class ClassificationTask(Task):
 
   def distill_loss(self, logits, teacher_logits):
     """Mean distillation loss of (B, K) student logits against the teacher's (teacher.kind)."""
-    if self.teacher_cfg.get('kind', 'soft') == 'hard':
+    if self.teacher_cfg.kind == 'hard':
       return losses.hard_distillation_loss(logits, teacher_logits).mean()
-    return losses.kd_soft_loss(logits, teacher_logits,
-                               self.teacher_cfg.get('temperature', 1.0)).mean()
+    return losses.kd_soft_loss(logits, teacher_logits, self.teacher_cfg.temperature).mean()
 
   def evaluate(self, variables, batch, frozen, *, deploy: bool) -> Dict[str, jax.Array]:
     """Sums over the real (mask = 1) examples of a batch: correct, loss, count."""

@@ -73,7 +73,7 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
   changes = differences(old, new)
   fixed = [c for c in changes if c.split('.')[0].split(':')[0] not in ADJUSTABLE]
   adjustable = [c for c in changes if c not in fixed]
-  if fixed and not config.get('allow_config_change', False):
+  if fixed and not config.allow_config_change:
     raise ValueError(f'the config differs from the one this workdir was trained with ({path}) '
                      f'in what is trained: {"; ".join(fixed)}. Use a fresh --workdir, or add '
                      '--config.allow_config_change=True to resume anyway')

@@ -32,9 +32,11 @@ import jax
 from repvit_jax.train import peer_guard
 
 FIELDS = ('coordinator_address', 'num_processes', 'process_id')
-# (config field, jax.distributed.initialize argument, default)
-TIMEOUTS = (('join_timeout_s', 'initialization_timeout', 300),
-            ('heartbeat_timeout_s', 'heartbeat_timeout_seconds', 100))
+# (config field, jax.distributed.initialize argument)
+TIMEOUTS = (('join_timeout_s', 'initialization_timeout'),
+            ('heartbeat_timeout_s', 'heartbeat_timeout_seconds'))
+# jax.distributed's own heartbeat timeout, for processes it initialised without this module.
+JAX_HEARTBEAT_TIMEOUT_S = 100
 # This process's counter in JAX's key-value store (see _beat), and the timeout JAX was given.
 _HEARTBEAT_KEY = 'repvit_jax/alive/'
 _heartbeat_timeout_s = None
@@ -46,20 +48,16 @@ def settings(distributed: Any) -> Optional[dict]:
   """The keyword arguments for `jax.distributed.initialize`, or None when not enabled.
 
   Args:
-    distributed: `config.distributed` (a ConfigDict/dict as above, a bool, or None).
+    distributed: `config.distributed` (its fields: repvit_jax.configs.common.run_config).
 
   Raises:
     ValueError: a field has a value of the wrong kind (named in the message).
   """
-  if not distributed:
-    return None
-  if isinstance(distributed, bool):
-    distributed = {'enabled': True}
-  if not distributed.get('enabled', False):
+  if not distributed.enabled:
     return None
   kwargs = {}
   for field in FIELDS:
-    value = distributed.get(field)
+    value = distributed[field]
     source = f'config.distributed.{field}'
     if value is None and os.environ.get(ENVIRONMENT[field], '').strip():
       value, source = os.environ[ENVIRONMENT[field]].strip(), ENVIRONMENT[field]
@@ -73,9 +71,8 @@ def settings(distributed: Any) -> Optional[dict]:
       if value < 0:
         raise ValueError(f'{source}={value} must not be negative')
     kwargs[field] = value
-  for field, jax_name, default in TIMEOUTS:
-    value = distributed.get(field, default)
-    value = default if value is None else value
+  for field, jax_name in TIMEOUTS:
+    value = distributed[field]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 1:
       raise ValueError(f'config.distributed.{field}={value!r} must be a number of seconds >= 1')
     kwargs[jax_name] = int(value)
@@ -186,7 +183,7 @@ def wait_if_a_peer_was_lost(error: BaseException) -> None:
   except Exception:  # pylint: disable=broad-except
     lost = True        # the coordinator itself is gone
   if lost:
-    time.sleep((_heartbeat_timeout_s or TIMEOUTS[1][2]) + 30)
+    time.sleep((_heartbeat_timeout_s or JAX_HEARTBEAT_TIMEOUT_S) + 30)
 
 
 __all__ = ['initialize', 'settings', 'wait_if_a_peer_was_lost', 'FIELDS']

@@ -17,7 +17,7 @@ dragging them along for 1 / (1 - decay) steps.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +26,10 @@ import ml_collections
 PyTree = Any
 
 
-def enabled(config: Optional[ml_collections.ConfigDict]) -> bool:
-  """Whether a run's `config.ema` (None when the config has no block) keeps an EMA."""
-  if config is None or not config.get('decay'):
-    if config is not None and config.get('deploy'):
+def enabled(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run's `config.ema` keeps an EMA (decay 0: off)."""
+  if not config.decay:
+    if config.deploy:
       raise ValueError('config.ema.deploy=True exports the EMA weights, but the EMA is off: '
                        'set --config.ema.decay (e.g. 0.9998)')
     return False

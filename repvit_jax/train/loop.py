@@ -31,6 +31,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from repvit_jax import data, io
+from repvit_jax.configs import common
 from repvit_jax.reparam.check import count_params
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import optimizer as optimizer_lib
@@ -113,9 +114,16 @@ def loss_parts(row: Dict[str, Any]) -> Dict[str, float]:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming what a config lacks: every field the trainer reads has its
+  default in `repvit_jax.configs.common.run_config(task)`, which configs start from."""
   missing = [k for k in REQUIRED if k not in config]
+  if not missing:
+    missing = common.missing_fields(config)
   if missing:
-    raise ValueError(f'config is missing {missing}; see configs/vit_tiny.py for a complete one')
+    task = config.get('task', 'classification')
+    raise ValueError(f'config lacks {", ".join(missing)}: build it on repvit_jax.configs.'
+                     f'common.run_config({task!r}), or load a packaged config '
+                     '(repvit_jax.configs.load)')
   if 'name' not in config.model:
     raise ValueError('config.model.name is not set (e.g. tdrl_vit_tiny)')
   for key in ('batch_size', 'total_steps'):
@@ -135,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     TrainingError: the loss became NaN or infinite.
   """
   check_config(config)
-  distributed.initialize(config.get('distributed'), warn=_warn,
+  distributed.initialize(config.distributed, warn=_warn,
                          checkpoints=os.path.join(os.path.abspath(workdir), 'checkpoints'))
   _make_workdir(workdir)
   with workdir_lock.hold(workdir, _warn) as lock:
@@ -146,15 +154,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
            lock: workdir_lock.WorkdirLock) -> Dict[str, Any]:
   """`run` once the workdir is this run's."""
   is_chief = jax.process_index() == 0
-  mesh = sharding.make_mesh(config.get('mesh'))
+  mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh)
-  accum_steps = int(config.get('grad_accum_steps', 1) or 1)
+  accum_steps = int(config.grad_accum_steps)
   if accum_steps < 1 or config.batch_size % accum_steps:
     raise ValueError(f'config.grad_accum_steps={accum_steps} must be >= 1 and divide '
                      f'batch_size {config.batch_size}')
   sharding.check_batch_size(config.batch_size // accum_steps, mesh,
                             name='batch_size / grad_accum_steps')
-  eval_batch_size = int(config.get('eval_batch_size') or config.batch_size)
+  eval_batch_size = int(config.eval_batch_size or config.batch_size)
   sharding.check_batch_size(eval_batch_size, mesh, name='eval_batch_size')
   total_steps = int(config.total_steps)
   image_size = int(config.data.image_size)
@@ -168,7 +176,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   frozen = jax.device_put(task.load_frozen(), sharding.replicated(mesh))
 
   tx, schedule, lr_rule = _optimizer(config, task, image_size, total_steps)
-  ema_config = config.get('ema')
+  ema_config = config.ema
   with_ema = ema_lib.enabled(ema_config)
 
   def init_state():
@@ -186,7 +194,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   batch_sharding = sharding.batch_sharding(mesh)
 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                              max_to_keep=int(config.get('keep_checkpoints', 3)),
+                              max_to_keep=int(config.keep_checkpoints),
                               best_metric=task.best_metric, best_mode=task.best_mode,
                               warn=_warn, metadata={'model': task.spec.to_json()})
   health = HealthLog(checkpointer.directory, is_chief)
@@ -216,9 +224,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(workdir, is_chief=is_chief, resume_step=start_step)
   progress = Progress(total_steps, config.batch_size, start_step,
                       print_fn=print if is_chief else (lambda line: None))
-  log_every = int(config.get('log_every', 50))
-  eval_every = int(config.get('eval_every', 0) or 0)
-  checkpoint_every = int(config.get('checkpoint_every', 1000) or 0)
+  log_every = int(config.log_every)
+  eval_every = int(config.eval_every or 0)
+  checkpoint_every = int(config.checkpoint_every or 0)
 
   started = time.perf_counter()
   train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
@@ -301,7 +309,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           break
     if not preempted:
       # Every process runs the compiled fold (its inputs span all of them); the chief saves.
-      exported = state['ema'] if with_ema and ema_config.get('deploy') else state
+      exported = state['ema'] if with_ema and ema_config.deploy else state
       deploy_variables = evaluator.reparameterize(model_variables(exported))
       if is_chief:
         _export(task, deploy_variables, workdir, ema=exported is not state)
@@ -365,7 +373,7 @@ def _divergence_advice(checkpointer: Checkpointer, health: HealthLog, config) ->
   """Which kept checkpoint predates the divergence, and the flags that resume from it."""
   checkpointer.wait_until_finished()
   kept = checkpointer.all_steps()
-  lr, base_lr = config.optimizer.get('lr'), config.optimizer.get('base_lr')
+  lr, base_lr = config.optimizer.lr, config.optimizer.base_lr
   if lr is not None:
     lower = f'a lower --config.optimizer.lr (now {lr:g})'
   elif base_lr is not None:
@@ -397,7 +405,7 @@ def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog,
   any checkpoint is moved.
   """
   kept = checkpointer.all_steps()
-  resume_step = config.get('resume_step')
+  resume_step = config.resume_step
   if resume_step is not None and not health.should_apply(int(resume_step)):
     if kept and max(kept) > int(resume_step):
       _warn(f'warning: config.resume_step={resume_step} was applied before in this workdir and '

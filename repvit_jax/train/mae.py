@@ -86,21 +86,21 @@ class MAETask(Task):
     if not isinstance(self.model, mae_lib.MaskedAutoencoder):
       raise ValueError(f'task mae needs an MAE model (mae_vit_tiny, mae_tdrl_vit_tiny, '
                        f'mae_vit_base, ...), got {self.spec.name!r}')
-    self.norm_pix = bool(config.get('norm_pix_loss', True))
-    self.teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
+    self.norm_pix = bool(config.norm_pix_loss)
+    self.teacher_cfg = config.teacher
     self.teacher = None
     self._recon_images = None
-    if self.teacher_cfg.get('model'):
+    if self.teacher_cfg.model:
       self._build_teacher()
 
   # -- teacher -----------------------------------------------------------------------------
 
   def _build_teacher(self):
     cfg = self.teacher_cfg
-    self.kind = cfg.get('kind', 'attention')
+    self.kind = cfg.kind
     if self.kind not in DISTILL_KINDS:
       raise ValueError(f'teacher.kind must be one of {DISTILL_KINDS}, got {self.kind!r}')
-    if not cfg.get('init_from'):
+    if not cfg.init_from:
       raise ValueError('teacher.model is set but teacher.init_from is not: a teacher needs '
                        'trained weights (an MAE workdir, checkpoint or model directory)')
     # The teacher sees exactly the student's visible tokens: same mask ratio, same grid.
@@ -111,9 +111,9 @@ class MAETask(Task):
     if self.teacher.patch_size != self.model.patch_size:
       raise ValueError(f'the teacher must see the same patches: teacher patch_size '
                        f'{self.teacher.patch_size}, student {self.model.patch_size}')
-    self.pairs = tuple((int(s), int(t)) for s, t in (cfg.get('pairs') or ()))
-    self.alpha = float(cfg.get('alpha', 1.0))
-    self.hidden_alpha = float(cfg.get('hidden_alpha', 0.0) or 0.0)
+    self.pairs = tuple((int(s), int(t)) for s, t in (cfg.pairs or ()))
+    self.alpha = float(cfg.alpha)
+    self.hidden_alpha = float(cfg.hidden_alpha or 0.0)
     if self.kind == 'attention':
       if not self.pairs:
         raise ValueError('teacher.pairs is empty: give (student layer, teacher layer) pairs, '
@@ -131,7 +131,7 @@ class MAETask(Task):
       if self.hidden_alpha:
         raise ValueError("teacher.hidden_alpha (hidden-state distillation at teacher.pairs) "
                          "goes with teacher.kind='attention'; set it to 0 for 'g2sd'")
-      layer = cfg.get('decoder_layer') or self.teacher.decoder_depth
+      layer = cfg.decoder_layer or self.teacher.decoder_depth
       if not 1 <= layer <= self.teacher.decoder_depth:
         raise ValueError(f'teacher.decoder_layer must be in 1..{self.teacher.decoder_depth}, '
                          f'got {layer}')
@@ -236,7 +236,7 @@ class MAETask(Task):
     return terms
 
   def _eval_rng(self) -> jax.Array:
-    return jax.random.PRNGKey(EVAL_MASK_SEED + int(self.config.get('seed', 0)))
+    return jax.random.PRNGKey(EVAL_MASK_SEED + int(self.config.seed))
 
   def evaluate(self, variables, batch, frozen, *, deploy: bool) -> Dict[str, jax.Array]:
     """Sums over the real examples of a batch: masked-patch loss, count (fixed masks)."""
@@ -259,7 +259,7 @@ class MAETask(Task):
     """Draws the reconstructions of a fixed eval batch into
     `workdir/reconstructions/step_<step>.png` (process 0 writes; every process must call
     this: with several processes it gathers the weights)."""
-    count = int(self.config.get('reconstructions', 8) or 0)
+    count = int(self.config.reconstructions or 0)
     if count <= 0:
       return
     if jax.process_count() > 1:
@@ -278,7 +278,7 @@ class MAETask(Task):
   def before_training(self, variables, workdir: str) -> None:
     """`reconstructions/step_0.png`: the model as initialised (or as `init_from` left it),
     the picture each later one is compared with."""
-    if int(self.config.get('eval_every', 0) or 0) > 0:
+    if int(self.config.eval_every or 0) > 0:
       self.after_eval(variables, workdir, 0)
 
   def reconstruction_picture(self, variables, images: np.ndarray,
@@ -299,8 +299,8 @@ class MAETask(Task):
     nothing drawn in the hidden patches depends on a masked pixel. Rows are labelled with
     each model's masked-patch loss of that image.
     """
-    mean = np.asarray(self.config.data.get('mean', (0.485, 0.456, 0.406)), np.float32)
-    std = np.asarray(self.config.data.get('std', (0.229, 0.224, 0.225)), np.float32)
+    mean = np.asarray(self.config.data.mean, np.float32)
+    std = np.asarray(self.config.data.std, np.float32)
     pixels = lambda x: np.clip(x * std + mean, 0.0, 1.0)
     columns, losses = [], []
     for variables in models.values():
@@ -326,7 +326,7 @@ class MAETask(Task):
     """The first `count` real images of the first eval batch (n, H, W, 3), normalised."""
     if self._recon_images is None:
       from repvit_jax import data  # pylint: disable=import-outside-toplevel
-      batch_size = int(self.config.get('eval_batch_size') or self.config.batch_size)
+      batch_size = int(self.config.eval_batch_size or self.config.batch_size)
       batch = next(iter(data.make_eval_iterator(self.config.data,
                                                 global_batch_size=batch_size)))
       self._recon_images = np.asarray(batch['image'][:int(np.sum(batch['mask']))])

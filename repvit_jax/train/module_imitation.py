@@ -95,8 +95,8 @@ class ModuleImitationTask(ClassificationTask):
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
     super().__init__(config, num_classes)
-    cfg = config.get('feature_teacher') or ml_collections.ConfigDict()
-    if not cfg.get('model') or not cfg.get('init_from'):
+    cfg = config.feature_teacher
+    if not cfg.model or not cfg.init_from:
       raise ValueError('the module_imitation task needs feature_teacher.model and '
                        'feature_teacher.init_from (e.g. a trained poolformer_s12 workdir)')
     if not isinstance(self.model, MetaFormer) or self.model.mixer != 'affine':
@@ -108,29 +108,25 @@ class ModuleImitationTask(ClassificationTask):
       raise ValueError(f'feature_teacher.model must be a MetaFormer (poolformer_* or '
                        f'riformer_*), got {cfg.model}')
     depth = sum(self.model.depths)
-    blocks = cfg.get('blocks')
-    self.blocks = tuple(int(b) for b in (blocks if blocks is not None else
+    self.blocks = tuple(int(b) for b in (cfg.blocks if cfg.blocks is not None else
                                           default_blocks(self.model.depths)))
     if not self.blocks or any(not 0 <= b < depth for b in self.blocks):
       raise ValueError(f'feature_teacher.blocks must be block indices in [0, {depth}), got '
                        f'{self.blocks}')
-    weights = cfg.get('weights') or {}
-    self.weights = {k: float(weights.get(k, 0.0)) for k in ('in', 'out', 'rel')}
-    if self.teacher is None:
-      self.teacher_cfg = config.get('teacher') or ml_collections.ConfigDict()
+    self.weights = {k: float(cfg.weights[k]) for k in ('in', 'out', 'rel')}
     self.init_source()   # a clash of init_student with init_from is an error before training
 
   def init_source(self) -> Optional[Tuple[str, str]]:
     """With `feature_teacher.init_student`: the feature teacher's weights, token mixers and
     head excepted (the mixers keep their initial values); otherwise `init_from`."""
-    if not self.feature_cfg.get('init_student'):
+    if not self.feature_cfg.init_student:
       return super().init_source()
     path = str(self.feature_cfg.init_from)
-    current = self.config.get('init_from')
+    current = self.config.init_from
     if current and current != path:
       raise ValueError(f'feature_teacher.init_student loads {path}, but init_from is '
                        f'{current}: set only one of them')
-    skip = self.config.get('init_skip') or ''
+    skip = self.config.init_skip or ''
     return path, (f'(?:{skip})|{MIXER_SKIP}' if skip else MIXER_SKIP)
 
   def load_frozen(self) -> Dict[str, Any]:
@@ -183,7 +179,7 @@ class ModuleImitationTask(ClassificationTask):
 
     ce = losses.softmax_cross_entropy(logits, targets).mean()
     soft = self.distill_loss(logits, teacher_logits)
-    alpha = float(self.teacher_cfg.get('alpha', 1.0))
+    alpha = float(self.teacher_cfg.alpha)
     terms = {'in': 0.0, 'out': 0.0, 'rel': 0.0}
     for b in self.blocks:
       name = f'blocks_{b}'

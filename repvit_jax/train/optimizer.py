@@ -38,23 +38,6 @@ _BLOCK_RE = re.compile(r"^blocks_(\d+)$")
 _NO_DECAY_SUBSTRINGS = ("pos_embed", "attention_bias", "relative_position_bias")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Optimizer defaults (DeiT / MAE fine-tuning style); override per experiment."""
-  cfg = ml_collections.ConfigDict()
-  cfg.lr = 1e-3
-  cfg.base_lr = ml_collections.config_dict.placeholder(float)
-  cfg.min_lr = 1e-6
-  cfg.warmup_steps = 0
-  cfg.b1 = 0.9
-  cfg.b2 = 0.999
-  cfg.eps = 1e-8
-  cfg.weight_decay = 0.05
-  # Typed placeholders so `--config.optimizer.layer_decay=0.85` parses as a float.
-  cfg.layer_decay = ml_collections.config_dict.placeholder(float)
-  cfg.grad_clip = ml_collections.config_dict.placeholder(float)
-  return cfg
-
-
 REFERENCE_BATCH = 256
 
 
@@ -69,7 +52,7 @@ def with_peak_lr(cfg, batch_size: int) -> tuple[ml_collections.ConfigDict, str]:
     ValueError: neither is set, or one is not positive.
   """
   cfg = ml_collections.ConfigDict(cfg.to_dict())
-  lr, base_lr = cfg.get('lr'), cfg.get('base_lr')
+  lr, base_lr = cfg.lr, cfg.base_lr
   if lr is not None:
     how = f'lr {float(lr):g} (config.optimizer.lr)'
   elif base_lr is not None:
@@ -89,15 +72,15 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to `cfg.lr`, then cosine to `cfg.min_lr` at `total_steps`.
 
   Args:
-    cfg: needs `lr`; `min_lr` (default 0) and `warmup_steps` (default 0) are optional.
+    cfg: `lr`, `min_lr`, `warmup_steps` (repvit_jax.configs.common.adamw).
     total_steps: number of optimizer steps in the run.
 
   Returns:
     step (int or scalar array) -> learning rate (float32 scalar); jit-able.
   """
   peak = float(cfg.lr)
-  floor = float(cfg.get("min_lr", 0.0) or 0.0)
-  warmup = int(cfg.get("warmup_steps", 0) or 0)
+  floor = float(cfg.min_lr or 0.0)
+  warmup = int(cfg.warmup_steps or 0)
   total = int(total_steps)
   if warmup < 0 or total <= 0:
     raise ValueError(f"need warmup_steps >= 0 and total_steps > 0, got {warmup}, {total}")
@@ -219,7 +202,7 @@ def make_optimizer(cfg, params: PyTree, total_steps: int
   Args:
     cfg: ConfigDict with `lr, min_lr, warmup_steps, b1, b2, eps, weight_decay,
       layer_decay (None or float in (0, 1]), grad_clip (None or float)`;
-      see `default_config()`.
+      built by `repvit_jax.configs.common.adamw`.
     params: the parameter tree (arrays or `jax.ShapeDtypeStruct`s); only its paths
       and ranks are read, to check the config against it.
     total_steps: number of optimizer steps in the run (for the schedule).
@@ -230,20 +213,20 @@ def make_optimizer(cfg, params: PyTree, total_steps: int
   """
   schedule = make_schedule(cfg, total_steps)
   parts = []
-  grad_clip = cfg.get("grad_clip", None)
+  grad_clip = cfg.grad_clip
   if grad_clip is not None:
     if grad_clip <= 0:
       raise ValueError(f"grad_clip must be None or > 0, got {grad_clip}")
     parts.append(optax.clip_by_global_norm(float(grad_clip)))
   parts.append(optax.adamw(
       learning_rate=schedule,
-      b1=float(cfg.get("b1", 0.9)),
-      b2=float(cfg.get("b2", 0.999)),
-      eps=float(cfg.get("eps", 1e-8)),
-      weight_decay=float(cfg.get("weight_decay", 0.0)),
+      b1=float(cfg.b1),
+      b2=float(cfg.b2),
+      eps=float(cfg.eps),
+      weight_decay=float(cfg.weight_decay),
       mask=decay_mask,
   ))
-  layer_decay = cfg.get("layer_decay", None)
+  layer_decay = cfg.layer_decay
   if layer_decay is not None:
     if not 0.0 < layer_decay <= 1.0:
       raise ValueError(f"layer_decay must be None or in (0, 1], got {layer_decay}")

@@ -14,9 +14,10 @@ from repvit_jax import io
 
 def init_source(config) -> Optional[Tuple[str, str]]:
   """(path, skip regex) of the weights a fresh run starts from: `config.init_from` and
-  `config.init_skip` (default: the classifier head), or None without `init_from`."""
-  path = config.get('init_from')
-  return (str(path), config.get('init_skip', r'^head/') or '') if path else None
+  `config.init_skip` (the parameters it may lack, e.g. a new head), or None without
+  `init_from`."""
+  path = config.init_from
+  return (str(path), config.init_skip or '') if path else None
 
 
 def read(path: str, what: str = 'init_from') -> Tuple[Optional[Any], Dict[str, Any]]:

@@ -114,7 +114,7 @@ class Task:
   def teacher_spec(self, teacher_config, *, deploy: bool = True) -> ModelSpec:
     """The spec of a teacher block (`model`, `overrides`): the student's classes and input;
     it computes in the student's dtype unless its overrides give one."""
-    overrides = teacher_config.get('overrides') or {}
+    overrides = teacher_config.overrides or {}
     overrides = dict(overrides.to_dict() if hasattr(overrides, 'to_dict') else overrides)
     dtype = overrides.pop('dtype', self.spec.dtype)
     return ModelSpec(name=teacher_config.model, num_classes=self.num_classes,
@@ -162,7 +162,7 @@ def build(config, info) -> Task:
   from repvit_jax.train.module_imitation import ModuleImitationTask
   classes = {'classification': ClassificationTask, 'mae': MAETask,
              'module_imitation': ModuleImitationTask}
-  name = config.get('task', 'classification')
+  name = config.task
   if name not in classes:
     raise ValueError(f'unknown task {name!r}; known tasks: {", ".join(sorted(classes))}')
   task = classes[name](config, info.num_classes)

@@ -1,2 +1,2 @@
-"""Helpers below every other package: tree paths (`treepath`), loading config files
-(`config_files`) and capturing C++ libraries' stderr (`stderr`)."""
+"""Helpers below every other package: tree paths (`treepath`) and capturing C++ libraries'
+stderr (`stderr`)."""

@@ -3,7 +3,7 @@
     python train.py --config configs/vit_tiny.py[:demo] --workdir runs/vit_tiny
 """
 
-from configs import tdrl_vit_tiny
+from repvit_jax.configs import tdrl_vit_tiny
 
 
 def get_config(arg: str = ''):

@@ -19,8 +19,8 @@ The encoder's TDRL branches are trained during pre-training and carried into fin
 TDRL options live in `config.model.tdrl` (e.g. `--config.model.tdrl.num_branches=3`).
 """
 
-from configs import mae_lite_tiny
-from configs import tdrl_vit_tiny
+from repvit_jax.configs import mae_lite_tiny
+from repvit_jax.configs import tdrl_vit_tiny
 
 
 def get_config(arg: str = ''):

@@ -10,7 +10,7 @@ demo (configs/riformer_s12.py:demo). Other sizes: `--config.model.name=poolforme
 
 import ml_collections
 
-from configs import common
+from repvit_jax.configs import common
 
 #: PoolFormer's stochastic depth per size (its training recipe); RIFormer uses the same.
 DROP_PATH = {'s12': 0.1, 's24': 0.1, 's36': 0.2, 'm36': 0.3, 'm48': 0.4}

@@ -25,7 +25,7 @@ bias-free adapter; 0 = off). Decoder size: `--config.model.decoder_width=128
 
 import ml_collections
 
-from configs import common
+from repvit_jax.configs import common
 
 # The digits demo (32x32 images, 4x4 patches: 64 tokens, 16 of them visible at mask 0.75).
 DEMO_MODEL = dict(patch_size=4, width=96, depth=6, num_heads=6, decoder_width=64,
@@ -47,11 +47,7 @@ def mae_config(model: dict, teacher_model=None) -> ml_collections.ConfigDict:
   config = common.run_config('mae')
   config.model = ml_collections.ConfigDict(dict(dtype='float32', mask_ratio=0.75, **model))
   config.norm_pix_loss = True
-  config.teacher = ml_collections.ConfigDict(dict(
-      model=common.placeholder(str), init_from=common.placeholder(str),
-      overrides=ml_collections.ConfigDict(), kind='attention', pairs=((12, 12),), alpha=1.0,
-      hidden_alpha=0.0, decoder_layer=common.placeholder(int)))
-  config.teacher.model = teacher_model
+  config.teacher = common.mae_teacher(model=teacher_model)
   config.init_skip = r'^distill/'        # an MAE tree without distillation maps initialises
   config.reconstructions = 8
   return config

@@ -24,23 +24,15 @@ weights except the token mixers). Soft labels: `teacher.alpha` = 1.0 (no label t
 `teacher.temperature`; another logits teacher: `teacher.model`, `teacher.init_from`.
 """
 
-import ml_collections
-
-from configs import common
-from configs import poolformer_s12
+from repvit_jax.configs import common
+from repvit_jax.configs import poolformer_s12
 
 
 def module_imitation(config, *, teacher: str, teacher_overrides=None):
   """RIFormer's module imitation from a feature teacher of the student's shape; soft labels
   from the feature teacher (teacher.alpha=1: no label term)."""
   config.task = 'module_imitation'
-  config.feature_teacher = ml_collections.ConfigDict(dict(
-      model=teacher,
-      init_from=common.placeholder(str),
-      overrides=dict(teacher_overrides or {}),
-      blocks=common.placeholder(tuple),       # None: the last block of every stage
-      weights=dict({'in': 80.0, 'out': 80.0, 'rel': 20.0}),
-      init_student=True))
+  config.feature_teacher = common.feature_teacher(model=teacher, overrides=teacher_overrides)
   config.teacher = common.teacher(kind='soft', alpha=1.0, temperature=1.0)
   return config
 
@@ -72,9 +64,7 @@ def get_config(arg: str = ''):
   if variant == 'plain_demo':        # the same RIFormer on labels only: the baseline
     return poolformer_s12.demo('riformer_s12')
   if variant == 'demo':
-    config = module_imitation(poolformer_s12.demo('riformer_s12'), teacher='poolformer_s12',
-                              teacher_overrides=common.METAFORMER_DEMO)
-    config.feature_teacher.init_from = 'runs/poolformer_demo'
-    return config
+    return module_imitation(poolformer_s12.demo('riformer_s12'), teacher='poolformer_s12',
+                            teacher_overrides=common.METAFORMER_DEMO)
   # PoolFormer's ImageNet recipe, with a trained PoolFormer-S12 as the feature teacher.
   return module_imitation(poolformer_s12.imagenet('riformer_s12'), teacher='poolformer_s12')

@@ -1,10 +1,11 @@
-"""What the config files share: variant parsing, epochs -> steps, and small block builders.
+"""What the config files share: variant parsing, epochs -> steps, block builders, and the
+default of every field the trainer reads.
 
 Each config file states its recipe in full (model, data and augmentation, optimizer and
-schedule, task, teachers); this file only does the arithmetic and fills the fields a recipe
-does not choose (the run's plumbing: seed, checkpoints, devices) with their defaults.
-Import it as `from configs import common` (the repository root is on the path under
-`train.py`; elsewhere load configs with `repvit_jax.utils.config_files.load`).
+schedule, task, teachers) on top of `run_config(task)`, which holds every other field the
+trainer reads at its default: the run's plumbing (seed, checkpoints, devices) and the task's
+blocks, switched off (no teacher, no mixup). This file is the one place those defaults live:
+the trainer reads `config.<field>` and names any field a config lacks (`missing_fields`).
 """
 
 import ml_collections
@@ -72,7 +73,50 @@ def run_config(task: str) -> ml_collections.ConfigDict:
   config.distributed = ml_collections.ConfigDict(dict(
       enabled=False, coordinator_address=placeholder(str), num_processes=placeholder(int),
       process_id=placeholder(int), join_timeout_s=300, heartbeat_timeout_s=100))
+  if task not in TASK_FIELDS:
+    raise ValueError(f'unknown task {task!r}; known tasks: {", ".join(sorted(TASK_FIELDS))}')
+  for key, value in TASK_FIELDS[task]().items():
+    config[key] = value
   return config
+
+
+def classification_fields() -> dict:
+  """The classification task's own fields, off: no label smoothing, no mixup, no teacher."""
+  return dict(label_smoothing=0.0, mixup=mixup(), teacher=teacher(kind='soft', alpha=0.5))
+
+
+def module_imitation_fields() -> dict:
+  """RIFormer's module imitation (repvit_jax/train/module_imitation.py): classification's
+  fields, soft labels from the feature teacher (teacher.alpha 1: no label term), and the
+  feature teacher, which the run needs (`feature_teacher.model` and `.init_from`)."""
+  return dict(classification_fields(), teacher=teacher(kind='soft', alpha=1.0),
+              feature_teacher=feature_teacher())
+
+
+def mae_fields() -> dict:
+  """The MAE task: the norm-pix loss, 8 reconstructions drawn per evaluation, and the D-MAE
+  teacher, off until teacher.model and init_from are set."""
+  return dict(norm_pix_loss=True, reconstructions=8, teacher=mae_teacher())
+
+
+TASK_FIELDS = {'classification': classification_fields, 'mae': mae_fields,
+               'module_imitation': module_imitation_fields}
+# Fields whose contents belong to another module's schema: the model's options
+# (`create_model`) and the data config (repvit_jax/data/config.py).
+FREE_FORM = ('model', 'data')
+
+
+def missing_fields(config: ml_collections.ConfigDict) -> list:
+  """The dotted names of the fields `run_config(config.task)` has and `config` lacks (the
+  model's and data's own fields aside), sorted."""
+  def walk(reference, target, prefix):
+    for key, value in reference.items():
+      if key not in target:
+        yield prefix + key
+      elif isinstance(value, ml_collections.ConfigDict) and key not in FREE_FORM:
+        if isinstance(target[key], (ml_collections.ConfigDict, dict)):
+          yield from walk(value, target[key], prefix + key + '.')
+  return sorted(walk(run_config(config.task), config, ''))
 
 
 def data_config(**fields) -> ml_collections.ConfigDict:
@@ -145,6 +189,31 @@ def adamw(*, base_lr: float, min_lr: float, warmup_steps: int, weight_decay: flo
       grad_clip=placeholder(float)))
   config.layer_decay = layer_decay
   config.grad_clip = grad_clip
+  return config
+
+
+def feature_teacher(*, model=None, overrides=None) -> ml_collections.ConfigDict:
+  """Module imitation's feature teacher, off until `model` and `init_from` are set: a
+  MetaFormer of the student's shape; `blocks` None imitates the last block of every stage,
+  with the slides' best weights (features 80, relations 20); `init_student` starts the
+  student from the teacher's weights, token mixers excepted."""
+  config = ml_collections.ConfigDict(dict(
+      model=placeholder(str), init_from=placeholder(str), overrides=dict(overrides or {}),
+      blocks=placeholder(tuple), weights=dict({'in': 80.0, 'out': 80.0, 'rel': 20.0}),
+      init_student=True))
+  config.model = model
+  return config
+
+
+def mae_teacher(*, model=None) -> ml_collections.ConfigDict:
+  """The D-MAE teacher block, off until `model` and `init_from` are set: attention-logit
+  distillation at (student layer, teacher layer) `pairs`, weight `alpha`; `hidden_alpha`
+  adds hidden-state distillation; kind 'g2sd' distils the decoder at `decoder_layer`."""
+  config = ml_collections.ConfigDict(dict(
+      model=placeholder(str), init_from=placeholder(str),
+      overrides=ml_collections.ConfigDict(), kind='attention', pairs=((12, 12),), alpha=1.0,
+      hidden_alpha=0.0, decoder_layer=placeholder(int)))
+  config.model = model
   return config
 
 

@@ -22,8 +22,8 @@ Other sizes: `--config.model.name=levit_256` (levit_128, levit_192, levit_256, l
 
 import ml_collections
 
-from configs import common
-from configs import vit_tiny
+from repvit_jax.configs import common
+from repvit_jax.configs import vit_tiny
 
 
 def imagenet():

@@ -13,7 +13,7 @@ Pixels are in [0, 1] (mean 0, std 1), as the reference. Other sizes:
 
 import ml_collections
 
-from configs import common
+from repvit_jax.configs import common
 
 
 def imagenet():
