@@ -4,14 +4,11 @@
 import dataclasses
 import json
 import os
-import sys
 
 import pytest
-from conftest import xla_flags
+from conftest import benchmark, xla_flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import claims  # pylint: disable=wrong-import-position  (benchmarks/claims.py)
+claims = benchmark('claims')
 
 
 def test_mean_std_difference_and_verdict():

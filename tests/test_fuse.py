@@ -1,6 +1,5 @@
 """Each public fuse function against a direct computation of what it replaces."""
 
-import zlib
 
 import jax
 import numpy as np
@@ -8,15 +7,8 @@ import pytest
 
 from repvit_jax import reparam
 
+# Reseeded from each test's name (conftest.py, `_rng_per_test`).
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _rng_per_test(request):
-  """Each test draws from a generator seeded by its own name, so that its values do not
-  depend on which tests ran before it in the same worker."""
-  global RNG  # pylint: disable=global-statement
-  RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def bn_params(channels):

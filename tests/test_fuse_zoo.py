@@ -1,13 +1,6 @@
 """The zoo's fusion: new fuse algebra, the conv/linear+BN, averaged-head and affine-mixer fusers,
-and the equivalence promise for every LeViT, MobileViT, PoolFormer and RIFormer name.
-
-Equivalence runs reduced models (small widths and depths, small images); every name of a
-family reduces to one module, so each family's forward compiles once. Variables are drawn on
-the host from the model's abstract tree (no init compile). Full-size equivalence is measured by
-benchmarks/models.py (`--check`)."""
-
-import functools
-import zlib
+and idempotence. The equivalence promise for every registered name is tests/test_models.py;
+full-size equivalence is measured by benchmarks/models.py (`--check`)."""
 
 import flax.linen as nn
 import jax
@@ -20,36 +13,10 @@ from repvit_jax import reparam
 from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
 from repvit_jax.reparam import check
 from conftest import nontrivial_variables
+from test_models import reduced
 
+# Reseeded from each test's name (conftest.py, `_rng_per_test`).
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _rng_per_test(request):
-  """Each test draws from a generator seeded by its own name, so that its values do not
-  depend on which tests ran before it in the same worker."""
-  global RNG  # pylint: disable=global-statement
-  RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-# Reduced architectures: every block type, a few hundred parameters per layer.
-# Fields that only matter in training (drop path) or at init (layer scale) are pinned, so that
-# every name of a family reduces to one module and the jitted forward compiles once per family.
-REDUCED = {
-    'levit': (dict(embed_dims=(16, 16, 16), key_dim=8, num_heads=(2, 2, 2), depths=(1, 1, 1),
-                   drop_path_rate=0.0), 64),
-    'mobilevit': (dict(stem_features=8, channels=(8, 8, 8, 8, 8), stage_depths=(1, 2),
-                       transformer_dims=(16, 16, 16), transformer_depths=(1, 1, 1),
-                       expansion=2.0, final_features=16), 48),  # stage 4 at 3x3 -> 4x4
-    'poolformer': (dict(depths=(1, 1, 2, 1), dims=(8, 8, 8, 8), layer_scale_init=1e-5), 32),
-    'riformer': (dict(depths=(1, 1, 2, 1), dims=(8, 8, 8, 8), layer_scale_init=1e-5), 32),
-}
-ZOO = [name for name in rj.list_models() if name.split('_')[0] in REDUCED]
-
-
-def reduced(name, deploy=False):
-  overrides, size = REDUCED[name.split('_')[0]]
-  return rj.create_model(name, num_classes=5, deploy=deploy, **overrides), size
-
 
 # ---------------------------------------------------------------- fuse algebra
 
@@ -172,38 +139,3 @@ def test_reparameterize_is_idempotent(name):
   twice = rj.reparameterize(once)
   assert jax.tree.structure(once) == jax.tree.structure(twice)
   jax.tree.map(np.testing.assert_array_equal, once, twice)
-
-
-# ---------------------------------------------------------------- every name
-
-
-@pytest.mark.parametrize('name', ZOO)
-def test_deploy_tree_is_the_deploy_models_tree(name):
-  model, size = reduced(name)
-  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  train_tree = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-  deploy_model, _ = reduced(name, deploy=True)
-  deploy_tree = jax.eval_shape(lambda x: deploy_model.init(jax.random.key(0), x, train=False),
-                               images)
-  fused = jax.eval_shape(rj.reparameterize, train_tree)
-  assert jax.tree.structure(fused) == jax.tree.structure(deploy_tree)
-  assert jax.tree.map(lambda a: a.shape, fused) == jax.tree.map(lambda a: a.shape, deploy_tree)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def forward(model, variables, images):
-  """Eval-mode logits; compiled once per distinct (hashable) module."""
-  return model.apply(variables, images, train=False)
-
-
-@pytest.mark.parametrize('name', ZOO)
-def test_train_form_in_eval_mode_equals_deploy_form(name):
-  model, size = reduced(name)
-  images = jnp.asarray(RNG.normal(size=(2, size, size, 3)), jnp.float32)
-  variables = nontrivial_variables(model, images, seed=1)
-  deploy_model, _ = reduced(name, deploy=True)
-  deployed = rj.reparameterize(variables)
-  assert 'batch_stats' not in deployed
-  error = check.relative_error(forward(deploy_model, deployed, images),
-                               forward(model, variables, images))
-  assert error <= 1e-5, (name, error)

@@ -1,8 +1,6 @@
 """LeViT: sizes (eval_shape), MACs, attention-bias indexing, the BN-free deploy tree, and the
 classification task's two-head training (labels, or a teacher for the distillation head)."""
 
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +12,9 @@ from repvit_jax import io
 from repvit_jax.models.levit import bias_index
 from repvit_jax.train import losses
 from repvit_jax.train.classification import ClassificationTask
-from conftest import load_config, nontrivial_variables
+from conftest import benchmark, load_config, nontrivial_variables
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import models as bench  # pylint: disable=wrong-import-position  (benchmarks/models.py)
+bench = benchmark('models')
 
 IMAGES_224 = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
 TINY = dict(embed_dims=(16, 16, 24), key_dim=8, num_heads=(2, 2, 3), depths=(1, 1, 1))

@@ -1,8 +1,6 @@
 """PoolFormer and RIFormer: sizes, MACs, the pooling mixer, the token-mixer-free deploy block,
 and the sown features module imitation reads."""
 
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +9,9 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax.models.metaformer import pool_mixer
+from conftest import benchmark
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
-import models as bench  # pylint: disable=wrong-import-position  (benchmarks/models.py)
+bench = benchmark('models')
 
 IMAGES_224 = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 8, 16, 16))

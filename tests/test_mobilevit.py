@@ -2,9 +2,6 @@
 (deterministic, resumable, pixels per step kept, hosts in step). The trainer on it is run by
 the demo (configs/mobilevit_xs.py:demo); a run here would cost a compile per resolution."""
 
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +11,9 @@ import repvit_jax as rj
 from repvit_jax import data
 from repvit_jax.data import multiscale
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import models as bench  # pylint: disable=wrong-import-position  (benchmarks/models.py)
+from conftest import benchmark
+
+bench = benchmark('models')
 
 IMAGES_256 = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
 
