@@ -93,8 +93,9 @@ def tiny_vit_dir(tmp_path_factory):
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
       np.zeros((1, 32, 32, 3), np.float32))
   directory = str(tmp_path_factory.mktemp('analyze') / 'vit')
-  io.save_model(directory, variables, name='vit_tiny', num_classes=4, deploy=True,
-                overrides=TINY_VIT)
+  io.save_model(directory, variables, repvit_jax.ModelSpec.registered(
+      'vit_tiny', num_classes=4, deploy=True, overrides=TINY_VIT,
+      image_size=32))
   return directory, model, variables
 
 

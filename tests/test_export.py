@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -29,8 +31,9 @@ def tiny_model_dir(tmp_path_factory):
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images)
   variables = check.randomize_batch_stats(check.perturb_params(variables, 0), 1)
   directory = str(tmp_path_factory.mktemp('export') / 'tiny_tdrl')
-  io.save_model(directory, variables, name='tdrl_vit_tiny', num_classes=5, deploy=False,
-                overrides=TINY_VIT)
+  io.save_model(directory, variables, repvit_jax.ModelSpec.registered(
+      'tdrl_vit_tiny', num_classes=5, deploy=False, overrides=TINY_VIT,
+      image_size=32))
   return directory, model, variables
 
 
@@ -111,8 +114,9 @@ def test_savedmodel_matches_jax_and_runs_wherever_it_was_exported(tmp_path, expo
 def test_command_line_from_a_workdir(tmp_path, tiny_model_dir, capsys):
   workdir = tmp_path / 'run'
   deploy = export.load_for_export(tiny_model_dir[0])
-  io.save_model(str(workdir / 'deploy'), deploy.variables, name='tdrl_vit_tiny', num_classes=5,
-                deploy=True, overrides=TINY_VIT)
+  io.save_model(str(workdir / 'deploy'), deploy.variables, repvit_jax.ModelSpec.registered(
+      'tdrl_vit_tiny', num_classes=5, deploy=True, overrides=TINY_VIT,
+      image_size=32))
   out = tmp_path / 'out'
   assert export_tool.main([str(workdir), str(out), '--format', 'tflite,savedmodel']) == 0
   printed = capsys.readouterr().out
@@ -131,8 +135,9 @@ def test_command_line_from_a_workdir(tmp_path, tiny_model_dir, capsys):
 def test_evaluate_runs_every_format_written(tmp_path, tiny_model_dir, capsys):
   workdir, out = tmp_path / 'run', tmp_path / 'out'
   deploy = export.load_for_export(tiny_model_dir[0])
-  io.save_model(str(workdir / 'deploy'), deploy.variables, name='tdrl_vit_tiny', num_classes=5,
-                deploy=True, overrides=TINY_VIT)
+  io.save_model(str(workdir / 'deploy'), deploy.variables, repvit_jax.ModelSpec.registered(
+      'tdrl_vit_tiny', num_classes=5, deploy=True, overrides=TINY_VIT,
+      image_size=32))
   digits = dict(repvit_jax.data.default_config().to_dict(), name='digits', image_size=32)
   (workdir / 'config.json').write_text(json.dumps({'model': {'name': 'tdrl_vit_tiny'},
                                                    'data': digits}))
@@ -157,19 +162,33 @@ def test_command_line_errors(tmp_path, capsys):
     export_tool.main([str(empty), str(tmp_path / 'o'), '--format', 'onnx'])
 
 
-def test_v1_model_directories_get_their_size_from_the_tables():
-  """v1's model.json has no input contract: the size comes from position / bias tables, else
-  the registered model's own contract."""
-  vit = lambda tokens: {'params': {'pos_embed': np.zeros((1, tokens, 8))}}
-  assert io.table_image_size('vit_tiny', vit(197), {}) == 224
-  assert io.table_image_size('vit_tiny', vit(17), {'patch_size': 8}) == 32
-  levit = {'params': {'stages_0': {'blocks_0': {'attn': {
-      'attention_biases': np.zeros((4, 196))}}}}}
-  assert io.table_image_size('levit_128s', levit, {}) == 224
-  assert io.table_image_size('mobilevit_xs', {'params': {}}, {}) is None
-  spec = repvit_jax.ModelSpec.from_json({'name': 'mobilevit_xs', 'num_classes': 3,
-                                         'deploy': True, 'overrides': {}})
-  assert spec.input.image_size == 256 and spec.input.mean == (0.0, 0.0, 0.0)
+def test_a_model_json_without_an_input_contract_is_one_clear_error(tmp_path, tiny_model_dir):
+  directory = tmp_path / 'old'
+  shutil.copytree(tiny_model_dir[0], directory)
+  record = json.loads((directory / 'model.json').read_text())
+  del record['input']
+  (directory / 'model.json').write_text(json.dumps(record))
+  with pytest.raises(ValueError, match=r"model.json is not a model description written by "
+                                       r"save_model \(no input contract\); re-export the model"):
+    io.read(str(directory))
+
+
+def test_moving_to_another_input_size_resamples_position_tables_and_refuses_bias_tables():
+  vit = repvit_jax.ModelSpec.registered('vit_tiny', num_classes=5, overrides=TINY_VIT,
+                                        image_size=32)
+  variables = jax.eval_shape(lambda: vit.build().init(jax.random.key(0),
+                                                      jnp.zeros((1, 32, 32, 3)), train=False))
+  variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), variables)
+  moved, moved_variables = io.at_image_size(vit, variables, 64)
+  assert moved.input.image_size == 64
+  assert moved_variables['params']['pos_embed'].shape == (1, 1 + 8 * 8, 16)
+  levit = repvit_jax.ModelSpec.registered('levit_128s', num_classes=5, image_size=224)
+  levit_variables = jax.eval_shape(lambda: levit.build().init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  with pytest.raises(ValueError, match=r'levit_128s has parameters made for 224x224 inputs '
+                                       r'\(stages_0/blocks_0/attn/attention_biases: '
+                                       r'\(4, 196\), \(4, 144\) at 192x192\); it cannot be moved'):
+    io.at_image_size(levit, levit_variables, 192)
 
 
 def test_imports_stay_apart():

@@ -96,8 +96,9 @@ def _config(teacher=None):
 def test_task_trains_class_head_on_labels_and_distillation_head_on_teacher(tmp_path, capsys):
   teacher = rj.create_model('levit_128s', num_classes=10, **TINY)
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  io.save_model(str(tmp_path / 'teacher'), nontrivial_variables(teacher, images), name='levit_128s',
-                num_classes=10, deploy=False, overrides=TINY)
+  io.save_model(str(tmp_path / 'teacher'), nontrivial_variables(teacher, images),
+                rj.ModelSpec.registered('levit_128s', num_classes=10, overrides=TINY,
+                                        image_size=32))
   batch = {'image': images, 'label': jnp.array([0, 1, 2, 3])}
   targets = losses.onehot(batch['label'], 10, 0.1)
   for path in (None, str(tmp_path / 'teacher')):

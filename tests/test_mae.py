@@ -242,8 +242,9 @@ def test_load_frozen_reads_and_fits_a_teacher(tmp_path):
   x = images(1)
   teacher = rj.create_model('mae_vit_base', **TINY_TEACHER)
   variables = teacher.init(RNGS, x, train=False)
-  io.save_model(str(tmp_path), variables, name='mae_vit_base', num_classes=10, deploy=False,
-                overrides=TINY_TEACHER)
+  io.save_model(str(tmp_path), variables, rj.ModelSpec.registered(
+      'mae_vit_base', num_classes=10, deploy=False, overrides=TINY_TEACHER,
+      image_size=32))
   frozen = mae_task.MAETask(mae_config('attention', init_from=str(tmp_path)), 10).load_frozen()
   # Attention distillation needs the encoder only.
   assert set(frozen['teacher']['params']) == {

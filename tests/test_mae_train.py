@@ -52,8 +52,9 @@ def save_mae(directory, name, arch, seed):
   variables = jax.jit(lambda: model.init({'params': jax.random.key(seed),
                                           'mask': jax.random.key(1)},
                                          jnp.zeros((1, 32, 32, 3)), train=False))()
-  io.save_model(str(directory), variables, name=name, num_classes=10, deploy=False,
-                overrides=arch)
+  io.save_model(str(directory), variables, rj.ModelSpec.registered(
+      name, num_classes=10, deploy=False, overrides=arch,
+      image_size=32))
   return variables
 
 

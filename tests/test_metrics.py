@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -53,28 +52,13 @@ def test_non_chief_writes_nothing(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_no_tensorboard_backend_warns_and_keeps_jsonl(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "tensorboardX", None)
-  monkeypatch.setitem(sys.modules, "tensorflow", None)
-  monkeypatch.setattr(metrics_lib._TensorBoard, "_warned", False)
-  with pytest.warns(UserWarning, match="metrics.jsonl only"):
-    w = metrics_lib.MetricWriter(tmp_path, tensorboard=True)
-  w.write(3, {"loss": 0.5})
-  w.close()
-  assert metrics_lib.read_metrics(tmp_path) == [{"step": 3, "loss": 0.5}]
-  assert not [f for f in os.listdir(tmp_path) if "tfevents" in f]
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorboardX") is None
-                    and importlib.util.find_spec("tensorflow") is None,
-                    reason="no TensorBoard backend installed")
 def test_tensorboard_event_file(tmp_path):
   with metrics_lib.MetricWriter(tmp_path, tensorboard=True) as w:
     w.write(7, {"train/loss": 2.5})
   events = [f for f in os.listdir(tmp_path) if "tfevents" in f]
   assert len(events) == 1 and os.path.getsize(tmp_path / events[0]) > 0
   if importlib.util.find_spec("tensorflow") is not None:
-    import tensorflow as tf
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     found = []
     for event in tf.compat.v1.train.summary_iterator(str(tmp_path / events[0])):
       for v in event.summary.value:

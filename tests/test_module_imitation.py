@@ -67,8 +67,9 @@ def _config(teacher_dir, **feature):
 def teacher_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('poolformer'))
   model = rj.create_model('poolformer_s12', num_classes=10, **TINY)
-  io.save_model(path, nontrivial_variables(model, jnp.zeros((1, 32, 32, 3))), name='poolformer_s12',
-                num_classes=10, deploy=False, overrides=TINY)
+  io.save_model(path, nontrivial_variables(model, jnp.zeros((1, 32, 32, 3))), rj.ModelSpec.registered(
+      'poolformer_s12', num_classes=10, deploy=False, overrides=TINY,
+      image_size=32))
   return path
 
 

@@ -13,16 +13,16 @@ import pytest
 import repvit_jax as rj
 from repvit_jax.reparam import check
 from conftest import TINY_VIT, nontrivial_variables
-from test_fuse_zoo import REDUCED
+from test_models import REDUCED
 from test_mae import TINY_MAE
 
 # One name per family (MAE below); tdrl_vit_tiny covers the ViT with and without its
 # TDRL branches (its deploy form is vit_tiny), riformer_s12 the MetaFormers.
 FAMILIES = {
     'tdrl_vit_tiny': (TINY_VIT, 32),
-    'levit_128s': REDUCED['levit'],
-    'mobilevit_xs': REDUCED['mobilevit'],
-    'riformer_s12': REDUCED['riformer'],
+    'levit_128s': REDUCED['LeViT'],
+    'mobilevit_xs': REDUCED['MobileViT'],
+    'riformer_s12': REDUCED['MetaFormer'],
 }
 
 
@@ -131,8 +131,9 @@ def test_unknown_dtype_names_the_choices():
 def test_saved_model_records_the_training_dtype_and_loads_as_float32(tmp_path, tiny_images):
   model = rj.create_model('vit_tiny', num_classes=10, **TINY_VIT)
   variables = model.init(jax.random.key(0), tiny_images, train=False)
-  rj.save_model(str(tmp_path), variables, name='vit_tiny', num_classes=10, deploy=True,
-                overrides=dict(TINY_VIT, dtype='bfloat16'))
+  rj.save_model(str(tmp_path), variables, rj.ModelSpec.registered(
+      'vit_tiny', num_classes=10, deploy=True, overrides=dict(TINY_VIT, dtype='bfloat16'),
+      image_size=32))
   recipe = json.load(open(os.path.join(tmp_path, 'model.json')))
   assert recipe['trained_dtype'] == 'bfloat16' and 'dtype' not in recipe['overrides']
   loaded, _ = rj.load_model(str(tmp_path))

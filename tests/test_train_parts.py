@@ -16,8 +16,9 @@ def test_save_and_load_model_round_trip(tmp_path):
   model = rj.create_model('tdrl_vit_tiny', num_classes=3, deploy=True, **TINY_VIT)
   images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   variables = model.init(jax.random.key(1), images, train=False)
-  rj.save_model(str(tmp_path), variables, name='tdrl_vit_tiny', num_classes=3, deploy=True,
-                overrides=TINY_VIT)
+  rj.save_model(str(tmp_path), variables, rj.ModelSpec.registered(
+      'tdrl_vit_tiny', num_classes=3, deploy=True, overrides=TINY_VIT,
+      image_size=32))
   loaded_model, loaded = rj.load_model(str(tmp_path))
   assert loaded_model == model
   np.testing.assert_array_equal(loaded_model.apply(loaded, images, train=False),
@@ -35,8 +36,9 @@ def test_load_model_missing_files_is_clear(tmp_path):
 def test_load_model_garbage_files_are_one_clear_error(tmp_path):
   model = rj.create_model('vit_tiny', num_classes=3, **TINY_VIT)
   variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
-  rj.save_model(str(tmp_path), variables, name='vit_tiny', num_classes=3, deploy=True,
-                overrides=TINY_VIT)
+  rj.save_model(str(tmp_path), variables, rj.ModelSpec.registered(
+      'vit_tiny', num_classes=3, deploy=True, overrides=TINY_VIT,
+      image_size=32))
   (tmp_path / 'variables.msgpack').write_bytes(b'\x93\x01\x02')   # truncated msgpack
   with pytest.raises(ValueError, match=r'variables.msgpack is not a readable variable tree'):
     rj.load_model(str(tmp_path))

@@ -94,8 +94,8 @@ def load_for_export(source: str, *, spec: Optional[ModelSpec] = None,
   saved, variables = io.read(source)
   spec = spec or saved
   if spec is None and not model:
-    raise ValueError(f'{source} does not say which model it holds (a checkpoint written before '
-                     'model specs, outside a workdir with config.json): pass --model NAME and '
+    raise ValueError(f'{source} does not say which model it holds (a checkpoint whose metadata '
+                     'records no model spec): pass --model NAME and '
                      '--set key=value for the overrides the run used')
   if model or overrides or num_classes is not None:
     base = spec if spec is not None and (not model or model == spec.name) else None

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
 from repvit_jax.io import checkpoint_steps
 from repvit_jax.io.fit import fit
 from repvit_jax.layers.posemb import resample_posemb
-from repvit_jax.models.registry import get_registration
 from repvit_jax.models.spec import ModelSpec
 
 MODEL_FILE = 'model.json'
@@ -39,33 +38,18 @@ RUN_CONFIG_FILE = 'config.json'   # written by the trainer into every workdir
 DEPLOY_DIR = 'deploy'             # a finished workdir's deploy model
 
 
-def save_model(directory: str, variables: Mapping[str, Any], spec: ModelSpec | None = None,
-               **legacy) -> str:
+def save_model(directory: str, variables: Mapping[str, Any], spec: ModelSpec) -> str:
   """Writes `variables` and their `spec` into `directory` (created if missing; files of the
   same names are replaced atomically).
 
   Args:
     directory: the model directory.
     variables: the variable tree (jax or numpy arrays; fetched to the host).
-    spec: what they are (`repvit_jax.ModelSpec`). v1's keyword form
-      (`name=, num_classes=, deploy=, overrides=`) is still accepted and given the registered
-      model's input contract.
+    spec: what they are (`repvit_jax.ModelSpec`, e.g. `ModelSpec.registered(name, ...)`).
 
   Returns:
     The directory.
   """
-  if spec is None:   # v1's keywords: the registered input contract, sized from the tables
-    name, overrides = legacy.pop('name'), dict(legacy.pop('overrides', None) or {})
-    contract = get_registration(name).input
-    size = table_image_size(name, variables, overrides)
-    if size:
-      contract = dataclasses.replace(contract, image_size=size)
-    spec = ModelSpec.registered(name, num_classes=legacy.pop('num_classes'),
-                                deploy=legacy.pop('deploy', False), overrides=overrides,
-                                input=contract)
-    legacy.pop('trained_dtype', None)
-  if legacy:
-    raise TypeError(f'save_model got unexpected arguments {sorted(legacy)}')
   os.makedirs(directory, exist_ok=True)
   host = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
   _atomic_write(os.path.join(directory, VARIABLES_FILE), serialization.msgpack_serialize(host))
@@ -94,8 +78,8 @@ def load_model(path: str, *, dtype: str | None = None,
   """
   spec, variables = read(path)
   if spec is None:
-    raise ValueError(f'{path} does not say which model it holds (a checkpoint from before '
-                     'model specs, without workdir/config.json); load its variables with '
+    raise ValueError(f'{path} does not say which model it holds (a checkpoint whose metadata '
+                     'records no model spec); load its variables with '
                      'repvit_jax.io.read and build the model with repvit_jax.create_model')
   if dtype is not None:
     spec = spec.replace(dtype=dtype)
@@ -112,16 +96,14 @@ def at_image_size(spec: ModelSpec, variables: Mapping[str, Any],
   ViTs, MobileViT, MetaFormer) only change the contract; the same size changes nothing.
 
   Raises:
-    ValueError: LeViT, whose attention-bias tables are tied to the input size.
+    ValueError: a model with other parameters whose shapes follow the input size (LeViT's
+      attention-bias tables); the message names one.
   """
   image_size = int(image_size)
   if image_size == spec.input.image_size:
     return spec, dict(variables)
   params = variables.get('params', {})
-  if _attention_bias_table(params) is not None:
-    raise ValueError(f'{spec.name} has attention-bias tables made for '
-                     f'{spec.input.image_size}x{spec.input.image_size} inputs; it cannot be '
-                     f'moved to {image_size}x{image_size}')
+  _check_size_free(spec, params, image_size)
   variables = dict(variables)
   if isinstance(params, Mapping) and 'pos_embed' in params:
     patch = int(spec.build().patch_size)
@@ -159,9 +141,8 @@ def read(path: str, *, ema: bool = False
       raise ValueError(f'{path} is a model directory, which holds one set of weights: give a '
                        'checkpoint for its EMA (a run with --config.ema.deploy=True saves the '
                        "EMA's deploy form as <workdir>/deploy)")
-    record = _read_model_record(path)     # model.json first: it says what the rest is
-    variables = load_variables(path)
-    return _spec_from_record(path, record, variables), variables
+    spec = read_spec(path)     # model.json first: it says what the rest is
+    return spec, load_variables(path)
   present = [name for name in (MODEL_FILE, VARIABLES_FILE)
              if os.path.isfile(os.path.join(path, name))]
   if len(present) == 1:
@@ -186,48 +167,27 @@ def read(path: str, *, ema: bool = False
     state = state['ema']
   variables = {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
   record = checkpoint_steps.step_metadata(step_dir).get('model')
-  if record is not None:
-    return ModelSpec.from_json(record), variables
-  config = run_config(step_dir)
-  if config is None:
-    return None, variables
-  return ModelSpec.from_config(config, head_rows(variables)), variables
+  return (None if record is None else ModelSpec.from_json(record)), variables
 
 
 def read_spec(directory: str) -> ModelSpec:
-  """The `ModelSpec` of a model directory. v1's model.json has no input contract: its size
-  then comes from the position/bias tables of the directory's variables.
+  """The `ModelSpec` of a model directory.
 
   Raises:
     ValueError: model.json is unreadable or not a model description.
   """
-  record = _read_model_record(directory)
-  variables = None if 'input' in record else load_variables(directory)
-  return _spec_from_record(directory, record, variables)
-
-
-def _read_model_record(directory: str) -> Dict[str, Any]:
   path = os.path.join(directory, MODEL_FILE)
   try:
     with open(path, encoding='utf-8') as f:
       record = json.load(f)
+    if not isinstance(record, dict):
+      raise ValueError(f'a JSON {type(record).__name__}, not an object')
+    return ModelSpec.from_json(record)
   except ValueError as e:
-    raise _not_a_description(path, e) from None
-  if not isinstance(record, dict):
-    raise _not_a_description(path, f'a JSON {type(record).__name__}, not an object')
-  return record
-
-
-def _spec_from_record(directory: str, record: Mapping[str, Any],
-                      variables: Optional[Mapping[str, Any]]) -> ModelSpec:
-  try:
-    image_size = None
-    if 'input' not in record and variables is not None:
-      image_size = table_image_size(str(record.get('name', '')), variables,
-                                    record.get('overrides') or {})
-    return ModelSpec.from_json(record, image_size=image_size)
-  except ValueError as e:
-    raise _not_a_description(os.path.join(directory, MODEL_FILE), e) from None
+    reason = str(e)
+    if reason.startswith('not a model description (') and reason.endswith(')'):
+      reason = reason[len('not a model description ('):-1]
+    raise _not_a_description(path, reason) from None
 
 
 def _not_a_description(path: str, reason) -> ValueError:
@@ -278,39 +238,32 @@ def is_model_dir(path: str) -> bool:
 
 
 def head_rows(variables: Mapping[str, Any]) -> int:
-  """Classes of a variable tree's classification head (0 without one)."""
+  """Classes of a variable tree's classification head: the output width of the kernels
+  under `params/head` (every family names its head so), 0 without one."""
   head = variables.get('params', {}).get('head')
-  if isinstance(head, Mapping):
-    for path in (('kernel',), ('linear', 'kernel'), ('cls', 'linear', 'kernel')):
-      node = head
-      for key in path:
-        node = node.get(key) if isinstance(node, Mapping) else None
-      if node is not None:
-        return int(np.shape(node)[-1])
-  return 0
+  kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(head or {})
+             if getattr(path[-1], 'key', None) == 'kernel']
+  return int(np.shape(kernels[0])[-1]) if kernels else 0
 
 
-def table_image_size(name: str, variables: Mapping[str, Any],
-                     overrides: Mapping[str, Any]) -> Optional[int]:
-  """The input side a model's tables were made for (v1 model directories, which do not
-  record it): ViT `pos_embed` (1, 1 + g*g, D) -> g * patch; LeViT's first attention bias
-  table (H, R*R) -> 16 R; None for families without such tables."""
-  params = variables.get('params', {})
-  pos = params.get('pos_embed') if isinstance(params, Mapping) else None
-  if pos is not None:
-    grid = int(round(math.sqrt(np.shape(pos)[1] - 1)))
-    patch = overrides.get('patch_size', get_registration(name).kwargs.get('patch_size', 16))
-    return grid * int(patch)
-  bias = _attention_bias_table(params)
-  return None if bias is None else int(round(math.sqrt(np.shape(bias)[1]))) * 16
-
-
-def _attention_bias_table(params) -> Optional[Any]:
-  """LeViT's first attention-bias table (heads, R*R), or None for other families."""
-  try:
-    return params['stages_0']['blocks_0']['attn']['attention_biases']
-  except (KeyError, TypeError):
-    return None
+def _check_size_free(spec: ModelSpec, params: Mapping[str, Any], image_size: int) -> None:
+  """Raises ValueError when a parameter other than a learned position table changes shape
+  with the input size: such a model cannot be moved to `image_size`."""
+  model = spec.build()
+  moved = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                         jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(moved['params']):
+    keys = [str(getattr(k, 'key', k)) for k in path]
+    if keys == ['pos_embed']:
+      continue
+    node = params
+    for key in keys:
+      node = node.get(key) if isinstance(node, Mapping) else None
+    if node is not None and tuple(np.shape(node)) != tuple(leaf.shape):
+      raise ValueError(f'{spec.name} has parameters made for {spec.input.image_size}x'
+                       f'{spec.input.image_size} inputs ({"/".join(keys)}: '
+                       f'{tuple(np.shape(node))}, {tuple(leaf.shape)} at {image_size}x'
+                       f'{image_size}); it cannot be moved to {image_size}x{image_size}')
 
 
 def _atomic_write(path: str, payload: bytes) -> None:
@@ -320,5 +273,6 @@ def _atomic_write(path: str, payload: bytes) -> None:
   os.replace(tmp, path)
 
 
-__all__ = ['save_model', 'load_model', 'read', 'fit', 'at_image_size', 'read_spec', 'run_config', 'load_variables',
-           'is_model_dir', 'head_rows', 'MODEL_FILE', 'VARIABLES_FILE', 'DEPLOY_DIR']
+__all__ = ['save_model', 'load_model', 'read', 'fit', 'at_image_size', 'read_spec',
+           'run_config', 'load_variables', 'is_model_dir', 'head_rows', 'MODEL_FILE',
+           'VARIABLES_FILE', 'DEPLOY_DIR']

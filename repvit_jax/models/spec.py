@@ -113,9 +113,10 @@ class ModelSpec:
   @classmethod
   def registered(cls, name: str, *, num_classes: int = 1000, deploy: bool = False,
                  overrides: Optional[Mapping[str, Any]] = None,
-                 input: Optional[InputSpec] = None) -> 'ModelSpec':  # pylint: disable=redefined-builtin
-    """A spec with the registered model's own input contract unless `input` is given; a
-    `dtype` among the overrides becomes the compute dtype.
+                 input: Optional[InputSpec] = None,  # pylint: disable=redefined-builtin
+                 image_size: Optional[int] = None) -> 'ModelSpec':
+    """A spec with the registered model's own input contract (at `image_size` when given)
+    unless `input` is given; a `dtype` among the overrides becomes the compute dtype.
 
     Raises:
       ValueError: an override names a field of the spec itself (`num_classes`, `deploy`).
@@ -127,8 +128,11 @@ class ModelSpec:
                          'their form; overrides are module fields that differ from the '
                          'registered model (e.g. num_heads=12)')
     dtype = str(overrides.pop('dtype', 'float32'))
+    contract = input or get_registration(name).input
+    if image_size:
+      contract = dataclasses.replace(contract, image_size=int(image_size))
     return cls(name=name, num_classes=int(num_classes), overrides=overrides, deploy=deploy,
-               input=input or get_registration(name).input, dtype=dtype, trained_dtype=dtype)
+               input=contract, dtype=dtype, trained_dtype=dtype)
 
   # -- JSON --------------------------------------------------------------------------------
 
@@ -143,10 +147,8 @@ class ModelSpec:
     return record
 
   @classmethod
-  def from_json(cls, record: Mapping[str, Any], *,
-                image_size: Optional[int] = None) -> 'ModelSpec':
-    """Reads `to_json`'s record, or v1's model.json (no input contract: the registered
-    model's, at `image_size` when given).
+  def from_json(cls, record: Mapping[str, Any]) -> 'ModelSpec':
+    """Reads `to_json`'s record.
 
     Raises:
       ValueError: the record is not a model description (the message says what is wrong).
@@ -156,12 +158,9 @@ class ModelSpec:
       num_classes = int(record['num_classes'])
       overrides = dict(record.get('overrides') or {})
       trained_dtype = str(overrides.pop('dtype', record.get('trained_dtype', 'float32')))
-      if 'input' in record:
-        contract = InputSpec.from_json(record['input'])
-      else:
-        contract = get_registration(name).input
-        if image_size:
-          contract = dataclasses.replace(contract, image_size=int(image_size))
+      if 'input' not in record:
+        raise ValueError('not a model description (no input contract)')
+      contract = InputSpec.from_json(record['input'])
       return cls(name=name, num_classes=num_classes, overrides=overrides,
                  deploy=bool(record.get('deploy', False)), input=contract,
                  trained_dtype=trained_dtype,

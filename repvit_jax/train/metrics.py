@@ -2,8 +2,7 @@
 
 `MetricWriter` appends `{"step": int, "<key>": float, ...}` lines to
 `workdir/metrics.jsonl` and mirrors the scalars to TensorBoard event files in the
-workdir (tensorboardX if installed, else `tf.summary`, imported lazily; with neither,
-jsonl only). Only the chief process writes. A resumed run passes `resume_step=k` so
+workdir (tensorboardX). Only the chief process writes. A resumed run passes `resume_step=k` so
 that lines a killed run wrote after its last checkpoint (steps > k) are dropped.
 """
 
@@ -14,7 +13,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from typing import Any, Callable, Mapping
 
 METRICS_FILE = "metrics.jsonl"
@@ -58,55 +56,22 @@ def read_metrics(path) -> list[dict]:
 
 
 class _TensorBoard:
-  """Scalar writer over tensorboardX or tf.summary; `None` backend when neither."""
-
-  _warned = False
+  """Scalar writer over tensorboardX (a dependency of the package)."""
 
   def __init__(self, logdir: str, purge_step: int | None):
-    self._tbx = None
-    self._tf = None
-    try:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
-      # purge_step makes TensorBoard drop events at >= purge_step from the old run.
-      self._tbx = tensorboardX.SummaryWriter(logdir=logdir, purge_step=purge_step)
-      return
-    except ImportError:
-      pass
-    try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      if not _TensorBoard._warned:
-        warnings.warn("neither tensorboardX nor tensorflow is installed: metrics go to "
-                      "metrics.jsonl only (pip install tensorboardX for TensorBoard)")
-        _TensorBoard._warned = True
-      return
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(logdir)
-    # What tensorboard's `scalar` summary writes; built by hand so that the
-    # `tensorboard` package (no longer a TF dependency) is not needed.
-    self._metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-        data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
+    import tensorboardX  # pylint: disable=g-import-not-at-top  (only the chief writes)
+    # purge_step makes TensorBoard drop events at >= purge_step from the old run.
+    self._tbx = tensorboardX.SummaryWriter(logdir=logdir, purge_step=purge_step)
 
   def write(self, step: int, scalars: Mapping[str, float]):
-    if self._tbx is not None:
-      for k, v in scalars.items():
-        self._tbx.add_scalar(k, v, global_step=step)
-      self._tbx.flush()
-    elif self._tf is not None:
-      tf = self._tf
-      with self._writer.as_default():
-        for k, v in scalars.items():
-          tf.summary.write(k, tf.constant(v, tf.float32), step=step, metadata=self._metadata)
-      self._writer.flush()
+    for k, v in scalars.items():
+      self._tbx.add_scalar(k, v, global_step=step)
+    self._tbx.flush()
 
   def close(self):
     if self._tbx is not None:
       self._tbx.close()
-    elif self._tf is not None:
-      self._writer.close()
-    self._tbx = self._tf = None
+    self._tbx = None
 
 
 class MetricWriter:
