@@ -267,8 +267,8 @@ def save_record(record: dict, path: str = RECORD) -> None:
 # Config fields that say how a run is carried out (cadence, placement, processes), not what
 # it computes: left out of the recipe hash, so that a new operational field does not make
 # every recorded run another experiment.
-OPERATIONAL = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'mesh',
-               'distributed', 'eval_batch_size', 'resume_step', 'allow_config_change')
+OPERATIONAL = ('log_every', 'eval_every', 'evals', 'checkpoint_every', 'keep_checkpoints',
+               'mesh', 'distributed', 'eval_batch_size', 'resume_step', 'allow_config_change')
 # Fields added to the configs after runs were recorded, at the value that computes what those
 # runs computed: left out of the hash at that value, so the records stay the same experiment.
 NEUTRAL = {('data', 'train_fraction'): 1.0, ('data', 'eval_resize'): 'bilinear'}

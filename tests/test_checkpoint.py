@@ -1,4 +1,4 @@
-"""Tests for repvit_jax.train.checkpoint: round trip, retention, restore_variables."""
+"""Tests for repvit_jax.train.resume.checkpoint: round trip, retention, restore_variables."""
 
 import os
 import subprocess
@@ -11,9 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from repvit_jax.train import checkpoint as checkpoint_lib
+from repvit_jax.train.resume import checkpoint as checkpoint_lib
 from repvit_jax.io.checkpoint_steps import restore_variables
-from repvit_jax.train.checkpoint import Checkpointer, CheckpointMismatch
+from repvit_jax.train.resume.checkpoint import Checkpointer, CheckpointMismatch
 from conftest import xla_flags
 
 
@@ -167,7 +167,7 @@ _SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from repvit_jax.io.checkpoint_steps import restore_variables
-    from repvit_jax.train.checkpoint import Checkpointer
+    from repvit_jax.train.resume.checkpoint import Checkpointer
     mesh = Mesh(np.array(jax.devices()), ("data",))
     x = jax.device_put(jnp.arange(128.0).reshape(16, 8), NamedSharding(mesh, P("data")))
     ckpt = Checkpointer(sys.argv[1])

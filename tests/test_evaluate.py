@@ -12,7 +12,7 @@ from repvit_jax.tools import evaluate, predict, runs
 from repvit_jax.train import pictures
 from repvit_jax.data import digits
 from repvit_jax.reparam import check
-from repvit_jax.train import config_record
+from repvit_jax.train.resume import config_record
 
 from conftest import TINY_VIT, load_config
 

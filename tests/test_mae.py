@@ -14,7 +14,7 @@ from repvit_jax.models import mae
 from repvit_jax.reparam import check
 from repvit_jax.train import pictures
 from repvit_jax.train import mae as mae_task
-from repvit_jax.train import mae_losses
+from repvit_jax.train import losses as mae_losses
 from repvit_jax.train.classification import ClassificationTask
 from conftest import load_config, nontrivial_variables
 

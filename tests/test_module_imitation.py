@@ -15,8 +15,8 @@ import pytest
 import repvit_jax as rj
 from repvit_jax import io
 from repvit_jax.models.metaformer import AffineMixer
-from repvit_jax.train.module_imitation import (ModuleImitationTask, default_blocks, mse,
-                                               relation_loss)
+from repvit_jax.train.losses import mse, relation_loss
+from repvit_jax.train.module_imitation import ModuleImitationTask, default_blocks
 from conftest import load_config, nontrivial_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,9 @@ import pytest
 
 import repvit_jax as rj
 from repvit_jax.reparam.tree import reparameterize
-from repvit_jax.train import config_record, distributed
-from repvit_jax.train.health import HealthLog
+from repvit_jax.train import distributed
+from repvit_jax.train.resume import config_record
+from repvit_jax.train.resume.health import HealthLog
 from conftest import TINY_VIT, load_config
 
 
@@ -135,7 +136,7 @@ def test_workdir_lock_refuses_a_live_run_takes_over_a_dead_ones_and_releases(tmp
   import socket
   import subprocess
   import sys
-  from repvit_jax.train import workdir_lock
+  from repvit_jax.train.resume import workdir_lock
   warnings = []
   with workdir_lock.hold(str(tmp_path), warnings.append) as lock:
     record = json.loads((tmp_path / '.lock').read_text())

@@ -196,3 +196,26 @@ def test_init_from_refuses_weights_trained_with_other_attention_heads():
     pretrained.check_heads(mae_lite, deit, 'init_from runs/mae')
   pretrained.check_heads(mae_lite, deit.replace(overrides={'num_heads': 12}))   # fits
   pretrained.check_heads(None, deit)                       # a source without a spec: no check
+
+
+def test_a_config_lacking_a_field_the_trainer_reads_is_one_line_naming_it():
+  from repvit_jax.train.loop import check_config  # pylint: disable=import-outside-toplevel
+  check_config(load_config('vit_tiny.py:demo'))          # a packaged config has every field
+  config = load_config('vit_tiny.py:demo')
+  config.teacher = ml_collections.ConfigDict({'kind': 'soft', 'alpha': 0.5})
+  del config['ema']
+  with pytest.raises(ValueError, match=r"config lacks ema, teacher.image_size, teacher.init_from, "
+                                       r"teacher.model, teacher.overrides, "
+                                       r"teacher.temperature: build it on repvit_jax.configs."
+                                       r"common.run_config\('classification'\)"):
+    check_config(config)
+
+
+def test_evaluators_are_declared_in_the_config():
+  from repvit_jax.train import evaluators  # pylint: disable=import-outside-toplevel
+  config = load_config('vit_tiny.py:demo')
+  assert config.evals.to_dict() == {'eval': {'kind': 'forms', 'split': None}}
+  config.evals.eval.kind = 'accuracy'
+  with pytest.raises(ValueError, match=r"config.evals.eval.kind='accuracy' is not an evaluator; "
+                                       r"known: forms"):
+    evaluators.build(config, task=None, mesh=None, batch_size=8, frozen={})

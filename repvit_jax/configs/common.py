@@ -61,6 +61,10 @@ def run_config(task: str) -> ml_collections.ConfigDict:
   config.init_skip = r'^(head|fc_norm)/'        # params init_from may lack (a new head)
   config.log_every = 50
   config.eval_every = 1000
+  # What each evaluation measures (repvit_jax/train/evaluators.py): the eval split in the
+  # training and deploy forms, as eval/<metric> and eval/deploy_<metric>.
+  config.evals = ml_collections.ConfigDict(
+      {'eval': ml_collections.ConfigDict(dict(kind='forms', split=placeholder(str)))})
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
   # Resume from this kept checkpoint instead of the latest (newer ones are set aside); the
@@ -101,9 +105,9 @@ def mae_fields() -> dict:
 
 TASK_FIELDS = {'classification': classification_fields, 'mae': mae_fields,
                'module_imitation': module_imitation_fields}
-# Fields whose contents belong to another module's schema: the model's options
-# (`create_model`) and the data config (repvit_jax/data/config.py).
-FREE_FORM = ('model', 'data')
+# Fields whose contents belong to another schema: the model's options (`create_model`), the
+# data config (repvit_jax/data/config.py), the evaluators the config names.
+FREE_FORM = ('model', 'data', 'evals')
 
 
 def missing_fields(config: ml_collections.ConfigDict) -> list:

@@ -3,7 +3,7 @@
 Layout: `<workdir>/checkpoints/<step>/state/...` (one Orbax item named `state`, plus the
 metrics saved with it, and Orbax's `_CHECKPOINT_METADATA` whose `custom_metadata` holds the
 model record and the digests of every array). A step directory appears only once its save is
-complete. `repvit_jax.train.checkpoint.Checkpointer` writes this layout; `repvit_jax.io.read`
+complete. `repvit_jax.train.resume.checkpoint.Checkpointer` writes this layout; `repvit_jax.io.read`
 and the trainer's `init_from` read it through the functions here.
 """
 

@@ -7,7 +7,6 @@ cutmix_alpha, switch_prob}`, `teacher.{model, init_from, kind, temperature, alph
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Dict
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 
 from repvit_jax.layers.posemb import resample_posemb
 from repvit_jax.reparam.tree import reparameterize
-from repvit_jax.train import losses
+from repvit_jax.train import log, losses
 from repvit_jax.train.state import model_variables
 from repvit_jax.train.tasks import Task
 
@@ -67,9 +66,8 @@ class ClassificationTask(Task):
     table = source.get('params', {}).get('pos_embed')
     if learned and table is not None and np.shape(table)[1] != 1 + grid * grid:
       old = int(round((np.shape(table)[1] - 1) ** 0.5))
-      if jax.process_index() == 0:
-        print(f'init_from: position embeddings resampled from a {old}x{old} to a {grid}x{grid} '
-              'patch grid (bicubic)', flush=True)
+      log.info(f'init_from: position embeddings resampled from a {old}x{old} to a '
+               f'{grid}x{grid} patch grid (bicubic)')
       source = dict(source, params=dict(source['params'],
                                         pos_embed=resample_posemb(table, grid)))
     return source
@@ -113,12 +111,12 @@ class ClassificationTask(Task):
                           f' ({self.teacher_cfg.kind} distillation, alpha '
                           f'{self.teacher_cfg.alpha}): right on {accuracy:.1%} of '
                           f'the first eval batch ({int(np.sum(mask))} images)')
-    if accuracy <= 2.0 / self.num_classes and jax.process_index() == 0:
-      print(f'warning: the teacher ({self.teacher_cfg.model}, {self.teacher_cfg.init_from}) is '
-            f'right on {accuracy:.1%} of the first eval batch (chance: {1 / self.num_classes:.1%}),'
-            f' fed at {self.teacher_input.image_size}x{self.teacher_input.image_size}: check '
-            'teacher.init_from, teacher.image_size and the data set', file=sys.stderr,
-            flush=True)
+    if accuracy <= 2.0 / self.num_classes:
+      log.warn(f'warning: the teacher ({self.teacher_cfg.model}, {self.teacher_cfg.init_from}) '
+               f'is right on {accuracy:.1%} of the first eval batch (chance: '
+               f'{1 / self.num_classes:.1%}), fed at {self.teacher_input.image_size}x'
+               f'{self.teacher_input.image_size}: check teacher.init_from, teacher.image_size '
+               'and the data set')
 
   def training_inputs(self, batch, rng):
     """(images, soft targets, dropout rng) of a train batch: label smoothing and on-device

@@ -16,10 +16,8 @@ process 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any, Dict, List
@@ -35,17 +33,16 @@ from repvit_jax.configs import common
 from repvit_jax.reparam.check import count_params
 from repvit_jax.reparam.tree import reparameterize
 from repvit_jax.train import optimizer as optimizer_lib
-from repvit_jax.train import config_record, distributed, pretrained, sharding, tasks
-from repvit_jax.train import workdir_lock
+from repvit_jax.train import distributed, evaluators, log, pretrained, sharding, tasks
 from repvit_jax.train import ema as ema_lib
-from repvit_jax.train import checkpoint as checkpoint_lib
-from repvit_jax.train.checkpoint import Checkpointer
-from repvit_jax.train.health import HealthLog
+from repvit_jax.train.resume import checkpoint as checkpoint_lib
+from repvit_jax.train.resume import config_record, workdir_lock
+from repvit_jax.train.resume.checkpoint import Checkpointer
+from repvit_jax.train.resume.health import HealthLog
 from repvit_jax.train.metrics import MetricWriter, Progress
 from repvit_jax.train.state import create_state, model_variables
-from repvit_jax.train.step import make_eval_step, make_train_step, sum_metrics
+from repvit_jax.train.step import make_train_step
 
-log = logging.getLogger('repvit_jax')
 
 REQUIRED = ('task', 'model', 'data', 'batch_size', 'total_steps', 'seed', 'optimizer')
 
@@ -74,15 +71,14 @@ class _Preemption:
   def _handle(self, signum, frame):
     del frame
     if self.received and signum == signal.SIGINT:
-      print('error: stopped at once on a second Ctrl-C, without saving; run again with the '
-            'same --workdir to resume from its last saved checkpoint', file=sys.stderr,
-            flush=True)
+      log.warn('error: stopped at once on a second Ctrl-C, without saving; run again with the '
+               'same --workdir to resume from its last saved checkpoint')
       os._exit(130)    # pylint: disable=protected-access
     if not self.received:
       self.received = self.SIGNALS[signum]
       if signum == signal.SIGINT:
-        print('Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again stops '
-              'at once, without saving)', file=sys.stderr, flush=True)
+        log.warn('Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again '
+                 'stops at once, without saving)')
 
   def should_stop(self) -> bool:
     """Whether to save and stop after this step; every process gets the same answer.
@@ -143,10 +139,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     TrainingError: the loss became NaN or infinite.
   """
   check_config(config)
-  distributed.initialize(config.distributed, warn=_warn,
+  distributed.initialize(config.distributed, warn=log.warn,
                          checkpoints=os.path.join(os.path.abspath(workdir), 'checkpoints'))
   _make_workdir(workdir)
-  with workdir_lock.hold(workdir, _warn) as lock:
+  with workdir_lock.hold(workdir, log.warn) as lock:
     return _train(config, workdir, lock)
 
 
@@ -167,9 +163,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   total_steps = int(config.total_steps)
   image_size = int(config.data.image_size)
   info = data.get_dataset_info(config.data)
-  _info(is_chief, f'data: {info.name}, {info.num_train} train / {info.num_eval} eval images '
+  log.info(f'data: {info.name}, {info.num_train} train / {info.num_eval} eval images '
                   f'({info.train_split} / {info.eval_split}), {image_size}x{image_size}')
-  _info(is_chief, f'devices: {mesh.devices.size} x {jax.devices()[0].platform}, '
+  log.info(f'devices: {mesh.devices.size} x {jax.devices()[0].platform}, '
                   f'{jax.process_count()} process(es), mesh '
                   + ' x '.join(f'{k} {v}' for k, v in mesh.shape.items()))
   task = tasks.build(config, info)
@@ -185,31 +181,31 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                         with_ema=with_ema)
 
   abstract = jax.eval_shape(init_state)
-  _info(is_chief, f'model: {_describe_model(task, abstract)}; batch {config.batch_size}'
+  log.info(f'model: {_describe_model(task, abstract)}; batch {config.batch_size}'
                   f'{f" ({accum_steps} micro-batches)" if accum_steps > 1 else ""}, '
                   f'{total_steps} step{"s" if total_steps != 1 else ""}, {lr_rule}')
   if with_ema:
-    _info(is_chief, ema_lib.describe(ema_config, total_steps))
+    log.info(ema_lib.describe(ema_config, total_steps))
   state_sharding = sharding.state_shardings(mesh, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               max_to_keep=int(config.keep_checkpoints),
                               best_metric=task.best_metric, best_mode=task.best_mode,
-                              warn=_warn, metadata={'model': task.spec.to_json()})
+                              warn=log.warn, metadata={'model': task.spec.to_json()})
   health = HealthLog(checkpointer.directory, is_chief)
   target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         abstract, state_sharding)
-  state, start_step = _resume(config, workdir, checkpointer, health, target, is_chief)
+  state, start_step = _resume(config, workdir, checkpointer, health, target)
   if state is None:
-    _info(is_chief, f'initialising the train state (seed {config.seed}) ...')
+    log.info(f'initialising the train state (seed {config.seed}) ...')
     started = time.perf_counter()
     state = jax.block_until_ready(jax.jit(init_state, out_shardings=state_sharding)())
-    _info(is_chief, f'initialised the train state (seed {config.seed}) in '
+    log.info(f'initialised the train state (seed {config.seed}) in '
                     f'{time.perf_counter() - started:.1f} s')
     source = task.init_source()
     if source:
-      state = _init_from(source, task, state, state_sharding, is_chief)
+      state = _init_from(source, task, state, state_sharding)
   if is_chief:
     config_record.write(workdir, config)
   health.start(start_step)
@@ -220,10 +216,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                                        ema_config if with_ema else None), donate_argnums=(0,),
                        in_shardings=(state_sharding, batch_sharding, None),
                        out_shardings=(state_sharding, None))
-  evaluator = _Evaluator(config, task, mesh, eval_batch_size, frozen)
+  evals = evaluators.build(config, task, mesh, eval_batch_size, frozen)
+  fold = jax.jit(reparameterize, out_shardings=sharding.replicated(mesh))
   writer = MetricWriter(workdir, is_chief=is_chief, resume_step=start_step)
   progress = Progress(total_steps, config.batch_size, start_step,
-                      print_fn=print if is_chief else (lambda line: None))
+                      print_fn=log.info)
   log_every = int(config.log_every)
   eval_every = int(config.eval_every or 0)
   checkpoint_every = int(config.checkpoint_every or 0)
@@ -231,7 +228,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   started = time.perf_counter()
   train_iter = data.make_train_iterator(config.data, global_batch_size=config.batch_size,
                                         seed=int(config.seed), start_step=start_step)
-  _info(is_chief, f'input pipeline ready in {time.perf_counter() - started:.1f} s')
+  log.info(f'input pipeline ready in {time.perf_counter() - started:.1f} s')
   pending: List[Dict[str, jax.Array]] = []
   last_eval: Dict[str, float] = {}
   step, preempted, stopped_by = start_step, False, None
@@ -243,7 +240,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         batch = sharding.to_global(next(train_iter), batch_sharding)
         shape = tuple(batch['image'].shape)
         if shape not in compiled_shapes:
-          _info(is_chief, f'compiling the train step for {"x".join(map(str, shape))} images ...')
+          log.info(f'compiling the train step for {"x".join(map(str, shape))} images ...')
         dispatched = time.perf_counter()
         state, metrics = train_step(state, batch, frozen)
         images_since_log += int(batch['image'].shape[0])
@@ -254,7 +251,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           compiled_shapes.add(shape)
           seconds = time.perf_counter() - dispatched
           progress.exclude(seconds)
-          _info(is_chief, f'compiled the train step for {"x".join(map(str, shape))} images '
+          log.info(f'compiled the train step for {"x".join(map(str, shape))} images '
                           f'in {seconds:.1f} s')
         if step == start_step + 1 and step % log_every and step != total_steps:
           # A first line at once, instead of after log_every steps; the rate from here on.
@@ -268,7 +265,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         do_eval = (eval_every and step % eval_every == 0) or is_last
         row = {}
         if do_log or do_checkpoint:
-          row = _summarize(pending, step, checkpointer, health, config)
+          fetched = jax.device_get(pending)
+          _check_health(fetched, step, checkpointer, health, config)
+          row = _means(fetched)
           pending = []
           row['train/lr'] = float(schedule(step - 1))
           progress.log(step, {'loss': row['train/loss'], **loss_parts(row), 'lr': row['train/lr']},
@@ -277,24 +276,26 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           lock.refresh()
           checkpointer.check_saves()    # a failed background save stops the run here
         if do_eval:
-          if evaluator.compile_seconds is None:
-            _info(is_chief, 'compiling the evaluation (training and deploy forms) ...')
-          try:
-            last_eval = evaluator(state)
-          except data.DataError as e:
-            # An eval image that does not decode: keep the steps trained so far.
-            checkpointer.save(step, state, force=True)
-            checkpointer.wait_until_finished()
-            health.checkpoint_saved(step)
-            raise data.DataError(f'{e} (the evaluation at step {step} stopped; step {step} is '
-                                 'saved, so the same command resumes from it)') from None
-          if evaluator.compile_seconds is not None and not evaluator.reported:
-            evaluator.reported = True
-            progress.exclude(evaluator.compile_seconds)
-            _info(is_chief, f'compiled the evaluation (training and deploy forms) in '
-                            f'{evaluator.compile_seconds:.1f} s')
+          last_eval = {}
+          for name, evaluator in evals.items():
+            compiling = evaluator.compile_seconds is None
+            if compiling:
+              log.info(f'compiling the evaluation{_named(name)} ({evaluator.description}) ...')
+            try:
+              last_eval.update(evaluator(state))
+            except data.DataError as e:
+              # An eval image that does not decode: keep the steps trained so far.
+              checkpointer.save(step, state, force=True)
+              checkpointer.wait_until_finished()
+              health.checkpoint_saved(step)
+              raise data.DataError(f'{e} (the evaluation at step {step} stopped; step {step} is '
+                                   'saved, so the same command resumes from it)') from None
+            if compiling:
+              progress.exclude(evaluator.compile_seconds)
+              log.info(f'compiled the evaluation{_named(name)} ({evaluator.description}) in '
+                       f'{evaluator.compile_seconds:.1f} s')
           row.update(last_eval)
-          _info(is_chief, ' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
+          log.info(' | '.join(f'{k} {v:.4f}' for k, v in last_eval.items()))
           task.after_eval(model_variables(state), workdir, step)   # collective: every process
         if row:
           writer.write(step, row)
@@ -304,13 +305,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         if stop:
           preempted = True
           stopped_by = preemption.requested or 'a stop request'
-          _info(is_chief, f'{stopped_by}: saved step {step} in {checkpointer.directory}; '
+          log.info(f'{stopped_by}: saved step {step} in {checkpointer.directory}; '
                           'run again with the same workdir to resume')
           break
     if not preempted:
       # Every process runs the compiled fold (its inputs span all of them); the chief saves.
       exported = state['ema'] if with_ema and ema_config.deploy else state
-      deploy_variables = evaluator.reparameterize(model_variables(exported))
+      deploy_variables = fold(model_variables(exported))
       if is_chief:
         _export(task, deploy_variables, workdir, ema=exported is not state)
   finally:
@@ -350,10 +351,15 @@ def _describe_model(task, abstract_state) -> str:
   return text
 
 
-def _summarize(pending, step: int, checkpointer: Checkpointer, health: HealthLog,
-               config) -> Dict[str, float]:
-  """Means of the metrics since the last summary; stops the run on a non-finite loss."""
-  fetched = jax.device_get(pending)
+def _means(fetched: List[Dict[str, Any]]) -> Dict[str, float]:
+  """The mean of each metric over the steps since the last summary."""
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _check_health(fetched: List[Dict[str, Any]], step: int, checkpointer: Checkpointer,
+                  health: HealthLog, config) -> None:
+  """Records the steps' loss and gradient norm in the health log; raises TrainingError, with
+  the kept checkpoint to resume from, on the first non-finite loss or norm."""
   watched = np.asarray([[m['train/loss'], m['train/grad_norm'], m['train/param_norm']]
                         for m in fetched], np.float64)
   first_step = step - len(fetched) + 1
@@ -366,7 +372,6 @@ def _summarize(pending, step: int, checkpointer: Checkpointer, health: HealthLog
     value = watched[first][~np.isfinite(watched[first])][0]
     raise TrainingError(f'the {what} became {value} at step {first_step + first}; '
                         + _divergence_advice(checkpointer, health, config))
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
 def _divergence_advice(checkpointer: Checkpointer, health: HealthLog, config) -> str:
@@ -396,8 +401,7 @@ def _divergence_advice(checkpointer: Checkpointer, health: HealthLog, config) ->
           '(the same workdir starts over)')
 
 
-def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog, target,
-            is_chief: bool):
+def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog, target):
   """(restored state or None, start step): the latest readable checkpoint, or
   `config.resume_step` (newer checkpoints set aside), or nothing (a fresh start).
 
@@ -408,7 +412,7 @@ def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog,
   resume_step = config.resume_step
   if resume_step is not None and not health.should_apply(int(resume_step)):
     if kept and max(kept) > int(resume_step):
-      _warn(f'warning: config.resume_step={resume_step} was applied before in this workdir and '
+      log.warn(f'warning: config.resume_step={resume_step} was applied before in this workdir and '
             'no divergence has happened since (a restarted job?); resuming from the latest '
             f'checkpoint (step {max(kept)}) instead')
     resume_step = None
@@ -418,19 +422,19 @@ def _resume(config, workdir: str, checkpointer: Checkpointer, health: HealthLog,
       raise ValueError(f'config.resume_step={resume_step} is not a kept checkpoint of '
                        f'{checkpointer.directory} (kept: {kept or "none"}; 0 starts over)')
   if kept and resume_step != 0:
-    config_record.check_resume(workdir, config, _warn)
+    config_record.check_resume(workdir, config, log.warn)
   if resume_step is not None:
     for step in kept:
       if step > resume_step:
         moved = checkpointer.set_aside(step, f'after_resume_step_{resume_step}')
-        _info(is_chief, f'resume_step={resume_step}: moved checkpoint step {step} to {moved}')
+        log.info(f'resume_step={resume_step}: moved checkpoint step {step} to {moved}')
     health.forget_after(resume_step)
     health.mark_applied(resume_step)
     kept = checkpointer.all_steps()
   if not kept:
     return None, 0
   state, step = checkpointer.restore_newest_readable(target)
-  _info(is_chief, f'resumed from {checkpointer.directory} at step {step}')
+  log.info(f'resumed from {checkpointer.directory} at step {step}')
   return state, step
 
 
@@ -448,49 +452,12 @@ def _make_workdir(workdir: str) -> None:
                      'directory you can write to') from None
 
 
-class _Evaluator:
-  """One pass over the eval split with the training form and with the deploy form."""
-
-  def __init__(self, config, task, mesh, eval_batch_size: int, frozen):
-    self.config, self.task, self.frozen = config, task, frozen
-    self.batch_size = eval_batch_size
-    self.batch_sharding = sharding.batch_sharding(mesh)
-    self.replicated = sharding.replicated(mesh)
-    self.train_form = jax.jit(make_eval_step(task, deploy=False))
-    self.deploy_form = jax.jit(make_eval_step(task, deploy=True))
-    self.reparameterize = jax.jit(reparameterize, out_shardings=self.replicated)
-    self.compile_seconds = None   # set by the first evaluation: its tracing and compiling
-    self.reported = False
-
-  def __call__(self, state) -> Dict[str, float]:
-    """eval/<metric> and eval/deploy_<metric>; eval/ema_<metric> and eval/ema_deploy_<metric>
-    too when the state has an EMA."""
-    results = self._both_forms(model_variables(state), 'eval/')
-    if 'ema' in state:
-      results.update(self._both_forms(model_variables(state['ema']), 'eval/ema_'))
-    return results
-
-  def _both_forms(self, variables, prefix: str) -> Dict[str, float]:
-    started = time.perf_counter()
-    deploy_variables = self.reparameterize(variables)
-    compiling = time.perf_counter() - started
-    sums, deploy_sums = None, None
-    for batch in data.make_eval_iterator(self.config.data, global_batch_size=self.batch_size):
-      batch = sharding.to_global(batch, self.batch_sharding)
-      started = time.perf_counter()
-      sums = sum_metrics(sums, self.train_form(variables, batch, self.frozen))
-      deploy_sums = sum_metrics(deploy_sums, self.deploy_form(deploy_variables, batch,
-                                                              self.frozen))
-      if self.compile_seconds is None:
-        self.compile_seconds = compiling + time.perf_counter() - started
-    if sums is None:
-      raise ValueError(f'the eval split of {self.config.data.name} is empty')
-    results = self.task.summarize(jax.device_get(sums), prefix)
-    results.update(self.task.summarize(jax.device_get(deploy_sums), f'{prefix}deploy_'))
-    return results
+def _named(name: str) -> str:
+  """' <name>' for an evaluator the config names other than the default 'eval'."""
+  return '' if name == 'eval' else f' {name}'
 
 
-def _init_from(init_source, task, state, state_sharding, is_chief: bool):
+def _init_from(init_source, task, state, state_sharding):
   """Loads the task's `init_source()` (path, skip regex) into the fresh params/batch_stats."""
   path, skip = init_source
   source_spec, source = pretrained.read(path, 'init_from')
@@ -502,7 +469,7 @@ def _init_from(init_source, task, state, state_sharding, is_chief: bool):
                                   source.get('batch_stats', {}), skip=skip,
                                   what=f'init_from {path} (batch_stats)')
   if unused_params:
-    _info(is_chief, f'init_from: {len(unused_params)} checkpoint arrays not used by the model '
+    log.info(f'init_from: {len(unused_params)} checkpoint arrays not used by the model '
                     f'(e.g. {unused_params[0]})')
   state = dict(state, params=params, batch_stats=batch_stats)
   if 'ema' in state:     # the average starts from the loaded weights
@@ -511,23 +478,11 @@ def _init_from(init_source, task, state, state_sharding, is_chief: bool):
 
 
 def _export(task, deploy_variables, workdir: str, ema: bool) -> None:
-  """Saves the deploy form (reparameterized by the evaluator's compiled function)."""
+  """Saves the deploy form (reparameterized by the run's compiled fold)."""
   variables = jax.device_get(deploy_variables)
   path = io.save_model(os.path.join(workdir, io.DEPLOY_DIR), variables, task.deploy_spec)
   of = ' (of the EMA weights)' if ema else ''
-  print(f'deploy model{of} saved to {path}; load it with repvit_jax.load_model({path!r})',
-        flush=True)
-
-
-def _info(is_chief: bool, message: str) -> None:
-  if is_chief:
-    print(message, flush=True)
-
-
-def _warn(line: str) -> None:
-  """One `warning: ...` line on stderr, from process 0."""
-  if jax.process_index() == 0:
-    print(line, file=sys.stderr, flush=True)
+  log.info(f'deploy model{of} saved to {path}; load it with repvit_jax.load_model({path!r})')
 
 
 __all__ = ['run', 'TrainingError', 'check_config']

@@ -18,7 +18,7 @@ same per-example shuffle) plus its class token, and one of:
 
 The trainable maps are params of the task under `params['distill']` (so the optimizer trains
 them; `init_skip='^distill/'` lets an MAE tree without them initialise a distillation run).
-The losses are in `repvit_jax.train.mae_losses`; the recipes in configs/mae_lite_tiny.py.
+The losses are in `repvit_jax.train.losses`; the recipes in configs/mae_lite_tiny.py.
 Config: `model` (name, `mask_ratio`, decoder_*), `norm_pix_loss`, `teacher.{model, init_from,
 overrides, kind, pairs, alpha, hidden_alpha, decoder_layer}`, `reconstructions` (how many eval
 images are drawn into `workdir/reconstructions/step_<N>.png` after every evaluation; 0: none).
@@ -44,10 +44,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from repvit_jax.train import pictures
+from repvit_jax.train import log, pictures
 from repvit_jax.models import mae as mae_lib
-from repvit_jax.train.mae_losses import (NORM_PIX_EPS, attention_distill_loss, g2sd_loss,
-                                         hidden_distill_loss, masked_patch_loss, pixel_targets)
+from repvit_jax.train.losses import (NORM_PIX_EPS, attention_distill_loss, g2sd_loss,
+                                     hidden_distill_loss, masked_patch_loss, pixel_targets)
 from repvit_jax.train.state import model_variables
 from repvit_jax.train.tasks import Task
 
@@ -272,8 +272,8 @@ class MAETask(Task):
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f'step_{step}.png')
     pictures.write_png(path, image)
-    print(f'reconstructions: {path} (masked-patch loss {float(np.mean(losses)):.4f} on '
-          f'{len(losses)} images)', flush=True)
+    log.info(f'reconstructions: {path} (masked-patch loss {float(np.mean(losses)):.4f} on '
+             f'{len(losses)} images)')
 
   def before_training(self, variables, workdir: str) -> None:
     """`reconstructions/step_0.png`: the model as initialised (or as `init_from` left it),

@@ -11,7 +11,7 @@
           it with the student's parameters), so the affine imitates the pooling module.
   L_rel   MSE between token-relation matrices of those two mixer outputs, R(T) = T^ T^T with
           T^ the L2-normalised tokens (B, N, C) (our choice; the paper's code is not public).
-          Computed without forming the N x N matrices when N > C (see `relation_loss`).
+          Computed without forming the N x N matrices when N > C (see `losses.relation_loss`).
   The three feature terms are averaged over `feature_teacher.blocks` (global block indices;
   default: the last block of every stage) and logged unweighted as train/in_loss,
   train/out_loss and train/rel_loss; the soft term as train/soft_loss.
@@ -41,44 +41,6 @@ from repvit_jax.train.classification import ClassificationTask
 from repvit_jax.train.state import model_variables
 
 MIXER_SKIP = r'(^|/)mixer/'
-
-
-def mse(a, b):
-  """Mean squared error over every element, in float32."""
-  return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
-
-
-def _tokens(x):
-  """(B, H, W, C) or (B, N, C) -> L2-normalised tokens (B, N, C), float32."""
-  x = x.astype(jnp.float32).reshape(x.shape[0], -1, x.shape[-1])
-  # rsqrt of a clamped square: finite gradients for all-zero tokens (an affine mixer at
-  # its initial value outputs exactly zero), where the gradient of a norm would be NaN.
-  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(squared, 1e-12))
-
-
-def relation_loss(student, teacher):
-  """MSE between token-relation matrices R = T^ T^T (B, N, N) of L2-normalised tokens.
-
-  Args:
-    student, teacher: (B, H, W, C) or (B, N, C) features of one shape.
-
-  Returns:
-    mean over B * N * N of (R_s - R_t)^2. When N > C it uses
-    ||A A^T - B B^T||_F^2 = ||A^T A||^2 - 2 ||A^T B||^2 + ||B^T B||^2 (C x C matrices), which
-    keeps memory at O(N C) for high-resolution stages.
-  """
-  a, b = _tokens(student), _tokens(teacher)
-  n, c = a.shape[1], a.shape[2]
-  hp = jax.lax.Precision.HIGHEST
-  if n <= c:
-    ra = jnp.einsum('bnc,bmc->bnm', a, a, precision=hp)
-    rb = jnp.einsum('bnc,bmc->bnm', b, b, precision=hp)
-    return jnp.mean(jnp.square(ra - rb))
-  gram = lambda u, v: jnp.sum(jnp.square(jnp.einsum('bnc,bnd->bcd', u, v, precision=hp)),
-                              axis=(1, 2))
-  total = gram(a, a) - 2 * gram(a, b) + gram(b, b)
-  return jnp.mean(jnp.maximum(total, 0.0)) / (n * n)
 
 
 def default_blocks(depths: Sequence[int]):
@@ -184,11 +146,11 @@ class ModuleImitationTask(ClassificationTask):
     for b in self.blocks:
       name = f'blocks_{b}'
       mine, theirs = student[name], teacher[name]
-      terms['in'] += mse(mine['features'][0], theirs['features'][0])
+      terms['in'] += losses.mse(mine['features'][0], theirs['features'][0])
       # The student's affine mixer on the teacher's normalised input.
       imitated = AffineMixer().apply({'params': params[name]['mixer']}, theirs['mixer_in'][0])
-      terms['out'] += mse(imitated, theirs['mixer_out'][0])
-      terms['rel'] += relation_loss(imitated, theirs['mixer_out'][0])
+      terms['out'] += losses.mse(imitated, theirs['mixer_out'][0])
+      terms['rel'] += losses.relation_loss(imitated, theirs['mixer_out'][0])
     terms = {k: v / len(self.blocks) for k, v in terms.items()}
     loss = (1.0 - alpha) * ce + alpha * soft + sum(self.weights[k] * terms[k] for k in terms)
     metrics = {'train/ce': ce, 'train/soft_loss': soft,
@@ -197,4 +159,4 @@ class ModuleImitationTask(ClassificationTask):
     return loss, (state.get('batch_stats', {}), metrics)
 
 
-__all__ = ['ModuleImitationTask', 'relation_loss', 'default_blocks', 'mse']
+__all__ = ['ModuleImitationTask', 'default_blocks']

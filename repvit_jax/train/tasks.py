@@ -31,7 +31,7 @@ from repvit_jax import io
 from repvit_jax.models.inputs import InputSpec
 from repvit_jax.models.spec import ModelSpec
 from repvit_jax.reparam.tree import reparameterize
-from repvit_jax.train import pretrained
+from repvit_jax.train import log, pretrained
 
 TASKS = ('classification', 'mae', 'module_imitation')
 
@@ -107,9 +107,7 @@ class Task:
   def announce_teacher(what: str, model: str, path: str, image_size: int,
                        detail: str = '') -> None:
     """The one console line (process 0) saying which teacher was loaded and how it is fed."""
-    if jax.process_index() == 0:
-      print(f'{what}: {model} from {path}, fed {image_size}x{image_size} images{detail}',
-            flush=True)
+    log.info(f'{what}: {model} from {path}, fed {image_size}x{image_size} images{detail}')
 
   def teacher_spec(self, teacher_config, *, deploy: bool = True) -> ModelSpec:
     """The spec of a teacher block (`model`, `overrides`): the student's classes and input;

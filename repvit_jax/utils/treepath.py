@@ -29,13 +29,15 @@ def path_str(path) -> str:
   return SEPARATOR.join(key_names(path))
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
-  """{'a/b/c': leaf} for a nested mapping (leaves: anything that is not a mapping)."""
+def flatten(tree: Mapping[str, Any], prefix: str = '',
+            separator: str = SEPARATOR) -> Dict[str, Any]:
+  """{'a/b/c': leaf} for a nested mapping (leaves: anything that is not a mapping; an empty
+  mapping has none); `separator` '.' gives config paths ('a.b.c')."""
   out = {}
   for key, value in tree.items():
-    path = f'{prefix}{SEPARATOR}{key}' if prefix else str(key)
+    path = f'{prefix}{separator}{key}' if prefix else str(key)
     if isinstance(value, Mapping):
-      out.update(flatten(value, path))
+      out.update(flatten(value, path, separator))
     else:
       out[path] = value
   return out

@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List
 
 import ml_collections
 
+from repvit_jax.utils.treepath import flatten
+
 CONFIG_FILE = 'config.json'
 # Fields that say how to resume, not what the run is: never compared.
 NOT_COMPARED = ('resume_step', 'allow_config_change')
@@ -26,15 +28,6 @@ ADJUSTABLE = frozenset({
 })
 
 
-def _flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
-  if isinstance(tree, dict) and tree:
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    return flat
-  return {prefix[:-1]: tree}
-
-
 def as_json(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The config as plain JSON data (tuples become lists, as they are read back)."""
   return json.loads(config.to_json_best_effort(sort_keys=True))
@@ -42,7 +35,7 @@ def as_json(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 def differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
   """'key: old -> new' for every leaf that differs, sorted."""
-  flat_old, flat_new = _flatten(old), _flatten(new)
+  flat_old, flat_new = flatten(old, separator='.'), flatten(new, separator='.')
   missing = object()
   lines = []
   for key in sorted(flat_old.keys() | flat_new.keys()):
