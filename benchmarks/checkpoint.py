@@ -27,7 +27,7 @@ import train_step  # pylint: disable=wrong-import-position
 
 from repvit_jax.reparam.check import count_params  # pylint: disable=wrong-import-position
 from repvit_jax.io import digest  # pylint: disable=wrong-import-position
-from repvit_jax.train.checkpoint import Checkpointer  # pylint: disable=wrong-import-position
+from repvit_jax.train.resume.checkpoint import Checkpointer  # pylint: disable=wrong-import-position
 from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 
 
