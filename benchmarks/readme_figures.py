@@ -8,9 +8,10 @@ Each command of `RUNS` is the README's text (tests/test_readme.py checks it is t
 for word), run with this Python in a scratch directory that holds links to `train.py` and
 `configs/`, so `runs/...` starts empty and the repository's own `runs/` is left alone. Each
 run's wall time, its console head and tail, and the figures read from its `metrics.jsonl`
-go to the record, `benchmarks/results/readme_figures.json`, with the machine and its load;
-the README's blocks between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->` are then
-rendered from the record (`render`), and tests/test_readme.py fails when they differ from
+go to the record, `benchmarks/results/readme_figures.json`, with the machine, its load and
+the date; the README's blocks between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->`
+are then rendered from the record (`render`: results and wall times, naming the machine; the
+load and the date stay in the record), and tests/test_readme.py fails when they differ from
 it, so the README cannot drift from what was measured.
 """
 
@@ -154,20 +155,37 @@ def _wall(seconds: float) -> str:
   return f'{int(seconds // 60)}m{int(round(seconds % 60)):02d}s'
 
 
+def _machine(record: dict) -> str:
+  """The machine the runs ran on, as the README names it: CPU, cores and accelerator."""
+  where = record['machine']
+  name = f'{where["cores"]}-core {where["cpu"]} CPU'
+  devices = next((l for l in record['runs']['demo']['head'] if l.startswith('devices:')), '')
+  kind = re.match(r'devices: (\d+ x \w+)', devices)
+  if kind is None or kind.group(1).endswith(' x cpu'):
+    return name + ', no GPU'
+  return f'{name}, {kind.group(1)}'
+
+
 def render(record: dict) -> Dict[str, str]:
-  """The README's figure blocks (name -> Markdown) from the record."""
-  runs, where = record['runs'], record['machine']
-  machine_line = (f'{where["cores"]}-core {where["cpu"]}, load {where["load_1min"]} when the '
-                  f'runs started, {where["date"]}; `python benchmarks/readme_figures.py`')
+  """The README's figure blocks (name -> Markdown) from the record.
+
+  The README says what a user can expect: results and wall times on the machine it names.
+  The load, the date and the console output stay in the record (see benchmarks/README.md).
+  """
+  runs, machine_name = record['runs'], _machine(record)
   demo = runs['demo']
   last = demo['evals'][-1]
-  blocks = {'demo': (
-      f'Command 1 took {_wall(demo["wall_s"])} of training, evaluation and export '
-      f'({machine_line}) and ended with accuracy {last["accuracy"]:.4f} for the training '
-      f'form and {last["deploy_accuracy"]:.4f} for the deploy form at step {last["step"]}. '
-      'A run this short is chaotic: changes of 1e-6 in how the attention and the GELU round '
-      'move its accuracy by a point or two.')}
-  rows = ['| run (600 steps unless said) | wall | result |', '| --- | --- | --- |']
+  held_out = re.search(r'(\d+) eval images', ' '.join(demo['head']))
+  held_out = f' on the {held_out.group(1)} held-out digits' if held_out else ''
+  blocks = {'demo': '\n'.join((
+      f'| command | what it does | ends with | time on a {machine_name} |',
+      '| --- | --- | --- | --- |',
+      f'| 1 (the demo) | trains {demo["steps"]} steps, evaluates both forms{held_out}, '
+      f'exports `runs/demo/deploy` | accuracy {last["accuracy"]:.4f} for the training form and '
+      f'{last["deploy_accuracy"]:.4f} for the deploy form at step {last["step"]} | '
+      f'{_wall(demo["wall_s"])} |'))}
+  rows = [f'| run (600 steps unless said) | ends with | time on a {machine_name} |',
+          '| --- | --- | --- |']
   for name, _, label in RUNS[1:]:
     r = runs[name]
     if name.startswith(('mae_demo', 'dmae')):
@@ -181,17 +199,16 @@ def render(record: dict) -> Dict[str, str]:
         result += ('; every logged masked-patch loss equal to the `:demo` run\'s, bit for bit'
                    if same else '; the masked-patch losses differ from the `:demo` run\'s')
     elif name.endswith('_ft'):
-      result = ', '.join(f'eval/deploy_accuracy {e["deploy_accuracy"]:.4f} at step {e["step"]}'
-                         for e in r['evals'])
+      result = 'deploy accuracy ' + ', '.join(
+          f'{e["deploy_accuracy"]:.4f} at step {e["step"]}' for e in r['evals'])
     else:
-      result = ''
-    rows.append(f'| {label} | {_wall(r["wall_s"])} | {result} |')
+      result = 'a trained teacher for the two D-MAE runs'
+    rows.append(f'| {label} | {result} | {_wall(r["wall_s"])} |')
   mae, scratch = (runs[n]['evals'][-1]['deploy_accuracy'] for n in ('mae_ft', 'scratch_ft'))
   verdict = ('ahead of' if mae > scratch else 'level with' if mae == scratch else 'behind')
   blocks['mae'] = '\n'.join(rows) + (
       f'\n\nFine-tuned from the MAE demo, the deploy form ends {verdict} the same run from '
-      f'scratch ({mae:.4f} vs {scratch:.4f}; one seed of a short run). Measured on a '
-      f'{machine_line}.')
+      f'scratch ({mae:.4f} vs {scratch:.4f}; one seed of a short run).')
   return blocks
 
 

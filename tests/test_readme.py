@@ -45,6 +45,18 @@ def test_the_readmes_figures_are_those_of_the_record():
   assert written == readme_figures.render(record)
 
 
+def test_the_readme_names_the_machine_and_leaves_the_lab_notes_to_benchmarks():
+  """The figures name the machine; the date, the load and commit hashes stay out of README."""
+  with open(readme_figures.RECORD) as f:
+    record = json.load(f)
+  where, text = record['machine'], _readme()
+  for body in readme_figures.render(record).values():
+    assert f'time on a {where["cores"]}-core {where["cpu"]} CPU' in body
+  assert not re.search(r'\b20\d\d-\d\d-\d\d\b', text)
+  assert f'load {where["load_1min"]}' not in text
+  assert not re.search(r'\bcommit [0-9a-f]{7,40}\b', text)
+
+
 def test_render_follows_the_record():
   with open(readme_figures.RECORD) as f:
     record = json.load(f)
