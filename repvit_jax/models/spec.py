@@ -157,7 +157,7 @@ class ModelSpec:
       name = str(record['name'])
       num_classes = int(record['num_classes'])
       overrides = dict(record.get('overrides') or {})
-      trained_dtype = str(overrides.pop('dtype', record.get('trained_dtype', 'float32')))
+      trained_dtype = str(record.get('trained_dtype', 'float32'))
       if 'input' not in record:
         raise ValueError('not a model description (no input contract)')
       contract = InputSpec.from_json(record['input'])
