@@ -1,6 +1,6 @@
 """Runs the README's digits commands as written and regenerates the README's figures from them.
 
-    python benchmarks/readme_figures.py                 # every run (about 35 min on 2 cores)
+    python benchmarks/readme_figures.py                 # every run (the record keeps its wall time)
     python benchmarks/readme_figures.py --render        # only rewrite README.md from the record
     python benchmarks/readme_figures.py --smoke         # a walk: 4 steps each, then the tools
 
