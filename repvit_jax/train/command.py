@@ -96,6 +96,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from repvit_jax import data, train  # pylint: disable=import-outside-toplevel
   from repvit_jax.train import distributed  # pylint: disable=import-outside-toplevel
+  from repvit_jax.utils import host_memory  # pylint: disable=import-outside-toplevel
+  if host_memory.runs_on_cpu():
+    # Before JAX starts: XLA:CPU's step buffers then reuse their pages (see host_memory).
+    host_memory.keep_freed_memory()
   try:
     result = train.run(FLAGS.config, FLAGS.workdir)
   except KeyboardInterrupt:

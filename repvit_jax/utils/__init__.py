@@ -1,2 +1,2 @@
-"""Helpers below every other package: tree paths (`treepath`) and capturing C++ libraries'
-stderr (`stderr`)."""
+"""Helpers below every other package: tree paths (`treepath`), capturing C++ libraries'
+stderr (`stderr`) and glibc's handling of freed host memory (`host_memory`)."""
