@@ -27,13 +27,22 @@ def test_select_free_gelu_equals_the_exact_erf_gelu():
   assert gelu_sf(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
-def test_gelu_is_jax_exact_gelu_for_xla_and_select_free_only_while_exporting():
+def test_gelu_is_the_erf_formula_for_xla_and_select_free_only_while_exporting():
   x = jnp.linspace(-6.0, 6.0, 1001)
+  # PyTorch's formula, x/2 (1 + erf(x/sqrt 2)), with erf as one op; JAX's erfc form of the same
+  # function differs by rounding only.
   np.testing.assert_array_equal(np.asarray(gelu(x)),
-                                np.asarray(jax.nn.gelu(x, approximate=False)))
+                                np.asarray(0.5 * x * (1 + jax.lax.erf(x / np.sqrt(2.0)))))
+  np.testing.assert_allclose(np.asarray(gelu(x)), np.asarray(jax.nn.gelu(x, approximate=False)),
+                             rtol=0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(gelu))(x)),
+                             np.asarray(jax.vmap(jax.grad(
+                                 lambda v: jax.nn.gelu(v, approximate=False)))(x)),
+                             rtol=0, atol=1e-6)
+  assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
   primitives = lambda: {e.primitive.name for e in jax.make_jaxpr(lambda v: gelu(v))(x).jaxpr.eqns}
   erf_ops = {'erf', 'erfc'}
-  assert primitives() & erf_ops
+  assert 'erf' in primitives()
   with select_free_gelu():
     inside = primitives()
     # JAX caches traces by function: the choice holds for functions traced in the context.

@@ -2,8 +2,8 @@
 
 GELU(x) = x/2 (1 + erf(x/sqrt(2))), the exact (erf) GELU of ViT, MAE and PoolFormer.
 
-XLA (training, evaluation, `jax.jit` inference) gets `jax.nn.gelu(x, approximate=False)`:
-XLA keeps `erf` as one op that ends its dot fusions. Written out in ABS/MUL/EXP (below), XLA
+XLA (training, evaluation, `jax.jit` inference) gets `repvit_jax.layers.gelu`, with `erf` as
+one op that ends XLA's dot fusions. Written out in ABS/MUL/EXP (below), XLA
 pulls the GELU into its YNNPACK dot fusions and materialises every constant there, which
 slows XLA inference (figures: benchmarks/README.md).
 

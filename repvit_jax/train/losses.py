@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from repvit_jax.layers import gelu
 from repvit_jax.models import mae as mae_lib
 
 Array = jnp.ndarray
@@ -244,7 +244,7 @@ def g2sd_loss(student_features: jax.Array, teacher_features: jax.Array, mask: ja
     averaged over masked tokens and channels.
   """
   x = student_features[:, 1:].astype(jnp.float32)
-  x = nn.gelu(x @ mlp['fc1']['kernel'] + mlp['fc1']['bias'], approximate=False)
+  x = gelu(x @ mlp['fc1']['kernel'] + mlp['fc1']['bias'])
   x = x @ mlp['fc2']['kernel'] + mlp['fc2']['bias']
   t = teacher_features[:, 1:].astype(jnp.float32)
   t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(t.var(-1, keepdims=True) + 1e-6)
