@@ -161,7 +161,8 @@ CLAIMS: Dict[str, Claim] = {
                      ('mae_10pct', 'scratch_10pct', '10% of the labels'),
                      ('tdrl_mae', 'tdrl_scratch', 'TDRL ViT, all labels'),
                      ('tdrl_mae_10pct', 'tdrl_scratch_10pct', 'TDRL ViT, 10% of the labels'),
-                     ('tdrl_mae', 'mae', 'TDRL on MAE pre-training (the TDRL paper)'))),
+                     ('tdrl_mae', 'mae', 'TDRL on MAE pre-training (the TDRL paper)'),
+                     ('tdrl_mae_10pct', 'mae_10pct', 'TDRL on MAE pre-training, 10% of the labels'))),
     'dmae': Claim(
         name='dmae',
         question="Does distilling a wider MAE's attention into the small MAE during "
