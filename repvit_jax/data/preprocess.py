@@ -42,9 +42,9 @@ def train_image(raw: tf.Tensor, key: tf.Tensor, decode_crop: DecodeCrop, config,
   ra = config.randaugment
   if ra.num_layers > 0:
     fill = tuple(min(255.0, round(255.0 * m)) for m in config.mean)
-    image = randaugment(augment.to_uint8(image), rng.fold_in(key, 2), ra.num_layers,
-                        ra.magnitude, ra.magnitude_std, fill)
-    image = tf.cast(image, tf.float32)
+    # Rounded to uint8 pixels for the ops and back to float32, inside one compiled call.
+    image = randaugment(image, rng.fold_in(key, 2), ra.num_layers, ra.magnitude,
+                        ra.magnitude_std, fill)
   if config.color_jitter > 0:
     image = augment.color_jitter(image, rng.fold_in(key, 3), config.color_jitter)
   image = augment.normalise(image, config.mean, config.std)
