@@ -156,14 +156,20 @@ def _normalise(image, mean, std):
 
 
 # Compiled by XLA: TensorFlow's kernels broadcast a [3] operand over [h, w, 3] on a slow
-# path, and three such passes cost more per image than the rest of the arithmetic together.
+# path, and at 224x224 three such passes cost more per image than the rest of the arithmetic
+# together. A compiled call has a fixed cost of its own, more than the kernels take on small
+# images (Fashion-MNIST's 28x28), which stay on TensorFlow's kernels.
 _normalise_compiled = tf.function(_normalise, autograph=False, jit_compile=True)
+_COMPILED_FROM_PIXELS = 64 * 64
 
 
 def normalise(image: tf.Tensor, mean, std) -> tf.Tensor:
   """(image / 255 - mean) / std per channel; float32 [h, w, 3]."""
-  return _normalise_compiled(image, tf.constant(mean, tf.float32),
-                             tf.constant(std, tf.float32))
+  mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+  height, width = image.shape[0], image.shape[1]
+  if height is not None and width is not None and height * width < _COMPILED_FROM_PIXELS:
+    return _normalise(image, mean, std)
+  return _normalise_compiled(image, mean, std)
 
 
 # timm's RandomErasing defaults (DeiT, LeViT, PoolFormer recipes): one rectangle of 2% to 1/3
