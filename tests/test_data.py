@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -711,6 +712,48 @@ def test_randaugment_op_values(test_image):
   shifted = run(randaugment.translate_x, 1.0)
   assert shifted[:, -1].tolist() == [[124, 116, 104]] * 13
   np.testing.assert_allclose(run(randaugment.brightness, 1.0, -1.0), x * 0.1, atol=0.51)
+
+
+def test_randaugment_ops_are_pils(test_image):
+  # timm's RandAugment runs these ops on PIL: ours agree with PIL's to one grey level (PIL
+  # truncates where we round), and exactly for the integer ops.
+  from PIL import Image, ImageEnhance, ImageOps  # pylint: disable=g-import-not-at-top
+  x = test_image.numpy()
+  pil = Image.fromarray(x)
+  fill = tf.constant([124.0, 116.0, 104.0])
+
+  def ours(op, level, sign=1.0):
+    return op(test_image, tf.constant(level), tf.constant(sign), fill).numpy().astype(int)
+
+  for name, enhancer in [('sharpness', ImageEnhance.Sharpness), ('color', ImageEnhance.Color),
+                         ('contrast', ImageEnhance.Contrast),
+                         ('brightness', ImageEnhance.Brightness)]:
+    for level, sign in [(0.3, 1.0), (0.9, 1.0), (0.9, -1.0)]:
+      expected = np.asarray(enhancer(pil).enhance(max(0.1, 1 + sign * 0.9 * level)))
+      np.testing.assert_allclose(ours(getattr(randaugment, name), level, sign), expected,
+                                 atol=1, err_msg=f'{name} at level {level}, sign {sign}')
+  np.testing.assert_allclose(ours(randaugment.autocontrast, 0.0),
+                             np.asarray(ImageOps.autocontrast(pil)), atol=1)
+  np.testing.assert_array_equal(ours(randaugment.equalize, 0.0), np.asarray(ImageOps.equalize(pil)))
+  np.testing.assert_array_equal(ours(randaugment.solarize, 0.9),
+                                np.asarray(ImageOps.solarize(pil, 256 - int(0.9 * 256))))
+  np.testing.assert_array_equal(ours(randaugment.posterize, 0.5),
+                                np.asarray(ImageOps.posterize(pil, 2)))
+
+
+def test_randaugment_compiles_once_per_image_size():
+  # Every op keeps its shapes independent of the pixel values: a histogram length or a slice
+  # start taken from the pixels would make XLA compile anew for every image (seconds each).
+  rng = np.random.default_rng(1)
+  fill = (124.0, 116.0, 104.0)
+  seconds = []
+  for _ in range(4):   # a size no other test uses, so the first image compiles here
+    image = tf.constant(rng.integers(0, 256, (11, 19, 3)), tf.uint8)
+    start = time.perf_counter()
+    for index in range(len(randaugment.OPS)):
+      randaugment.apply_op(index, image, 9.0, 1.0, fill).numpy()
+    seconds.append(time.perf_counter() - start)
+  assert max(seconds[1:]) < seconds[0] / 5, seconds
 
 
 def test_randaugment_is_deterministic_per_key(test_image):
