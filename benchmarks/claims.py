@@ -359,11 +359,14 @@ def validation_curve(workdir: str) -> List[List[float]]:
 
 
 def device_name() -> str:
+  """'1 x cpu (2 cores, <CPU model>)', '1 x NVIDIA H100 80GB HBM3', ...: walls compare only
+  between runs on the same kind of device."""
   import jax  # pylint: disable=import-outside-toplevel
+  import common  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
   kind = devices[0].device_kind
   if devices[0].platform == 'cpu':
-    kind = f'cpu ({os.cpu_count()} cores)'
+    kind = f'cpu ({os.cpu_count()} cores, {common.cpu_model()})'
   return f'{len(devices)} x {kind}'
 
 

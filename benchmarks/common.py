@@ -11,6 +11,19 @@ from typing import Any, Callable, Dict, List, Sequence
 import jax
 
 
+def cpu_model() -> str:
+  """The host CPU's model name ('Intel(R) Xeon(R) Processor', 'AMD EPYC 7B13', ...): CPU
+  timings are comparable only within one model."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
 def machine() -> Dict[str, Any]:
   """What the numbers were measured on."""
   devices = jax.devices()
@@ -18,6 +31,7 @@ def machine() -> Dict[str, Any]:
       'jax': jax.__version__,
       'backend': jax.default_backend(),
       'devices': [d.device_kind for d in devices],
+      'cpu_model': cpu_model(),
       'cpu_count': os.cpu_count(),
       'platform': platform.platform(),
       'python': platform.python_version(),
