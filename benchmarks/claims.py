@@ -124,6 +124,11 @@ VIT_TEACHER = Arm('vit_teacher', VIT, steps_factor=1.5, seed=1)
 POOLFORMER = Arm('poolformer', 'configs/poolformer_s12.py:fashion')
 RIFORMER_MI = Arm('riformer_mi_init', 'configs/riformer_s12.py:fashion',
                   uses=(('feature_teacher.init_from', 'poolformer'),))
+# The probe of the riformer claim: with all labels the token mixer is worth nothing at this
+# size; with 10% of them (teacher trained on the same 10%) it may be.
+POOLFORMER_10PCT = Arm('poolformer_10pct', 'configs/poolformer_s12.py:fashion', TEN_PERCENT)
+RIFORMER_MI_10PCT = Arm('riformer_mi_init_10pct', 'configs/riformer_s12.py:fashion', TEN_PERCENT,
+                        uses=(('feature_teacher.init_from', 'poolformer_10pct'),))
 MAE_ARMS = (_fine_tuned('mae', VIT, stage='mae_vit'),
             _fine_tuned('mae_10pct', VIT, TEN_PERCENT, 'mae_vit'))
 
@@ -179,14 +184,17 @@ CLAIMS: Dict[str, Claim] = {
         name='riformer',
         question='Does module imitation of a PoolFormer recover what removing the token mixer '
                  'loses?',
-        stages=(POOLFORMER,),
+        stages=(POOLFORMER, POOLFORMER_10PCT),
         arms=(POOLFORMER,
               Arm('riformer', 'configs/riformer_s12.py:plain_fashion'),
               Arm('riformer_kd', 'configs/riformer_s12.py:kd_fashion',
                   uses=(('teacher.init_from', 'poolformer'),)),
               dataclasses.replace(RIFORMER_MI, name='riformer_mi',
                                   flags=('--config.feature_teacher.init_student=False',)),
-              RIFORMER_MI),
+              RIFORMER_MI,
+              POOLFORMER_10PCT,
+              Arm('riformer_10pct', 'configs/riformer_s12.py:plain_fashion', TEN_PERCENT),
+              RIFORMER_MI_10PCT),
         reference='riformer',
         paper='ImageNet-1k, S12: identity mixer 72.31 vs pooling (PoolFormer) 75.01; soft labels '
               'from a PoolFormer-M48 73.63, module imitation 74.83, and starting from the '
@@ -195,7 +203,11 @@ CLAIMS: Dict[str, Claim] = {
                      ('riformer_kd', 'riformer', "the teacher's soft labels"),
                      ('riformer_mi', 'riformer_kd', 'module imitation beyond soft labels'),
                      ('riformer_mi_init', 'riformer_mi', "the teacher's weights as the start"),
-                     ('riformer_mi_init', 'poolformer', 'all of it, against the teacher'))),
+                     ('riformer_mi_init', 'poolformer', 'all of it, against the teacher'),
+                     ('riformer_10pct', 'poolformer_10pct',
+                      'removing the token mixer, 10% of the labels (probe)'),
+                     ('riformer_mi_init_10pct', 'riformer_10pct',
+                      'module imitation from the teacher, 10% of the labels (probe)'))),
     'levit': Claim(
         name='levit',
         question="Does distillation from a stronger classifier (the ViT of the tdrl claim) make "
