@@ -374,6 +374,9 @@ def device_name() -> str:
   """'1 x cpu (2 cores, <CPU model>)', '1 x NVIDIA H100 80GB HBM3', ...: walls compare only
   between runs on the same kind of device."""
   import jax  # pylint: disable=import-outside-toplevel
+  here = os.path.dirname(os.path.abspath(__file__))
+  if here not in sys.path:
+    sys.path.insert(0, here)
   import common  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
   kind = devices[0].device_kind
