@@ -336,20 +336,19 @@ def main():
                       help='batches per turn of an input pipeline (the first 8 untimed)')
   parser.add_argument('--rounds', type=int, default=5, help='timed steps per contender')
   parser.add_argument('--default-malloc', action='store_true',
-                      help="leave glibc's malloc as it is (the trainer makes it keep freed "
-                           'memory on the CPU: repvit_jax/utils/host_memory.py)')
+                      help="leave glibc's malloc as it is (the trainer restarts with huge "
+                           'pages for malloc on the CPU: repvit_jax/utils/host_memory.py)')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
                                                     'train_step.json'),
                       help='where the JSON results go')
   args = parser.parse_args()
   suites = args.suites.split(',')
   malloc = 'default'
-  # As the trainer does on a CPU, before JAX starts; only for the train steps: the input
-  # pipeline feeds accelerators, whose trainer leaves malloc as it is, and one arena for all
-  # of tf.data's threads would slow it (by a fifth on 2 cores).
+  # As the trainer does on a CPU, before JAX starts (this process restarts once); only for the
+  # train steps: the input pipeline feeds accelerators, whose trainer leaves malloc as it is.
   if (host_memory.runs_on_cpu() and not args.default_malloc
       and set(suites) & {'classification', 'mae', 'timm'}):
-    malloc = host_memory.keep_freed_memory()
+    malloc = host_memory.restart_with_huge_pages()
   size = args.image_size
   rows = []
   if 'classification' in suites:
@@ -394,7 +393,7 @@ def main():
   print('all groups:')
   common.print_table(rows, COLUMNS)
   common.write_json(args.out, {'benchmark': 'train_step', 'image_size': size,
-                               'machine': common.machine(), 'freed_host_memory': malloc,
+                               'machine': common.machine(), 'malloc_huge_pages': malloc,
                                'results': rows})
 
 

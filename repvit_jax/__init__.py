@@ -11,21 +11,52 @@
 This module never imports TensorFlow; the input pipelines (repvit_jax.data) do.
 """
 
-from repvit_jax import io, layers, models, reparam
-from repvit_jax.models import features
-from repvit_jax.io import load_model, save_model
-from repvit_jax.layers import TDRL, RepLinear
-from repvit_jax.models import InputSpec, ModelSpec, create_model, list_models
-from repvit_jax.reparam import (batchnorm_to_affine, fold_affine_into_norm, fold_batchnorm,
-                                fold_partial_batchnorm, fold_preceding_batchnorm,
-                                merge_linear_chain, reparameterize, sum_branches)
-from repvit_jax.reparam.check import count_params
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = '0.1.0'
 
-__all__ = ['TDRL', 'RepLinear', 'create_model', 'list_models', 'ModelSpec', 'InputSpec',
-           'reparameterize',
-           'batchnorm_to_affine', 'fold_affine_into_norm', 'fold_batchnorm',
-           'fold_partial_batchnorm', 'fold_preceding_batchnorm',
-           'merge_linear_chain', 'sum_branches', 'count_params', 'load_model', 'save_model',
-           'features', 'io', 'layers', 'models', 'reparam']
+# Where each public name lives. The package imports them when first used (PEP 562), so that
+# `import repvit_jax.utils.host_memory` or a command's first lines do not import JAX and Flax.
+_SUBMODULES = ('io', 'layers', 'models', 'reparam')
+_NAMES = {
+    'features': 'repvit_jax.models',
+    'load_model': 'repvit_jax.io', 'save_model': 'repvit_jax.io',
+    'TDRL': 'repvit_jax.layers', 'RepLinear': 'repvit_jax.layers',
+    'InputSpec': 'repvit_jax.models', 'ModelSpec': 'repvit_jax.models',
+    'create_model': 'repvit_jax.models', 'list_models': 'repvit_jax.models',
+    'count_params': 'repvit_jax.reparam.check',
+    **{name: 'repvit_jax.reparam' for name in (
+        'batchnorm_to_affine', 'fold_affine_into_norm', 'fold_batchnorm',
+        'fold_partial_batchnorm', 'fold_preceding_batchnorm', 'merge_linear_chain',
+        'reparameterize', 'sum_branches')},
+}
+
+__all__ = list(_NAMES) + list(_SUBMODULES)
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    return importlib.import_module(f'repvit_jax.{name}')
+  if name in _NAMES:
+    value = getattr(importlib.import_module(_NAMES[name]), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f'module repvit_jax has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+  from repvit_jax import io, layers, models, reparam  # noqa: F401
+  from repvit_jax.io import load_model, save_model  # noqa: F401
+  from repvit_jax.layers import TDRL, RepLinear  # noqa: F401
+  from repvit_jax.models import (InputSpec, ModelSpec, create_model, features,  # noqa: F401
+                                 list_models)
+  from repvit_jax.reparam import (batchnorm_to_affine, fold_affine_into_norm,  # noqa: F401
+                                  fold_batchnorm, fold_partial_batchnorm,
+                                  fold_preceding_batchnorm, merge_linear_chain,
+                                  reparameterize, sum_branches)
+  from repvit_jax.reparam.check import count_params  # noqa: F401

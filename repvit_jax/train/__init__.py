@@ -1,5 +1,13 @@
 """Training: sharded steps, checkpoints, metrics and the loop (`run(config, workdir)`)."""
 
-from repvit_jax.train.loop import TrainingError, run
+import importlib
 
 __all__ = ['run', 'TrainingError']
+
+
+def __getattr__(name: str):
+  # Imported when first used, so that the train command's first lines (host_memory's restart)
+  # run before JAX, Flax and TensorFlow are imported.
+  if name in __all__:
+    return getattr(importlib.import_module('repvit_jax.train.loop'), name)
+  raise AttributeError(f'module repvit_jax.train has no attribute {name!r}')

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
 from repvit_jax import configs
+from repvit_jax.utils import host_memory
 
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: a file or a packaged config\'s name, [:variant].',
@@ -96,10 +97,6 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from repvit_jax import data, train  # pylint: disable=import-outside-toplevel
   from repvit_jax.train import distributed  # pylint: disable=import-outside-toplevel
-  from repvit_jax.utils import host_memory  # pylint: disable=import-outside-toplevel
-  if host_memory.runs_on_cpu():
-    # Before JAX starts: XLA:CPU's step buffers then reuse their pages (see host_memory).
-    host_memory.keep_freed_memory()
   try:
     result = train.run(FLAGS.config, FLAGS.workdir)
   except KeyboardInterrupt:
@@ -130,4 +127,8 @@ def main(argv):
 
 def cli():
   """The `repvit-train` console script."""
+  if host_memory.runs_on_cpu():
+    # First thing, before any thread or JAX backend exists: XLA:CPU's step buffers then come
+    # in huge pages (see host_memory); the process restarts once to set glibc's tunable.
+    host_memory.restart_with_huge_pages()
   app.run(main, flags_parser=parse_flags)

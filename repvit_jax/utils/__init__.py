@@ -1,2 +1,2 @@
 """Helpers below every other package: tree paths (`treepath`), capturing C++ libraries'
-stderr (`stderr`) and glibc's handling of freed host memory (`host_memory`)."""
+stderr (`stderr`) and huge pages for glibc's malloc on CPU hosts (`host_memory`)."""

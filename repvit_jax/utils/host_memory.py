@@ -1,54 +1,47 @@
-"""Keeping freed host memory for reuse, so that XLA:CPU's per-step buffers cost no page faults.
+"""Huge pages for XLA:CPU's per-step buffers, so that a step does not fault in every 4 KiB page.
 
-XLA:CPU allocates a compiled step's temporary buffer (about 2 GiB for ViT-Tiny's train step at
-batch 32 and 224x224) with `malloc` on every call and frees it after. glibc's malloc serves an
+XLA:CPU allocates a compiled step's temporary buffer (about 1.7 GiB for ViT-Tiny's train step
+at batch 32 and 224x224) with `malloc` on every call and frees it after. glibc serves an
 allocation that large with a fresh `mmap` and returns it with `munmap`, so every step the
-kernel faults in and zeroes every page again: half a million page faults per ViT-Tiny step,
-about a quarter of the CPU time (figures: benchmarks/README.md). PyTorch's eager steps, made of
-many smaller allocations, reuse glibc's heap and pay almost none.
+kernel faults in and zeroes every page again: half a million page faults per ViT-Tiny step.
 
-`keep_freed_memory()` tells glibc to serve every thread from its main heap (one arena), never
-to `mmap` an allocation, and never to return freed memory to the system, so the second step
-reuses the first step's pages. The process then keeps its peak heap until it exits, which a
-training process does anyway.
+glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35+) makes malloc ask for transparent huge
+pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps: the same buffer is then about 900
+faults of 2 MiB. glibc reads its tunables only when a process starts, so
+`restart_with_huge_pages()` re-executes the process (same interpreter, arguments and process
+id) with the tunable added to `GLIBC_TUNABLES`; the trainer does it first thing on CPU hosts.
 
-It must run before JAX starts its CPU client: the client's threads take their malloc arena at
-their first allocation, and a thread that already has one keeps it. The trainer calls it when
-JAX will compute on the CPU (`runs_on_cpu`); on GPU and TPU hosts the steps' buffers are in
-device memory, and many input-pipeline threads are better served by glibc's per-thread arenas.
-Set REPVIT_JAX_KEEP_HOST_MEMORY=0 to leave malloc as it is.
+An earlier design made malloc keep freed memory instead (`mallopt`: one arena, no `mmap`, no
+trimming): no page faults, but every thread of XLA and tf.data then takes the one arena's lock,
+which made small models' training 1.3-1.8x slower (figures: benchmarks/README.md).
+Set REPVIT_JAX_HUGE_PAGES=0 to leave malloc as it is.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata
 import importlib.util
 import os
 import platform
-from typing import Optional
+import sys
+from typing import Optional, Sequence
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_NEVER_TRIM = 2**31 - 1
-
-ENV_SWITCH = 'REPVIT_JAX_KEEP_HOST_MEMORY'
+ENV_SWITCH = 'REPVIT_JAX_HUGE_PAGES'
+TUNABLE = 'glibc.malloc.hugetlb=1'
+_THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 
 
 def runs_on_cpu(platforms: Optional[str] = None) -> bool:
-  """Whether JAX will compute on the CPU, decided without starting a backend.
+  """Whether JAX will compute on the CPU, decided without importing JAX or starting a backend.
 
   Args:
-    platforms: JAX's platform list (`JAX_PLATFORMS`); None reads JAX's setting.
+    platforms: JAX's platform list; None reads the `JAX_PLATFORMS` environment variable.
   Returns:
     True if the list names only cpu, or, with no list, if no accelerator plugin (CUDA, ROCm,
     TPU) is installed.
   """
   if platforms is None:
-    import jax  # pylint: disable=import-outside-toplevel
-    platforms = jax.config.jax_platforms or ''
+    platforms = os.environ.get('JAX_PLATFORMS', '')
   if platforms.strip():
     return all(p.strip() == 'cpu' for p in platforms.split(','))
   if importlib.util.find_spec('libtpu') is not None:
@@ -56,20 +49,47 @@ def runs_on_cpu(platforms: Optional[str] = None) -> bool:
   return not list(importlib.metadata.entry_points(group='jax_plugins'))
 
 
-def keep_freed_memory() -> str:
-  """Makes glibc's malloc keep and reuse freed memory (one arena, no mmap, no trimming).
-
-  Returns what was done, for the log: 'kept', or why not ('switched off by
-  REPVIT_JAX_KEEP_HOST_MEMORY=0', 'not glibc', 'too late: JAX's backend is already running').
-  """
-  if os.environ.get(ENV_SWITCH, '1') == '0':
+def huge_pages_state(environ=None, thp_mode_file: str = _THP_MODE) -> str:
+  """'on' if this process's malloc asks for huge pages; otherwise why it does not and whether
+  a restart would change that: 'restart' (it would), or a reason ('switched off by ...',
+  'GLIBC_TUNABLES sets glibc.malloc.hugetlb=0', 'not glibc', 'glibc 2.31 has no hugetlb tunable (2.35+)', 'transparent huge pages are off')."""
+  environ = os.environ if environ is None else environ
+  if environ.get(ENV_SWITCH, '1') == '0':
     return f'switched off by {ENV_SWITCH}=0'
-  if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+  for tunable in environ.get('GLIBC_TUNABLES', '').split(':'):
+    if tunable == TUNABLE:
+      return 'on'
+    if tunable.startswith('glibc.malloc.hugetlb='):
+      return f'GLIBC_TUNABLES sets {tunable}'
+  libc, version = platform.libc_ver()
+  if platform.system() != 'Linux' or libc != 'glibc':
     return 'not glibc'
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-  if xla_bridge.backends_are_initialized():
-    return "too late: JAX's backend is already running"
-  libc = ctypes.CDLL(None)
-  done = [libc.mallopt(_M_ARENA_MAX, 1), libc.mallopt(_M_MMAP_MAX, 0),
-          libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)]
-  return 'kept' if all(done) else 'mallopt refused'
+  if tuple(int(part) for part in version.split('.')[:2]) < (2, 35):
+    return f'glibc {version} has no hugetlb tunable (2.35+)'
+  try:
+    with open(thp_mode_file, encoding='utf-8') as f:
+      if '[never]' in f.read():
+        return 'transparent huge pages are off'
+  except OSError:
+    return 'transparent huge pages are off'
+  return 'restart'
+
+
+def restart_with_huge_pages(argv: Optional[Sequence[str]] = None) -> str:
+  """Re-executes this process with `glibc.malloc.hugetlb=1` when that would change anything.
+
+  Call it before JAX starts a backend and before any thread exists (first thing in a command):
+  the process is replaced, keeping its id, environment and command line (`argv`, default the
+  interpreter's own `sys.orig_argv`). Returns only when no restart happens, with
+  `huge_pages_state()`: 'on' in the restarted process.
+  """
+  state = huge_pages_state()
+  if state != 'restart':
+    return state
+  argv = list(sys.orig_argv if argv is None else argv)
+  tunables = [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':') if t] + [TUNABLE]
+  os.environ['GLIBC_TUNABLES'] = ':'.join(tunables)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, [sys.executable] + argv[1:])
+  raise AssertionError('os.execv returned')   # unreachable: execv replaces the process
