@@ -12,6 +12,7 @@ This module never imports TensorFlow; the input pipelines (repvit_jax.data) do.
 """
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __version__ = '0.1.0'
@@ -36,7 +37,7 @@ __all__ = list(_NAMES) + list(_SUBMODULES)
 
 
 def __getattr__(name: str):
-  if name in _SUBMODULES:
+  if name in _SUBMODULES or importlib.util.find_spec(f'repvit_jax.{name}') is not None:
     return importlib.import_module(f'repvit_jax.{name}')
   if name in _NAMES:
     value = getattr(importlib.import_module(_NAMES[name]), name)

@@ -1,6 +1,7 @@
 """Training: sharded steps, checkpoints, metrics and the loop (`run(config, workdir)`)."""
 
 import importlib
+import importlib.util
 
 __all__ = ['run', 'TrainingError']
 
@@ -10,4 +11,6 @@ def __getattr__(name: str):
   # run before JAX, Flax and TensorFlow are imported.
   if name in __all__:
     return getattr(importlib.import_module('repvit_jax.train.loop'), name)
+  if importlib.util.find_spec(f'repvit_jax.train.{name}') is not None:
+    return importlib.import_module(f'repvit_jax.train.{name}')
   raise AttributeError(f'module repvit_jax.train has no attribute {name!r}')
