@@ -6,14 +6,14 @@ allocation that large with a fresh `mmap` and returns it with `munmap`, so every
 kernel faults in and zeroes every page again: half a million page faults per ViT-Tiny step.
 
 glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35+) makes malloc ask for transparent huge
-pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps: the same buffer is then about 900
-faults of 2 MiB. glibc reads its tunables only when a process starts, so
+pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps: the same step then costs about 1,600
+page faults. glibc reads its tunables only when a process starts, so
 `restart_with_huge_pages()` re-executes the process (same interpreter, arguments and process
 id) with the tunable added to `GLIBC_TUNABLES`; the trainer does it first thing on CPU hosts.
 
 An earlier design made malloc keep freed memory instead (`mallopt`: one arena, no `mmap`, no
 trimming): no page faults, but every thread of XLA and tf.data then takes the one arena's lock,
-which made small models' training 1.3-1.8x slower (figures: benchmarks/README.md).
+which made small models' training 1.3-2.1x slower (figures: benchmarks/README.md).
 Set REPVIT_JAX_HUGE_PAGES=0 to leave malloc as it is.
 """
 
