@@ -1,19 +1,18 @@
 """Huge pages for XLA:CPU's per-step buffers, so that a step does not fault in every 4 KiB page.
 
-XLA:CPU allocates a compiled step's temporary buffer (about 1.7 GiB for ViT-Tiny's train step
-at batch 32 and 224x224) with `malloc` on every call and frees it after. glibc serves an
-allocation that large with a fresh `mmap` and returns it with `munmap`, so every step the
-kernel faults in and zeroes every page again: half a million page faults per ViT-Tiny step.
+XLA:CPU allocates a compiled step's temporary buffer with `malloc` on every call and frees it
+after. glibc serves an allocation that large with a fresh `mmap` and returns it with `munmap`,
+so every step the kernel faults in and zeroes every page again.
 
 glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35+) makes malloc ask for transparent huge
-pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps: the same step then costs about 1,600
-page faults. glibc reads its tunables only when a process starts, so
-`restart_with_huge_pages()` re-executes the process (same interpreter, arguments and process
-id) with the tunable added to `GLIBC_TUNABLES`; the trainer does it first thing on CPU hosts.
+pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps: one fault per 2 MiB instead of per
+4 KiB. glibc reads its tunables only when a process starts, so `restart_with_huge_pages()`
+re-executes the process (same interpreter, arguments and process id) with the tunable added
+to `GLIBC_TUNABLES`; the trainer does it first thing on CPU hosts.
 
 An earlier design made malloc keep freed memory instead (`mallopt`: one arena, no `mmap`, no
 trimming): no page faults, but every thread of XLA and tf.data then takes the one arena's lock,
-which made small models' training 1.3-2.1x slower (figures: benchmarks/README.md).
+which slowed small models' training (benchmarks/README.md, "Host memory on the CPU").
 Set REPVIT_JAX_HUGE_PAGES=0 to leave malloc as it is.
 """
 
