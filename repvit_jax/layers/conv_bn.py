@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from repvit_jax.layers.dense import Dense
 from repvit_jax.reparam.fuse import BN_EPSILON
 
 Padding = Union[int, Sequence[Tuple[int, int]], str]
@@ -126,7 +127,7 @@ class LinearBN(nn.Module):
     """(..., C_in) -> (..., features)."""
     if self.deploy:
       return _plain_dense(self, x)
-    y = nn.Dense(self.features, use_bias=self.use_bias, kernel_init=self.kernel_init,
+    y = Dense(self.features, use_bias=self.use_bias, kernel_init=self.kernel_init,
                  dtype=self.dtype, param_dtype=self.param_dtype, name='linear')(x)
     return _batchnorm(self, 'bn', train, self.bn_scale_init)(y)
 
@@ -152,7 +153,7 @@ class BNLinear(nn.Module):
       return _plain_dense(self, x)
     x = _batchnorm(self, 'pre_bn', train)(x)
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return nn.Dense(self.features, kernel_init=self.kernel_init, dtype=self.dtype,
+    return Dense(self.features, kernel_init=self.kernel_init, dtype=self.dtype,
                     param_dtype=self.param_dtype, name='linear')(x)
 
 

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from repvit_jax.layers.dense import Dense
 from repvit_jax.reparam import collapse
 from repvit_jax.reparam.fuse import BN_EPSILON
 from repvit_jax.reparam.tdrl import fuse_rep_linear
@@ -62,7 +63,7 @@ class LinearBNStack(nn.Module):
   def __call__(self, x, *, train: bool):
     """(..., C_in) -> (..., widths[-1])."""
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width, use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
+      x = Dense(width, use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
                    param_dtype=self.param_dtype, name=f'linear_{i}')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -190,7 +191,7 @@ class RepLinear(nn.Module):
 
   def _branches(self, x, *, train: bool):
     common = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-    y = nn.Dense(self.features, use_bias=self.use_bias, name='skip', **common)(x)
+    y = Dense(self.features, use_bias=self.use_bias, name='skip', **common)(x)
     for n, widths in enumerate(self._branch_widths(x.shape[-1]), start=1):
       y = y + LinearBNStack(widths, bn_momentum=self.bn_momentum, name=f'branch_{n}',
                             **common)(x, train=train)
@@ -309,7 +310,7 @@ def make_linear(tdrl: Optional[TDRL], role: str, features: int, in_features: int
   common = dict(use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
                 name=name)
   if not is_reparameterized(tdrl, role):
-    return nn.Dense(features, **common)
+    return Dense(features, **common)
   rectify = tdrl.qkv_rectify if role == 'qkv' else tdrl.rectify
   rectify_features = qk_features if (role == 'qkv' and rectify == 'bn') else None
   return RepLinear(features, num_branches=tdrl.num_branches,

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from repvit_jax.layers.activations import gelu
+from repvit_jax.layers.dense import rows_dot_general
 from repvit_jax.layers.rep_linear import (TDRL, apply_linear, default_kernel_init,
                                          is_reparameterized, make_linear)
 
@@ -128,7 +129,7 @@ class QKV(nn.Module):
   computes (vit_tiny's logits came out bit-identical; a backend may sum a narrower product in
   another order, a rounding difference). Three products instead of one product and three
   slices: XLA and XNNPACK write q, k and v directly rather than copy them out of a (B, T, 3 C)
-  tensor (figures: benchmarks/README.md).
+  tensor (figures: benchmarks/README.md). Each is `rows_dot_general`, as in `Dense`.
 
   `query_scale` multiplies the query's columns and bias: attention's 1/sqrt(head_dim), folded
   into the product where that is exact (a power of two: `is_power_of_two`).
@@ -156,7 +157,7 @@ class QKV(nn.Module):
         factor = jnp.asarray(self.query_scale, kernel.dtype)
         part_kernel = part_kernel * factor
         part_bias = None if part_bias is None else part_bias * factor
-      y = jax.lax.dot_general(x, part_kernel, (((x.ndim - 1,), (0,)), ((), ())))
+      y = rows_dot_general(x, part_kernel, (((x.ndim - 1,), (0,)), ((), ())))
       outputs.append(y if part_bias is None else y + part_bias)
     return tuple(outputs)
 

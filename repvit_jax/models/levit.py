@@ -34,6 +34,7 @@ import numpy as np
 
 from repvit_jax.models.features import Tap
 from repvit_jax.layers.conv_bn import BNLinear, ConvBN, LinearBN
+from repvit_jax.layers.dense import Dense
 from repvit_jax.layers.transformer import DropPath, attention
 
 hardswish = jax.nn.hard_swish
@@ -336,7 +337,7 @@ class LeViT(nn.Module):
       return x
     if self.deploy:
       # The folded head: one dense layer (the mean of the two heads when distilled).
-      return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+      return Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                       name='head')(x)
     head_common = dict(drop_rate=self.drop_rate, bn_momentum=self.bn_momentum,
                        dtype=self.dtype, param_dtype=self.param_dtype, name='head')

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from repvit_jax.layers.posemb import sincos_2d
+from repvit_jax.layers.dense import Dense
 from repvit_jax.layers.rep_linear import TDRL
 from repvit_jax.layers.transformer import remat_block
 from repvit_jax.models.vit import VisionTransformer
@@ -164,7 +165,7 @@ class MaskedAutoencoder(VisionTransformer):
     width = self.decoder_width
     batch, n = ids_restore.shape
     dense_init = nn.initializers.xavier_uniform()
-    y = nn.Dense(width, kernel_init=dense_init, name='decoder_embed', **dtypes)(latent)
+    y = Dense(width, kernel_init=dense_init, name='decoder_embed', **dtypes)(latent)
     mask_token = self.param('mask_token', nn.initializers.normal(0.02), (1, 1, width),
                             self.param_dtype).astype(y.dtype)
     masked = jnp.broadcast_to(mask_token, (batch, n + 1 - y.shape[1], width))
@@ -181,7 +182,7 @@ class MaskedAutoencoder(VisionTransformer):
                 sow_logits=False, name=f'decoder_blocks_{i}', **dtypes)(y, train)
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, name='decoder_norm', **dtypes)(y)
     pixels = self.patch_size * self.patch_size * 3
-    y = nn.Dense(pixels, kernel_init=dense_init, name='decoder_pred', **dtypes)(y)
+    y = Dense(pixels, kernel_init=dense_init, name='decoder_pred', **dtypes)(y)
     return y[:, 1:]
 
 

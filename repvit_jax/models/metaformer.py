@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from repvit_jax.models.features import Tap
 from repvit_jax.layers.activations import gelu
+from repvit_jax.layers.dense import Dense
 from repvit_jax.layers.transformer import DropPath
 
 MIXERS = ('pool', 'affine', 'none')
@@ -158,9 +159,9 @@ class Mlp(nn.Module):
     # which it cannot build for a 1x1 map (a 32x32 image at the last stage); a 2-D one is a
     # FULLY_CONNECTED at every size. The same numbers either way.
     x = x.reshape(-1, shape[-1])
-    x = nn.Dense(self.hidden_features, kernel_init=_dense_init, name='fc1', **dtypes)(x)
+    x = Dense(self.hidden_features, kernel_init=_dense_init, name='fc1', **dtypes)(x)
     x = gelu(x)
-    x = nn.Dense(shape[-1], kernel_init=_dense_init, name='fc2', **dtypes)(x)
+    x = Dense(shape[-1], kernel_init=_dense_init, name='fc2', **dtypes)(x)
     return x.reshape(shape)
 
 
@@ -230,7 +231,7 @@ class MetaFormer(nn.Module):
     if self.num_classes == 0:
       return x
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return nn.Dense(self.num_classes, kernel_init=_dense_init, name='head', **dtypes)(x)
+    return Dense(self.num_classes, kernel_init=_dense_init, name='head', **dtypes)(x)
 
 
 def _register_all():

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from repvit_jax.models.features import Tap
 from repvit_jax.layers.conv_bn import ConvBN
+from repvit_jax.layers.dense import Dense
 from repvit_jax.layers.transformer import Attention, DropPath
 
 
@@ -95,7 +96,7 @@ class TransformerLayer(nn.Module):
     width = x.shape[-1]
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, name=name, **dtypes)
     drop_path = DropPath(self.drop_path_rate)
-    dense = lambda features, name: nn.Dense(
+    dense = lambda features, name: Dense(
         features, kernel_init=nn.initializers.truncated_normal(0.02), name=name, **dtypes)
     y = Attention(self.num_heads, qkv_bias=True, name='attn', **dtypes)(norm('norm1')(x),
                                                                         train=train)
@@ -224,7 +225,7 @@ class MobileViT(_Common):
     if self.num_classes == 0:
       return x
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.02),
+    return Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.02),
                     dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
 
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from repvit_jax.models.features import Tap
+from repvit_jax.layers.dense import Dense
 from repvit_jax.layers.posemb import sincos_2d
 from repvit_jax.layers.rep_linear import TDRL
 from repvit_jax.layers.transformer import remat_block
@@ -143,7 +144,7 @@ class VisionTransformer(nn.Module):
     if self.num_classes == 0:
       return x
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(
+    return Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(
         self.head_init_std), dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
 
 
