@@ -54,21 +54,27 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, min_seconds: float = 2.
 
 
 def time_interleaved(fns: Dict[str, Callable[[], Any]], *, warmup: int = 2,
-                     rounds: int = 7) -> Dict[str, float]:
+                     rounds: int = 7, calls_per_turn: int = 1) -> Dict[str, float]:
   """Median seconds per call of several compiled functions, timed in alternation.
 
   Alternating A, B, C, A, B, C, ... spreads any background load evenly over the contenders,
-  so their ratio is fair even on a busy machine.
+  so their ratio is fair even on a busy machine. Each round starts one contender later (A B C,
+  B C A, C A B, ...): the call after another runtime's turn pays for it (PyTorch's OpenMP
+  threads still spinning, caches refilled), and no contender should always be the one that
+  pays. A turn is `calls_per_turn` calls (for functions of a few milliseconds), timed together.
   """
   for fn in fns.values():
     for _ in range(warmup):
       jax.block_until_ready(fn())
+  names = list(fns)
   times: Dict[str, List[float]] = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
+  for round_index in range(rounds):
+    start = round_index % len(names)
+    for name in names[start:] + names[:start]:
       t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - t0)
+      for _ in range(calls_per_turn):
+        jax.block_until_ready(fns[name]())
+      times[name].append((time.perf_counter() - t0) / calls_per_turn)
   return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
