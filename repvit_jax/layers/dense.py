@@ -62,7 +62,7 @@ def _kernel_product_jvp(precision, preferred_element_type, primals, tangents):
     # the kernel gradient, is then rows(x)^T rows(dy), one contracting axis.
     rows = x.reshape(-1, x.shape[-1])
     terms.append(product(rows, kernel_dot, (((1,), (0,)), ((), ()))).reshape(y.shape))
-  if not terms:   # JAX does not call the rule when both are zero; kept total all the same
+  if not terms:   # JAX skips the rule when both tangents are zero; answered all the same
     return y, jnp.zeros_like(y)
   return y, functools.reduce(jnp.add, terms)
 
