@@ -39,7 +39,8 @@ import common  # pylint: disable=wrong-import-position
 
 from repvit_jax.layers.activations import gelu  # pylint: disable=wrong-import-position
 from repvit_jax.layers.dense import Dense  # pylint: disable=wrong-import-position
-from repvit_jax.layers.transformer import QKV, Block, attention  # pylint: disable=wrong-import-position
+from repvit_jax.layers.transformer import (  # pylint: disable=wrong-import-position
+    QKV, Block, attention)
 from repvit_jax.tools import cli  # pylint: disable=wrong-import-position
 from repvit_jax.utils import host_memory  # pylint: disable=wrong-import-position
 
@@ -159,8 +160,9 @@ def main():
   rows = []
   for name in chosen:
     ours, theirs, gflop = pairs[name]
-    # A turn lasts at least ~50 ms (the shortest op takes about a millisecond), so one turn's
-    # start-up cost does not decide the row.
+    # Many calls a turn for the short ops (a whole block is long enough alone), so that the
+    # first call after the other runtime's turn, which pays for that turn, does not decide
+    # the row.
     seconds = common.time_interleaved({'xla': ours, 'torch': theirs}, rounds=args.rounds,
                                       calls_per_turn=20 if name != 'block' else 3)
     row = {'op': name, 'xla_ms': 1e3 * seconds['xla'], 'torch_ms': 1e3 * seconds['torch'],

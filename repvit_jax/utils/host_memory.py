@@ -51,7 +51,8 @@ def runs_on_cpu(platforms: Optional[str] = None) -> bool:
 def huge_pages_state(environ=None, thp_mode_file: str = _THP_MODE) -> str:
   """'on' if this process's malloc asks for huge pages; otherwise why it does not and whether
   a restart would change that: 'restart' (it would), or a reason ('switched off by ...',
-  'GLIBC_TUNABLES sets glibc.malloc.hugetlb=0', 'not glibc', 'glibc 2.31 has no hugetlb tunable (2.35+)', 'transparent huge pages are off')."""
+  'GLIBC_TUNABLES sets glibc.malloc.hugetlb=0', 'not glibc',
+  'glibc 2.31 has no hugetlb tunable (2.35+)', 'transparent huge pages are off')."""
   environ = os.environ if environ is None else environ
   if environ.get(ENV_SWITCH, '1') == '0':
     return f'switched off by {ENV_SWITCH}=0'
