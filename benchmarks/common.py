@@ -54,14 +54,18 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, min_seconds: float = 2.
 
 
 def time_interleaved(fns: Dict[str, Callable[[], Any]], *, warmup: int = 2,
-                     rounds: int = 7, calls_per_turn: int = 1) -> Dict[str, float]:
+                     rounds: int = 7, calls_per_turn: int = 1,
+                     settle_s: float = 0.1) -> Dict[str, float]:
   """Median seconds per call of several compiled functions, timed in alternation.
 
   Alternating A, B, C, A, B, C, ... spreads any background load evenly over the contenders,
   so their ratio is fair even on a busy machine. Each round starts one contender later (A B C,
-  B C A, C A B, ...): the call after another runtime's turn pays for it (PyTorch's OpenMP
-  threads still spinning, caches refilled), and no contender should always be the one that
-  pays. A turn is `calls_per_turn` calls (for functions of a few milliseconds), timed together.
+  B C A, C A B, ...), so no contender is always the one after a given other. Each turn starts
+  `settle_s` after the last: a runtime's idle worker threads keep spinning for a while after
+  its call returns (PyTorch's OpenMP threads: GOMP's default spin count of PAUSE instructions),
+  and on a machine with few cores they take a core from whatever is timed next; the pause lets
+  them go to sleep first. A turn is `calls_per_turn` calls (for functions of a few
+  milliseconds), timed together.
   """
   for fn in fns.values():
     for _ in range(warmup):
@@ -71,6 +75,7 @@ def time_interleaved(fns: Dict[str, Callable[[], Any]], *, warmup: int = 2,
   for round_index in range(rounds):
     start = round_index % len(names)
     for name in names[start:] + names[:start]:
+      time.sleep(settle_s)
       t0 = time.perf_counter()
       for _ in range(calls_per_turn):
         jax.block_until_ready(fns[name]())
