@@ -11,7 +11,7 @@ the PyTorch op timm's block calls (`F.layer_norm`, `nn.Linear`, `F.gelu`,
 `F.scaled_dot_product_attention`, timm's `Block`) with `backward()`. The `gemm_` rows are fc1's
 three matrix products alone (forward X W, input gradient dY W^T, weight gradient X^T dY) in
 GFLOP/s. Contenders alternate in this process (`common.time_interleaved`), PyTorch with one
-thread per core, XLA with malloc on huge pages as the trainer runs (restarts once). Needs
+thread per core, with the malloc the trainer runs with (restarts once: host_memory). Needs
 `pip install -e '.[timm]'`. Prints the table; writes benchmarks/results/step_ops.json.
 """
 
@@ -149,7 +149,7 @@ def main():
   args = parser.parse_args()
   if timm is None:
     raise SystemExit("step_ops needs timm and torch: pip install -e '.[timm]'")
-  malloc = host_memory.restart_with_huge_pages() if host_memory.runs_on_cpu() else 'default'
+  malloc = host_memory.restart_with_fast_malloc() if host_memory.runs_on_cpu() else 'default'
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   pairs = op_pairs(args.batch)
@@ -173,7 +173,7 @@ def main():
     print(f"  {name}: xla {row['xla_ms']:.2f} ms, torch {row['torch_ms']:.2f} ms", flush=True)
   common.print_table(rows, COLUMNS)
   common.write_json(args.out, {'benchmark': 'step_ops', 'batch': args.batch,
-                               'machine': common.machine(), 'malloc_huge_pages': malloc,
+                               'machine': common.machine(), 'malloc': malloc,
                                'torch': torch.__version__, 'results': rows})
 
 

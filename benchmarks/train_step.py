@@ -336,8 +336,8 @@ def main():
                       help='batches per turn of an input pipeline (the first 8 untimed)')
   parser.add_argument('--rounds', type=int, default=5, help='timed steps per contender')
   parser.add_argument('--default-malloc', action='store_true',
-                      help="leave glibc's malloc as it is (the trainer restarts with huge "
-                           'pages for malloc on the CPU: repvit_jax/utils/host_memory.py)')
+                      help="leave malloc as it is (the trainer restarts with mimalloc, else "
+                           'huge pages for glibc, on the CPU: repvit_jax/utils/host_memory.py)')
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results',
                                                     'train_step.json'),
                       help='where the JSON results go')
@@ -348,7 +348,7 @@ def main():
   # train steps: the input pipeline feeds accelerators, whose trainer leaves malloc as it is.
   if (host_memory.runs_on_cpu() and not args.default_malloc
       and set(suites) & {'classification', 'mae', 'timm'}):
-    malloc = host_memory.restart_with_huge_pages()
+    malloc = host_memory.restart_with_fast_malloc()
   size = args.image_size
   rows = []
   if 'classification' in suites:
@@ -387,13 +387,13 @@ def main():
   if 'pipeline' in suites:
     rows += pipeline_throughput(int(args.batches.split(',')[0]), size, args.pipeline_steps,
                                 rounds=args.rounds)
-    if malloc != 'default':
+    if malloc in ('mimalloc', 'huge pages'):
       print(f'note: the pipeline ran with malloc {malloc!r} (set for the train steps); run '
             '--suites pipeline alone for the rate an accelerator host sees')
   print('all groups:')
   common.print_table(rows, COLUMNS)
   common.write_json(args.out, {'benchmark': 'train_step', 'image_size': size,
-                               'machine': common.machine(), 'malloc_huge_pages': malloc,
+                               'machine': common.machine(), 'malloc': malloc,
                                'results': rows})
 
 

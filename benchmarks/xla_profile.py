@@ -105,7 +105,7 @@ def main():
   if args.train:
     from repvit_jax.utils import host_memory  # pylint: disable=import-outside-toplevel
     if host_memory.runs_on_cpu():
-      host_memory.restart_with_huge_pages()   # as the trainer does, before JAX starts
+      host_memory.restart_with_fast_malloc()   # as the trainer does, before JAX starts
     table, total = profile_train_step(args.model, args.batch)
   else:
     table, total = profile(args.model, args.batch)

@@ -1,4 +1,5 @@
-"""The train command restarts with huge pages for malloc on CPU hosts (repvit_jax/utils/host_memory.py)."""
+"""The train command restarts with a malloc that keeps XLA:CPU's step buffers on CPU hosts
+(repvit_jax/utils/host_memory.py)."""
 
 import os
 import platform
@@ -9,14 +10,14 @@ import pytest
 
 from repvit_jax.utils import host_memory
 
-# A child process: optionally restarts with huge pages (printing its process id before and
-# after), then runs a computation whose 64 MiB result XLA allocates on each call (and Python
-# frees before the next), and prints the state and the page faults of the third call.
+# A child process: optionally restarts (printing its process id before and after), then runs a
+# computation whose 64 MiB result XLA allocates on each call (and Python frees before the
+# next), and prints the state, whether mimalloc is mapped, and the page faults of the third call.
 CHILD = r'''
 import os, resource, sys
 from repvit_jax.utils import host_memory
 print('pid', os.getpid(), flush=True)
-state = host_memory.restart_with_huge_pages() if sys.argv[1] == 'restart' else 'default'
+state = host_memory.restart_with_fast_malloc() if sys.argv[1] == 'restart' else 'default'
 import jax, jax.numpy as jnp
 step = jax.jit(lambda x: jnp.sin(jnp.tile(x, (64, 1))))
 x = jnp.ones((1 << 12, 64), jnp.float32)
@@ -24,50 +25,98 @@ for _ in range(2):
   step(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 step(x).block_until_ready()
-print(state, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, sep='|')
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+with open('/proc/self/maps') as f:
+  mapped = 'libmimalloc' in f.read()
+print(state, mapped, faults, sep='|')
 '''
+# The variables a restart sets, cleared so that each child starts from glibc's default.
+_SET_BY_RESTART = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MIMALLOC_PURGE_DELAY', host_memory.CHOICE)
 
 
 def _child(mode: str, **env):
-  environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  environ = {k: v for k, v in os.environ.items() if k not in _SET_BY_RESTART}
   lines = subprocess.run([sys.executable, '-c', CHILD, mode], capture_output=True, text=True,
                          check=True, env={**environ, **env}, timeout=120).stdout.splitlines()
   pids = [line.split()[1] for line in lines if line.startswith('pid ')]
-  state, faults = lines[-1].split('|')
-  return pids, state, int(faults)
+  state, mapped, faults = lines[-1].split('|')
+  return pids, state, mapped == 'True', int(faults)
 
 
-@pytest.mark.skipif(host_memory.huge_pages_state({}) != 'restart',
-                    reason=f'no huge pages for malloc here: {host_memory.huge_pages_state({})}')
-def test_restarted_process_maps_its_buffers_in_huge_pages():
-  pids, state, huge_faults = _child('restart')
-  # The same process, restarted once, now with the tunable.
+@pytest.fixture(scope='module')
+def default_faults():
+  """Page faults of the third call with glibc's malloc as it is."""
+  return _child('default')[3]
+
+
+@pytest.mark.skipif(host_memory.mimalloc_library() is None,
+                    reason=f'{host_memory.MIMALLOC_PACKAGE} is not installed here')
+def test_restarted_process_reuses_its_buffers_with_mimalloc(default_faults):
+  pids, state, mapped, faults = _child('restart')
+  # The same process, restarted once, now with mimalloc loaded.
   assert len(pids) == 2 and pids[0] == pids[1], pids
-  assert state == 'on'
-  _, state, default_faults = _child('default')
+  assert state == 'mimalloc' and mapped
   # 64 MiB is 16384 pages of 4 KiB: glibc's default maps and faults them in on every call;
-  # in 2 MiB pages it is 32 faults (more where the kernel has no free huge page at hand).
+  # mimalloc hands the freed block to the next call, already mapped.
   assert default_faults > 8000, default_faults
-  assert huge_faults < default_faults / 4, (huge_faults, default_faults)
-  pids, state, _ = _child('restart', REPVIT_JAX_HUGE_PAGES='0')
-  assert len(pids) == 1 and state == 'switched off by REPVIT_JAX_HUGE_PAGES=0'
+  assert faults < 200, faults
+
+
+@pytest.mark.skipif(host_memory.malloc_state({host_memory.CHOICE: 'huge_pages'})
+                    != 'restart for huge pages', reason='no huge pages for malloc here: '
+                    f"{host_memory.malloc_state({host_memory.CHOICE: 'huge_pages'})}")
+def test_restarted_process_maps_its_buffers_in_huge_pages(default_faults):
+  pids, state, mapped, faults = _child('restart', REPVIT_JAX_MALLOC='huge_pages')
+  assert len(pids) == 2 and pids[0] == pids[1], pids
+  assert state == 'huge pages' and not mapped
+  # In 2 MiB pages it is 32 faults (more where the kernel has no free huge page at hand).
+  assert faults < default_faults / 4, (faults, default_faults)
+
+
+def test_malloc_left_as_it_is_when_asked():
+  pids, state, mapped, _ = _child('restart', REPVIT_JAX_MALLOC='default')
+  assert len(pids) == 1 and state == 'left as it is by REPVIT_JAX_MALLOC=default' and not mapped
+
+
+LIB = '/site-packages/cmeel.prefix/lib/libmimalloc.so'
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc malloc only')
-@pytest.mark.parametrize('environ,thp,state', [
-    ({}, 'always [madvise] never', 'restart'),
-    ({}, 'always madvise [never]', 'transparent huge pages are off'),
-    ({'GLIBC_TUNABLES': 'glibc.malloc.tcache_count=16:glibc.malloc.hugetlb=1'}, 'never', 'on'),
-    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, '[madvise]',
+@pytest.mark.parametrize('environ,thp,library,state', [
+    ({}, 'always [madvise] never', LIB, 'restart for mimalloc'),
+    ({'REPVIT_JAX_MALLOC': 'mimalloc'}, '[never]', LIB, 'restart for mimalloc'),
+    ({}, 'always [madvise] never', None, 'restart for huge pages'),
+    ({'REPVIT_JAX_MALLOC': 'huge_pages'}, '[madvise]', LIB, 'restart for huge pages'),
+    ({}, 'always madvise [never]', None, 'transparent huge pages are off'),
+    ({'LD_PRELOAD': LIB}, '[madvise]', LIB, 'mimalloc'),
+    ({'LD_PRELOAD': '/usr/lib/libjemalloc.so.2 /lib/x.so'}, '[madvise]', LIB,
+     'LD_PRELOAD already sets /usr/lib/libjemalloc.so.2'),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.tcache_count=16:glibc.malloc.hugetlb=1'}, 'never', None,
+     'huge pages'),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, '[madvise]', None,
      'GLIBC_TUNABLES sets glibc.malloc.hugetlb=0'),
-    ({'REPVIT_JAX_HUGE_PAGES': '0'}, '[always]', 'switched off by REPVIT_JAX_HUGE_PAGES=0'),
+    ({'REPVIT_JAX_MALLOC': 'default'}, '[always]', LIB,
+     'left as it is by REPVIT_JAX_MALLOC=default'),
 ])
-def test_huge_pages_state(tmp_path, environ, thp, state):
-  if tuple(map(int, platform.libc_ver()[1].split('.')[:2])) < (2, 35) and state == 'restart':
+def test_malloc_state(tmp_path, environ, thp, library, state):
+  if (tuple(map(int, platform.libc_ver()[1].split('.')[:2])) < (2, 35)
+      and state == 'restart for huge pages'):
     state = f'glibc {platform.libc_ver()[1]} has no hugetlb tunable (2.35+)'
   mode_file = tmp_path / 'enabled'
   mode_file.write_text(thp + '\n')
-  assert host_memory.huge_pages_state(environ, str(mode_file)) == state
+  assert host_memory.malloc_state(environ, str(mode_file), library) == state
+
+
+@pytest.mark.parametrize('environ,message', [
+    ({'REPVIT_JAX_MALLOC': 'jemalloc'},
+     "REPVIT_JAX_MALLOC='jemalloc': choose one of auto, mimalloc, huge_pages, default"),
+    ({'REPVIT_JAX_MALLOC': 'mimalloc'}, 'REPVIT_JAX_MALLOC=mimalloc but the cmeel-mimalloc '
+     'package is not installed: pip install cmeel-mimalloc, or unset REPVIT_JAX_MALLOC'),
+])
+def test_malloc_choice_errors_say_what_to_do(environ, message):
+  with pytest.raises(ValueError) as caught:
+    host_memory.malloc_state(environ, library=None)
+  assert str(caught.value) == message
 
 
 def test_train_command_restarts_before_importing_jax():

@@ -128,7 +128,10 @@ def main(argv):
 def cli():
   """The `repvit-train` console script."""
   if host_memory.runs_on_cpu():
-    # First thing, before any thread or JAX backend exists: XLA:CPU's step buffers then come
-    # in huge pages (see host_memory); the process restarts once to set glibc's tunable.
-    host_memory.restart_with_huge_pages()
+    # First thing, before any thread or JAX backend exists: the process restarts once with a
+    # malloc that keeps XLA:CPU's step buffers from one step to the next (see host_memory).
+    try:
+      host_memory.restart_with_fast_malloc()
+    except ValueError as error:
+      sys.exit(f'error: {error}')
   app.run(main, flags_parser=parse_flags)

@@ -1,2 +1,2 @@
 """Helpers below every other package: tree paths (`treepath`), capturing C++ libraries'
-stderr (`stderr`) and huge pages for glibc's malloc on CPU hosts (`host_memory`)."""
+stderr (`stderr`) and the malloc the trainer restarts with on CPU hosts (`host_memory`)."""

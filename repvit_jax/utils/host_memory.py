@@ -1,19 +1,31 @@
-"""Huge pages for XLA:CPU's per-step buffers, so that a step does not fault in every 4 KiB page.
+"""A malloc that keeps XLA:CPU's per-step buffers, so that a step does not fault them in again.
 
-XLA:CPU allocates a compiled step's temporary buffer with `malloc` on every call and frees it
-after. glibc serves an allocation that large with a fresh `mmap` and returns it with `munmap`,
-so every step the kernel faults in and zeroes every page again.
+XLA:CPU allocates a compiled step's temporary buffer with `malloc` on every call, on one of
+its worker threads, and frees it after (1.7 GiB for ViT-Tiny's train step at batch 32, 224x224).
+glibc serves a block that large from a fresh `mmap` (a worker thread's arena cannot hold it)
+and returns it with `munmap`, so every step the kernel faults in and zeroes every page again:
+system time that on a 2-core machine was a third of the step's CPU time
+(benchmarks/README.md, "Host memory on the CPU").
 
-glibc's tunable `glibc.malloc.hugetlb=1` (glibc 2.35+) makes malloc ask for transparent huge
-pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps: one fault per 2 MiB instead of per
-4 KiB. glibc reads its tunables only when a process starts, so `restart_with_huge_pages()`
-re-executes the process (same interpreter, arguments and process id) with the tunable added
-to `GLIBC_TUNABLES`; the trainer does it first thing on CPU hosts.
+So the trainer restarts itself once, first thing on CPU hosts (same interpreter, arguments and
+process id), with one of:
 
-An earlier design made malloc keep freed memory instead (`mallopt`: one arena, no `mmap`, no
-trimming): no page faults, but every thread of XLA and tf.data then takes the one arena's lock,
-which slowed small models' training (benchmarks/README.md, "Host memory on the CPU").
-Set REPVIT_JAX_HUGE_PAGES=0 to leave malloc as it is.
+1. **mimalloc** (the `cmeel-mimalloc` package, a dependency on Linux) preloaded
+   (`LD_PRELOAD`), told never to hand freed memory back to the system
+   (`MIMALLOC_PURGE_DELAY=-1`): the next step reuses the same pages, with no faults, and
+   each thread allocates from its own heap, without a shared lock. The process's resident
+   memory stays at its peak.
+2. Where mimalloc is not installed, glibc's `glibc.malloc.hugetlb=1` tunable (glibc 2.35+):
+   transparent huge pages, one fault per 2 MiB instead of per 4 KiB; the kernel still zeroes
+   every page each step.
+
+Keeping freed memory with glibc alone needs one arena (`mallopt`: one arena, no `mmap`, no
+trimming; the trainer's first design): no faults, but every thread of XLA and tf.data then
+takes that arena's lock, which halved small models' training speed.
+
+`REPVIT_JAX_MALLOC` chooses: `auto` (the default: mimalloc if installed, else huge pages),
+`mimalloc`, `huge_pages`, or `default` (leave malloc as it is). An `LD_PRELOAD` that already
+names an allocator (jemalloc, tcmalloc, mimalloc) is left as it is.
 """
 
 from __future__ import annotations
@@ -23,10 +35,14 @@ import importlib.util
 import os
 import platform
 import sys
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-ENV_SWITCH = 'REPVIT_JAX_HUGE_PAGES'
-TUNABLE = 'glibc.malloc.hugetlb=1'
+CHOICE = 'REPVIT_JAX_MALLOC'
+CHOICES = ('auto', 'mimalloc', 'huge_pages', 'default')
+HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
+# mimalloc's option: milliseconds before freed memory goes back to the system; negative: never.
+KEEP_FREED_MEMORY = ('MIMALLOC_PURGE_DELAY', '-1')
+MIMALLOC_PACKAGE = 'cmeel-mimalloc'
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 
 
@@ -48,17 +64,30 @@ def runs_on_cpu(platforms: Optional[str] = None) -> bool:
   return not list(importlib.metadata.entry_points(group='jax_plugins'))
 
 
-def huge_pages_state(environ=None, thp_mode_file: str = _THP_MODE) -> str:
-  """'on' if this process's malloc asks for huge pages; otherwise why it does not and whether
-  a restart would change that: 'restart' (it would), or a reason ('switched off by ...',
-  'GLIBC_TUNABLES sets glibc.malloc.hugetlb=0', 'not glibc',
-  'glibc 2.31 has no hugetlb tunable (2.35+)', 'transparent huge pages are off')."""
-  environ = os.environ if environ is None else environ
-  if environ.get(ENV_SWITCH, '1') == '0':
-    return f'switched off by {ENV_SWITCH}=0'
+def mimalloc_library() -> Optional[str]:
+  """The path of the installed `cmeel-mimalloc` package's `libmimalloc.so`, or None."""
+  try:
+    files = importlib.metadata.files(MIMALLOC_PACKAGE) or []
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for file in files:
+    if file.name == 'libmimalloc.so':
+      path = os.path.realpath(file.locate())
+      if os.path.isfile(path):
+        return path
+  return None
+
+
+def _preloaded(environ: Mapping[str, str]):
+  """The allocator libraries named in `LD_PRELOAD`."""
+  entries = environ.get('LD_PRELOAD', '').replace(':', ' ').split()
+  return [e for e in entries if 'malloc' in os.path.basename(e)]   # jemalloc, tcmalloc, ...
+
+
+def _huge_pages_state(environ: Mapping[str, str], thp_mode_file: str) -> str:
   for tunable in environ.get('GLIBC_TUNABLES', '').split(':'):
-    if tunable == TUNABLE:
-      return 'on'
+    if tunable == HUGE_PAGES_TUNABLE:
+      return 'huge pages'
     if tunable.startswith('glibc.malloc.hugetlb='):
       return f'GLIBC_TUNABLES sets {tunable}'
   libc, version = platform.libc_ver()
@@ -72,23 +101,67 @@ def huge_pages_state(environ=None, thp_mode_file: str = _THP_MODE) -> str:
         return 'transparent huge pages are off'
   except OSError:
     return 'transparent huge pages are off'
-  return 'restart'
+  return 'restart for huge pages'
 
 
-def restart_with_huge_pages(argv: Optional[Sequence[str]] = None) -> str:
-  """Re-executes this process with `glibc.malloc.hugetlb=1` when that would change anything.
+def malloc_state(environ: Optional[Mapping[str, str]] = None, thp_mode_file: str = _THP_MODE,
+                 library: Optional[str] = 'installed') -> str:
+  """What this process's malloc is, or what a restart would make it.
+
+  Args:
+    environ: the environment to judge (default this process's).
+    thp_mode_file: the kernel's transparent huge page mode.
+    library: mimalloc's library path; 'installed' looks for the `cmeel-mimalloc` package,
+      None means it is not installed.
+  Returns:
+    'mimalloc' or 'huge pages' (this process has it), 'restart for mimalloc' or 'restart for
+    huge pages' (`restart_with_fast_malloc` would restart), or why it leaves malloc as it is
+    (e.g. 'left as it is by REPVIT_JAX_MALLOC=default', 'LD_PRELOAD already sets
+    /usr/lib/libjemalloc.so.2', 'transparent huge pages are off').
+  Raises:
+    ValueError: `REPVIT_JAX_MALLOC` is not one of `CHOICES`, or asks for mimalloc where it is
+      not installed.
+  """
+  environ = os.environ if environ is None else environ
+  choice = environ.get(CHOICE, 'auto')
+  if choice not in CHOICES:
+    raise ValueError(f'{CHOICE}={choice!r}: choose one of {", ".join(CHOICES)}')
+  if choice == 'default':
+    return f'left as it is by {CHOICE}=default'
+  preloaded = _preloaded(environ)
+  if preloaded:
+    if any('mimalloc' in os.path.basename(p) for p in preloaded):
+      return 'mimalloc'
+    return f'LD_PRELOAD already sets {" ".join(preloaded)}'
+  if choice in ('auto', 'mimalloc'):
+    library = mimalloc_library() if library == 'installed' else library
+    if library:
+      return 'restart for mimalloc'
+    if choice == 'mimalloc':
+      raise ValueError(f'{CHOICE}=mimalloc but the {MIMALLOC_PACKAGE} package is not '
+                       f'installed: pip install {MIMALLOC_PACKAGE}, or unset {CHOICE}')
+  return _huge_pages_state(environ, thp_mode_file)
+
+
+def restart_with_fast_malloc(argv: Optional[Sequence[str]] = None) -> str:
+  """Re-executes this process with mimalloc (else huge pages) when that would change anything.
 
   Call it before JAX starts a backend and before any thread exists (first thing in a command):
   the process is replaced, keeping its id, environment and command line (`argv`, default the
   interpreter's own `sys.orig_argv`). Returns only when no restart happens, with
-  `huge_pages_state()`: 'on' in the restarted process.
+  `malloc_state()`: 'mimalloc' or 'huge pages' in the restarted process.
   """
-  state = huge_pages_state()
-  if state != 'restart':
+  state = malloc_state()
+  if not state.startswith('restart for '):
     return state
+  if state == 'restart for mimalloc':
+    os.environ['LD_PRELOAD'] = ' '.join(
+        [mimalloc_library()] + os.environ.get('LD_PRELOAD', '').split())
+    os.environ.setdefault(*KEEP_FREED_MEMORY)
+  else:
+    tunables = [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':') if t]
+    os.environ['GLIBC_TUNABLES'] = ':'.join(tunables + [HUGE_PAGES_TUNABLE])
   argv = list(sys.orig_argv if argv is None else argv)
-  tunables = [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':') if t] + [TUNABLE]
-  os.environ['GLIBC_TUNABLES'] = ':'.join(tunables)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, [sys.executable] + argv[1:])
