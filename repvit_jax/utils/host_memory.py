@@ -65,7 +65,8 @@ def runs_on_cpu(platforms: Optional[str] = None) -> bool:
 
 
 def mimalloc_library() -> Optional[str]:
-  """The path of the installed `cmeel-mimalloc` package's `libmimalloc.so`, or None."""
+  """The path of the installed `cmeel-mimalloc` package's `libmimalloc.so`, or None (also
+  where the path has a space or colon, which `LD_PRELOAD` would split)."""
   try:
     files = importlib.metadata.files(MIMALLOC_PACKAGE) or []
   except importlib.metadata.PackageNotFoundError:
@@ -73,7 +74,7 @@ def mimalloc_library() -> Optional[str]:
   for file in files:
     if file.name == 'libmimalloc.so':
       path = os.path.realpath(file.locate())
-      if os.path.isfile(path):
+      if os.path.isfile(path) and not any(c in path for c in ' :\t'):
         return path
   return None
 
