@@ -133,3 +133,16 @@ def test_train_command_restarts_before_importing_jax():
 def test_runs_on_cpu_follows_jax_platforms(platforms, cpu):
   # '' (unset) here: no accelerator plugin is installed on a CPU-only machine.
   assert host_memory.runs_on_cpu(platforms) is cpu
+
+
+@pytest.mark.parametrize('environ,words', [
+    ({'LD_PRELOAD': LIB}, 'mimalloc'),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1', 'REPVIT_JAX_MALLOC': 'huge_pages'},
+     'glibc, huge pages'),
+    ({'REPVIT_JAX_MALLOC': 'default'},
+     "glibc's default (left as it is by REPVIT_JAX_MALLOC=default)"),
+    ({'REPVIT_JAX_MALLOC': 'jemalloc'}, "glibc's default (REPVIT_JAX_MALLOC='jemalloc': choose "
+     'one of auto, mimalloc, huge_pages, default)'),
+])
+def test_describe_names_the_malloc_for_the_log(environ, words):
+  assert host_memory.describe(environ) == words

@@ -42,6 +42,7 @@ from repvit_jax.train.resume.health import HealthLog
 from repvit_jax.train.metrics import MetricWriter, Progress
 from repvit_jax.train.state import create_state, model_variables
 from repvit_jax.train.step import make_train_step
+from repvit_jax.utils import host_memory
 
 
 REQUIRED = ('task', 'model', 'data', 'batch_size', 'total_steps', 'seed', 'optimizer')
@@ -165,9 +166,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   info = data.get_dataset_info(config.data)
   log.info(f'data: {info.name}, {info.num_train} train / {info.num_eval} eval images '
                   f'({info.train_split} / {info.eval_split}), {image_size}x{image_size}')
-  log.info(f'devices: {mesh.devices.size} x {jax.devices()[0].platform}, '
-                  f'{jax.process_count()} process(es), mesh '
-                  + ' x '.join(f'{k} {v}' for k, v in mesh.shape.items()))
+  platform = jax.devices()[0].platform
+  log.info(f'devices: {mesh.devices.size} x {platform}, {jax.process_count()} process(es), mesh '
+           + ' x '.join(f'{k} {v}' for k, v in mesh.shape.items())
+           + (f'; malloc: {host_memory.describe()}' if platform == 'cpu' else ''))
   task = tasks.build(config, info)
   frozen = jax.device_put(task.load_frozen(), sharding.replicated(mesh))
 

@@ -144,6 +144,22 @@ def malloc_state(environ: Optional[Mapping[str, str]] = None, thp_mode_file: str
   return _huge_pages_state(environ, thp_mode_file)
 
 
+def describe(environ: Optional[Mapping[str, str]] = None) -> str:
+  """This process's malloc in a few words, for the trainer's log: 'mimalloc', 'glibc, huge
+  pages', or "glibc's default (<why>)"."""
+  try:
+    state = malloc_state(environ)
+  except ValueError as error:
+    return f"glibc's default ({error})"
+  if state == 'mimalloc':
+    return state
+  if state == 'huge pages':
+    return 'glibc, huge pages'
+  if state.startswith('restart for '):
+    state = f'{state[len("restart for "):]} needs host_memory.restart_with_fast_malloc() first'
+  return f"glibc's default ({state})"
+
+
 def restart_with_fast_malloc(argv: Optional[Sequence[str]] = None) -> str:
   """Re-executes this process with mimalloc (else huge pages) when that would change anything.
 
