@@ -53,6 +53,12 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, min_seconds: float = 2.
   return times[len(times) // 2]
 
 
+# How long mimalloc keeps freed memory mapped in a benchmark that restarts with it
+# (host_memory; the trainer: a second). Contenders take turns of seconds: a longer delay keeps
+# each one's buffers through the others' turns, as consecutive steps keep them in the trainer.
+PURGE_DELAY_MS = 10_000
+
+
 def time_interleaved(fns: Dict[str, Callable[[], Any]], *, warmup: int = 2,
                      rounds: int = 7, calls_per_turn: int = 1,
                      settle_s: float = 0.1) -> Dict[str, float]:

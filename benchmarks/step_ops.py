@@ -149,7 +149,8 @@ def main():
   args = parser.parse_args()
   if timm is None:
     raise SystemExit("step_ops needs timm and torch: pip install -e '.[timm]'")
-  malloc = host_memory.restart_with_fast_malloc() if host_memory.runs_on_cpu() else 'default'
+  malloc = (host_memory.restart_with_fast_malloc(purge_delay_ms=common.PURGE_DELAY_MS)
+            if host_memory.runs_on_cpu() else 'default')
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   pairs = op_pairs(args.batch)

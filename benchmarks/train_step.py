@@ -348,7 +348,7 @@ def main():
   # train steps: the input pipeline feeds accelerators, whose trainer leaves malloc as it is.
   if (host_memory.runs_on_cpu() and not args.default_malloc
       and set(suites) & {'classification', 'mae', 'timm'}):
-    malloc = host_memory.restart_with_fast_malloc()
+    malloc = host_memory.restart_with_fast_malloc(purge_delay_ms=common.PURGE_DELAY_MS)
   size = args.image_size
   rows = []
   if 'classification' in suites:

@@ -12,7 +12,8 @@ from repvit_jax.utils import host_memory
 
 # A child process: optionally restarts (printing its process id before and after), then runs a
 # computation whose 64 MiB result XLA allocates on each call (and Python frees before the
-# next), and prints the state, whether mimalloc is mapped, and the page faults of the third call.
+# next), and prints the state, whether mimalloc is mapped, the page faults of the third call
+# and mimalloc's purge delay.
 CHILD = r'''
 import os, resource, sys
 from repvit_jax.utils import host_memory
@@ -28,7 +29,7 @@ step(x).block_until_ready()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 with open('/proc/self/maps') as f:
   mapped = 'libmimalloc' in f.read()
-print(state, mapped, faults, sep='|')
+print(state, mapped, faults, os.environ.get('MIMALLOC_PURGE_DELAY'), sep='|')
 '''
 # The variables a restart sets, cleared so that each child starts from glibc's default.
 _SET_BY_RESTART = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MIMALLOC_PURGE_DELAY', host_memory.CHOICE)
@@ -39,8 +40,8 @@ def _child(mode: str, **env):
   lines = subprocess.run([sys.executable, '-c', CHILD, mode], capture_output=True, text=True,
                          check=True, env={**environ, **env}, timeout=120).stdout.splitlines()
   pids = [line.split()[1] for line in lines if line.startswith('pid ')]
-  state, mapped, faults = lines[-1].split('|')
-  return pids, state, mapped == 'True', int(faults)
+  state, mapped, faults, purge_delay = lines[-1].split('|')
+  return pids, state, mapped == 'True', int(faults), purge_delay
 
 
 @pytest.fixture(scope='module')
@@ -52,10 +53,10 @@ def default_faults():
 @pytest.mark.skipif(host_memory.mimalloc_library() is None,
                     reason=f'{host_memory.MIMALLOC_PACKAGE} is not installed here')
 def test_restarted_process_reuses_its_buffers_with_mimalloc(default_faults):
-  pids, state, mapped, faults = _child('restart')
+  pids, state, mapped, faults, purge_delay = _child('restart')
   # The same process, restarted once, now with mimalloc loaded.
   assert len(pids) == 2 and pids[0] == pids[1], pids
-  assert state == 'mimalloc' and mapped
+  assert state == 'mimalloc' and mapped and purge_delay == '1000'
   # 64 MiB is 16384 pages of 4 KiB: glibc's default maps and faults them in on every call;
   # mimalloc hands the freed block to the next call, already mapped.
   assert default_faults > 8000, default_faults
@@ -66,7 +67,7 @@ def test_restarted_process_reuses_its_buffers_with_mimalloc(default_faults):
                     != 'restart for huge pages', reason='no huge pages for malloc here: '
                     f"{host_memory.malloc_state({host_memory.CHOICE: 'huge_pages'})}")
 def test_restarted_process_maps_its_buffers_in_huge_pages(default_faults):
-  pids, state, mapped, faults = _child('restart', REPVIT_JAX_MALLOC='huge_pages')
+  pids, state, mapped, faults, _ = _child('restart', REPVIT_JAX_MALLOC='huge_pages')
   assert len(pids) == 2 and pids[0] == pids[1], pids
   assert state == 'huge pages' and not mapped
   # In 2 MiB pages it is 32 faults (more where the kernel has no free huge page at hand).
@@ -74,7 +75,7 @@ def test_restarted_process_maps_its_buffers_in_huge_pages(default_faults):
 
 
 def test_malloc_left_as_it_is_when_asked():
-  pids, state, mapped, _ = _child('restart', REPVIT_JAX_MALLOC='default')
+  pids, state, mapped, _, _ = _child('restart', REPVIT_JAX_MALLOC='default')
   assert len(pids) == 1 and state == 'left as it is by REPVIT_JAX_MALLOC=default' and not mapped
 
 

@@ -11,10 +11,9 @@ So the trainer restarts itself once, first thing on CPU hosts (same interpreter,
 process id), with one of:
 
 1. **mimalloc** (the `cmeel-mimalloc` package, a dependency on Linux) preloaded
-   (`LD_PRELOAD`), told never to hand freed memory back to the system
-   (`MIMALLOC_PURGE_DELAY=-1`): the next step reuses the same pages, with no faults, and
-   each thread allocates from its own heap, without a shared lock. The process's resident
-   memory stays at its peak.
+   (`LD_PRELOAD`), told to keep freed memory mapped for a second before it goes back to the
+   system (`MIMALLOC_PURGE_DELAY=1000`): the next step reuses the same pages, with few
+   faults, and each thread allocates from its own heap, without a shared lock.
 2. Where mimalloc is not installed, glibc's `glibc.malloc.hugetlb=1` tunable (glibc 2.35+):
    transparent huge pages, one fault per 2 MiB instead of per 4 KiB; the kernel still zeroes
    every page each step.
@@ -40,8 +39,12 @@ from typing import Mapping, Optional, Sequence
 CHOICE = 'REPVIT_JAX_MALLOC'
 CHOICES = ('auto', 'mimalloc', 'huge_pages', 'default')
 HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
-# mimalloc's option: milliseconds before freed memory goes back to the system; negative: never.
-KEEP_FREED_MEMORY = ('MIMALLOC_PURGE_DELAY', '-1')
+# mimalloc's option: milliseconds freed memory stays mapped before it goes back to the system.
+PURGE_DELAY = 'MIMALLOC_PURGE_DELAY'
+# A second outlasts the gap between two steps, so the next step reuses the buffers, and a
+# buffer no thread takes again goes back soon: with never (-1) the resident memory grew by a
+# whole temporary buffer each time another worker thread happened to allocate it.
+TRAINER_PURGE_DELAY_MS = 1000
 MIMALLOC_PACKAGE = 'cmeel-mimalloc'
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 
@@ -160,13 +163,16 @@ def describe(environ: Optional[Mapping[str, str]] = None) -> str:
   return f"glibc's default ({state})"
 
 
-def restart_with_fast_malloc(argv: Optional[Sequence[str]] = None) -> str:
+def restart_with_fast_malloc(argv: Optional[Sequence[str]] = None,
+                             purge_delay_ms: int = TRAINER_PURGE_DELAY_MS) -> str:
   """Re-executes this process with mimalloc (else huge pages) when that would change anything.
 
   Call it before JAX starts a backend and before any thread exists (first thing in a command):
   the process is replaced, keeping its id, environment and command line (`argv`, default the
-  interpreter's own `sys.orig_argv`). Returns only when no restart happens, with
-  `malloc_state()`: 'mimalloc' or 'huge pages' in the restarted process.
+  interpreter's own `sys.orig_argv`). `purge_delay_ms`: how long mimalloc keeps freed memory
+  mapped (`MIMALLOC_PURGE_DELAY`, unless the environment sets it already). Returns only when
+  no restart happens, with `malloc_state()`: 'mimalloc' or 'huge pages' in the restarted
+  process.
   """
   state = malloc_state()
   if not state.startswith('restart for '):
@@ -174,7 +180,7 @@ def restart_with_fast_malloc(argv: Optional[Sequence[str]] = None) -> str:
   if state == 'restart for mimalloc':
     os.environ['LD_PRELOAD'] = ' '.join(
         [mimalloc_library()] + os.environ.get('LD_PRELOAD', '').split())
-    os.environ.setdefault(*KEEP_FREED_MEMORY)
+    os.environ.setdefault(PURGE_DELAY, str(purge_delay_ms))
   else:
     tunables = [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':') if t]
     os.environ['GLIBC_TUNABLES'] = ':'.join(tunables + [HUGE_PAGES_TUNABLE])
