@@ -1,11 +1,10 @@
 """A malloc that keeps XLA:CPU's per-step buffers, so that a step does not fault them in again.
 
-XLA:CPU allocates a compiled step's temporary buffer with `malloc` on every call, on one of
-its worker threads, and frees it after (1.7 GiB for ViT-Tiny's train step at batch 32, 224x224).
-glibc serves a block that large from a fresh `mmap` (a worker thread's arena cannot hold it)
-and returns it with `munmap`, so every step the kernel faults in and zeroes every page again:
-system time that on a 2-core machine was a third of the step's CPU time
-(benchmarks/README.md, "Host memory on the CPU").
+XLA:CPU allocates a compiled step's temporary buffer (all of a train step's activations) with
+`malloc` on every call, on one of its worker threads, and frees it after. glibc serves a block
+that large from a fresh `mmap` (a worker thread's arena cannot hold it) and returns it with
+`munmap`, so every step the kernel faults in and zeroes every page again, system time taken
+from the step (figures: benchmarks/README.md, "Host memory on the CPU").
 
 So the trainer restarts itself once, first thing on CPU hosts (same interpreter, arguments and
 process id), with one of:
