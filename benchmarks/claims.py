@@ -120,6 +120,10 @@ VIT, TDRL_VIT = 'configs/vit_tiny.py:fashion', 'configs/tdrl_vit_tiny.py:fashion
 # LeViT's teacher: the best classifier of the tdrl claim, its vit_1.5x_steps arm (the
 # recorded run of seed 1), one teacher for every seed.
 VIT_TEACHER = Arm('vit_teacher', VIT, steps_factor=1.5, seed=1)
+# The probe of the levit claim: that ViT is less accurate than LeViT alone on this data, where
+# the paper's teacher is the stronger model; so also a teacher that is stronger, LeViT's own
+# recipe trained twice as long, one teacher for every seed.
+LEVIT_TEACHER = Arm('levit_teacher', 'configs/levit_128s.py:fashion', steps_factor=2.0, seed=3)
 # RIFormer's teacher, and a contender of its own.
 POOLFORMER = Arm('poolformer', 'configs/poolformer_s12.py:fashion')
 RIFORMER_MI = Arm('riformer_mi_init', 'configs/riformer_s12.py:fashion',
@@ -167,7 +171,8 @@ CLAIMS: Dict[str, Claim] = {
                      ('tdrl_mae', 'tdrl_scratch', 'TDRL ViT, all labels'),
                      ('tdrl_mae_10pct', 'tdrl_scratch_10pct', 'TDRL ViT, 10% of the labels'),
                      ('tdrl_mae', 'mae', 'TDRL on MAE pre-training (the TDRL paper)'),
-                     ('tdrl_mae_10pct', 'mae_10pct', 'TDRL on MAE pre-training, 10% of the labels'))),
+                     ('tdrl_mae_10pct', 'mae_10pct',
+                      'TDRL on MAE pre-training, 10% of the labels'))),
     'dmae': Claim(
         name='dmae',
         question="Does distilling a wider MAE's attention into the small MAE during "
@@ -210,20 +215,24 @@ CLAIMS: Dict[str, Claim] = {
                       'module imitation from the teacher, 10% of the labels (probe)'))),
     'levit': Claim(
         name='levit',
-        question="Does distillation from a stronger classifier (the ViT of the tdrl claim) make "
-                 'LeViT more accurate?',
-        stages=(VIT_TEACHER,),
+        question='Does distillation make LeViT more accurate: from the ViT of the tdrl claim, '
+                 'and (probe) from a teacher more accurate than LeViT alone?',
+        stages=(VIT_TEACHER, LEVIT_TEACHER),
         arms=(Arm('levit', 'configs/levit_128s.py:fashion'),
               Arm('levit_hard', 'configs/levit_128s.py:hard_fashion',
                   uses=(('teacher.init_from', 'vit_teacher'),)),
               Arm('levit_soft', 'configs/levit_128s.py:soft_fashion',
-                  uses=(('teacher.init_from', 'vit_teacher'),))),
+                  uses=(('teacher.init_from', 'vit_teacher'),)),
+              Arm('levit_hard_levit', 'configs/levit_128s.py:hard_levit_fashion',
+                  uses=(('teacher.init_from', 'levit_teacher'),))),
         reference='levit',
         paper='ImageNet-1k, LeViT-128S (1000 epochs) 76.6 with hard distillation from a '
               'RegNetY-16GF teacher (its figure without distillation is not quoted here); the '
               'same distillation in DeiT: DeiT-Ti 72.2 -> 74.5 at 300 epochs',
         comparisons=(('levit_hard', 'levit', "the teacher's argmax"),
-                     ('levit_soft', 'levit', "the teacher's soft labels"))),
+                     ('levit_soft', 'levit', "the teacher's soft labels"),
+                     ('levit_hard_levit', 'levit',
+                      'the argmax of LeViT trained 2x as long (probe)'))),
 }
 
 

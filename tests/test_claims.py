@@ -196,6 +196,26 @@ def test_the_tdrl_claims_arms_share_one_recipe_under_1m_deployed_parameters():
   assert 250_000 < params <= 1_000_000
 
 
+def test_the_levit_claims_arms_differ_only_in_their_teacher():
+  from conftest import load_config  # pylint: disable=import-outside-toplevel
+  alone = load_config('levit_128s.py:fashion').to_dict()
+  arms = {arm.name: arm for arm in claims.CLAIMS['levit'].arms}
+  teachers = {}
+  for name in ('levit_hard', 'levit_soft', 'levit_hard_levit'):
+    config = load_config(arms[name].config.split('/', 1)[1]).to_dict()
+    teachers[name] = config.pop('teacher')
+    assert config == {k: v for k, v in alone.items() if k != 'teacher'}, name
+  assert teachers['levit_hard']['model'] == 'vit_tiny' and teachers['levit_hard']['kind'] == 'hard'
+  assert teachers['levit_soft']['kind'] == 'soft'
+  # The probe's teacher is LeViT itself (no overrides), trained twice as long, one for all seeds.
+  assert teachers['levit_hard_levit'] == {**teachers['levit_hard'], 'model': 'levit_128s',
+                                          'overrides': {}}
+  stage = claims.CLAIMS['levit'].stage('levit_teacher')
+  assert stage.config == 'configs/levit_128s.py:fashion' and stage.steps_factor == 2.0
+  assert claims.total_steps(stage, []) == 2 * claims.total_steps(arms['levit'], [])
+  assert stage.run_seed(0) == stage.run_seed(2) == 3
+
+
 def test_an_invocation_that_never_came_back_counts_until_its_last_metrics_line(tmp_path):
   clock, metrics = tmp_path / 'claims_wall_s.json', tmp_path / 'metrics.jsonl'
   assert claims._time_spent(str(clock), str(metrics)) == 0.0  # pylint: disable=protected-access
