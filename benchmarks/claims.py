@@ -32,7 +32,9 @@ with its standard-error bar; the validation curves beside it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -286,6 +288,29 @@ def save_record(record: dict, path: str = RECORD) -> None:
   os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def record_lock(path: str = RECORD):
+  """Holds an exclusive lock on the record while a run is added to it: claims run side by
+  side (one per core: `taskset -c 0 python benchmarks/claims.py ...`, another on core 1) read,
+  extend and write one file."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path + '.lock', 'w', encoding='utf-8') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def add_to_record(run: dict, ident: dict, path: str = RECORD) -> None:
+  """Adds `run` to the record, replacing a run of the same experiment and seed."""
+  with record_lock(path):
+    record = load_record(path)
+    record['runs'] = [r for r in record['runs'] if not matches(r, ident, run['seed'])]
+    record['runs'].append(run)
+    save_record(record, path)
+
+
 # Config fields that say how a run is carried out (cadence, placement, processes), not what
 # it computes: left out of the recipe hash, so that a new operational field does not make
 # every recorded run another experiment.
@@ -379,6 +404,13 @@ def validation_curve(workdir: str) -> List[List[float]]:
   return [[step, curve[step]] for step in sorted(curve)]
 
 
+def cpu_cores() -> str:
+  """'2 cores', or '1 of 2 cores' for a process confined to some of them (`taskset`)."""
+  total = os.cpu_count()
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else total
+  return f'{total} cores' if usable == total else f'{usable} of {total} cores'
+
+
 def device_name() -> str:
   """'1 x cpu (2 cores, <CPU model>)', '1 x NVIDIA H100 80GB HBM3', ...: walls compare only
   between runs on the same kind of device."""
@@ -390,7 +422,7 @@ def device_name() -> str:
   devices = jax.devices()
   kind = devices[0].device_kind
   if devices[0].platform == 'cpu':
-    kind = f'cpu ({os.cpu_count()} cores, {common.cpu_model()})'
+    kind = f'cpu ({cpu_cores()}, {common.cpu_model()})'
   return f'{len(devices)} x {kind}'
 
 
@@ -541,11 +573,7 @@ def run_one(claim: Claim, arm: Arm, seed: int, runs_dir: str, extra: Sequence[st
   run['workdir'] = os.path.relpath(workdir, runs_dir)
   if arm.uses:
     run['stages_wall_s'] = round(upstream, 1)
-  record = load_record(record_path)
-  ident = identity(claim, arm, extra)
-  record['runs'] = [r for r in record['runs'] if not matches(r, ident, seed)]
-  record['runs'].append(run)
-  save_record(record, record_path)
+  add_to_record(run, identity(claim, arm, extra), record_path)
   print(f'[{claim.name}/{arm.name}/seed{seed}] test {run["test_accuracy"]:.4f} val '
         f'{run["val_accuracy"]:.4f} in {spent / 60:.1f} min; recorded in {record_path}',
         flush=True)

@@ -216,6 +216,29 @@ def test_the_levit_claims_arms_differ_only_in_their_teacher():
   assert stage.run_seed(0) == stage.run_seed(2) == 3
 
 
+def test_a_run_waits_for_the_record_another_claim_is_writing(tmp_path):
+  import threading  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path / 'claims.json')
+  claims.add_to_record(run('c', 'a', 0, 0.9, 0.9), {'claim': 'c', 'arm': 'a', 'x': 0}, path)
+  second = run('c', 'b', 0, 0.8, 0.8)
+  with claims.record_lock(path):     # another claims.py, between reading and writing the file
+    writer = threading.Thread(target=claims.add_to_record,
+                              args=(second, {'claim': 'c', 'arm': 'b', 'x': 1}, path))
+    writer.start()
+    writer.join(timeout=0.5)
+    assert writer.is_alive() and len(claims.load_record(path)['runs']) == 1
+  writer.join(timeout=10)
+  assert [r['arm'] for r in claims.load_record(path)['runs']] == ['a', 'b']
+
+
+def test_the_device_names_the_cores_a_confined_process_has(monkeypatch):
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1})
+  assert claims.cpu_cores() == '2 cores'
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {1})
+  assert claims.cpu_cores() == '1 of 2 cores'
+
+
 def test_an_invocation_that_never_came_back_counts_until_its_last_metrics_line(tmp_path):
   clock, metrics = tmp_path / 'claims_wall_s.json', tmp_path / 'metrics.jsonl'
   assert claims._time_spent(str(clock), str(metrics)) == 0.0  # pylint: disable=protected-access
