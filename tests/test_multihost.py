@@ -62,10 +62,10 @@ def start(workdir, flags, process_id=None, port=None, devices=2):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(*processes):
+def finish(*processes, returncode=0):
   results = [p.communicate(timeout=400) for p in processes]
   for p, (_, stderr) in zip(processes, results):
-    assert p.returncode == 0, stderr[-3000:]
+    assert p.returncode == returncode, stderr[-3000:]
   return results
 
 
@@ -91,7 +91,8 @@ def sigterm_when(processes, workdir, rows_written, target):
       target.send_signal(signal.SIGTERM)
       break
     time.sleep(0.02)
-  (chief_out, _), *_ = finish(*processes)
+  # Both stop, not finished: 143 (128 + SIGTERM), so that a scheduler restarts them.
+  (chief_out, _), *_ = finish(*processes, returncode=143)
   assert 'SIGTERM: saved step' in chief_out
   stopped = max(train_losses(workdir))
   assert rows_written <= stopped < STEPS and (workdir / 'checkpoints' / str(stopped)).is_dir()

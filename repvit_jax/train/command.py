@@ -118,8 +118,10 @@ def main(argv):
   if result['preempted']:
     print(f'stopped at step {result["step"]} on {result["stopped_by"]}; resume with the same '
           '--workdir', flush=True)
-    if result['stopped_by'] == 'Ctrl-C':
-      sys.exit(130)
+    # Not finished, so not 0: a scheduler, or a script that runs train.py, must not take a
+    # pre-empted run for a finished one. 128 + the signal's number, as the shell reports a
+    # process the signal ended.
+    sys.exit(130 if result['stopped_by'] == 'Ctrl-C' else 143)
   # Everything is written. The interpreter's last garbage collection would now walk every
   # object JAX and TensorFlow made (seconds on a small machine); freezing them skips that.
   gc.freeze()
