@@ -23,7 +23,8 @@ KernelBias = Tuple[Array, Array]
 
 
 def _bias_or_zeros(kernel: Array, bias: Optional[Array]) -> Array:
-  return jnp.zeros(kernel.shape[-1], kernel.dtype) if bias is None else bias
+  # float64 numpy weights: float64 zeros where x64 is on, float32 (without a warning) where not.
+  return jnp.zeros(kernel.shape[-1], jnp.result_type(kernel)) if bias is None else bias
 
 
 def batchnorm_to_affine(scale: Array, offset: Array, mean: Array, var: Array,
