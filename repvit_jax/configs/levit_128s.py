@@ -87,12 +87,16 @@ def fashion(teacher_kind=None, teacher='vit'):
   return config
 
 
+# Each Fashion-MNIST variant's (teacher kind, teacher model): no teacher, or distillation.
+FASHION_TEACHERS = {'fashion': (None, 'vit'), 'hard_fashion': ('hard', 'vit'),
+                    'soft_fashion': ('soft', 'vit'), 'hard_levit_fashion': ('hard', 'levit')}
+
+
 def get_config(arg: str = ''):
   variant = common.parse_arg(arg, '', 'demo', 'distill_demo', 'fashion', 'hard_fashion',
                              'soft_fashion', 'hard_levit_fashion')
   if variant.endswith('fashion'):
-    kind = {'hard_fashion': 'hard', 'soft_fashion': 'soft', 'hard_levit_fashion': 'hard'}
-    return fashion(kind.get(variant), teacher='levit' if 'levit' in variant else 'vit')
+    return fashion(*FASHION_TEACHERS[variant])
   if variant:
     return demo(distill=variant == 'distill_demo')
   return imagenet()
